@@ -1,0 +1,37 @@
+# The two commands: `make demo` and `make test`. Both create .venv when missing.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_SECONDS ?= 120
+
+.PHONY: demo test test-long lint bench schema clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test,plot]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	DEMO_SECONDS=$(DEMO_SECONDS) $(BIN)/python -m agent.demo
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+test-long: $(STAMP)
+	EDGELOOP_LONG=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: $(STAMP)
+	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
+
+schema: $(STAMP)
+	$(BIN)/edgeloop schema > config/edgeloop.schema.json
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,186 @@
+"""The contract between the acquisition layer and every protocol driver.
+
+A driver never sees YAML or pydantic: the config compiler turns the file into frozen
+`Point`s grouped into `GroupSpec`s, and the driver turns each group into its own read plan
+once, before any connection is opened.  Everything here is plain data so drivers, the
+compiler and the tests can share it without importing each other.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+
+class Quality(enum.IntEnum):
+    """Per-tag quality code, stored as uint8 in the tag table's `quality` array."""
+
+    GOOD = 0
+    BAD = 1  # the device answered but the value is unusable (exception, decode error, NaN)
+    STALE = 2  # the last good value is older than the staleness limit (overrun, slow device)
+    COMM_LOST = 3  # no answer from the device (timeout, refused, disconnected)
+    UNCERTAIN = 4  # OPC UA Uncertain status and the like
+
+
+QUALITY_NAMES = {q.value: q.name.lower() for q in Quality}
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    """One configured tag as a driver needs it; `index` is its fixed slot in the tag table."""
+
+    name: str
+    index: int
+    dtype: str  # bool|bit|int16|uint16|int32|uint32|int64|uint64|float32|float64|string
+    unit: str = ""
+    # Modbus addressing
+    table: str | None = None  # holding|input|coil|discrete
+    address: int | None = None  # 0-based protocol address
+    bit: int | None = None  # 0..15, only for dtype == "bit"
+    length_registers: int | None = None  # only for dtype == "string"
+    byte_order: str = "big"  # bytes inside a 16-bit register: big|little
+    word_order: str = "big"  # register order of 32/64-bit values: big|little
+    unit_id: int = 1
+    # OPC UA addressing
+    node: str | None = None  # e.g. "ns=2;s=Pump.VibrationRMS"
+    # engineering
+    scale: float = 1.0
+    offset: float = 0.0
+    writable: bool = False
+    min: float | None = None
+    max: float | None = None
+    max_rate_per_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSpec:
+    """One poll group: its points are contiguous in the tag table, `start:stop`."""
+
+    device: str
+    name: str
+    interval_ms: int
+    mode: str  # poll|subscribe
+    start: int
+    stop: int
+    points: tuple[Point, ...]
+    options: dict[str, Any] = field(default_factory=dict)  # driver-specific group settings
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass(slots=True)
+class ReadResult:
+    """Values in engineering units (scale/offset applied), one per point of the group."""
+
+    values: np.ndarray  # float64, len == group.size; NaN where not numeric / not read
+    quality: np.ndarray  # uint8 Quality codes, len == group.size
+    texts: dict[int, str] = field(default_factory=dict)  # group-relative index -> string value
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedRequest:
+    """One request a read plan will send, for `edgeloop plan` and the planner tests."""
+
+    device: str
+    unit_id: int
+    function: str  # e.g. "FC03 read_holding_registers" or "OPC UA Read"
+    start: int | None
+    count: int
+    tags: tuple[str, ...]
+
+
+# --- exceptions: one root for the driver layer, always with device context --------------
+
+
+class DriverError(Exception):
+    """Root of the driver layer; carries the device and, where known, unit/address/status."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        device: str = "",
+        unit_id: int | None = None,
+        address: int | None = None,
+        status: str | None = None,
+    ) -> None:
+        self.device = device
+        self.unit_id = unit_id
+        self.address = address
+        self.status = status
+        ctx = [f"device={device}"] if device else []
+        if unit_id is not None:
+            ctx.append(f"unit={unit_id}")
+        if address is not None:
+            ctx.append(f"address={address}")
+        if status:
+            ctx.append(f"status={status}")
+        super().__init__(f"{message} ({', '.join(ctx)})" if ctx else message)
+
+
+class ConnectError(DriverError):
+    """The device could not be reached or the session could not be established."""
+
+
+class ReadError(DriverError):
+    """A read failed or its response was unusable (exception code, garbage, short)."""
+
+
+class WriteError(DriverError):
+    """A write was refused by the device or failed on the wire."""
+
+
+class WriteRefused(DriverError):
+    """A write was refused locally (not writable, out of bounds) and never sent."""
+
+
+# --- the protocol and the registry ---------------------------------------------------------
+
+
+@runtime_checkable
+class Driver(Protocol):
+    """What the poll scheduler needs from a protocol.
+
+    `plan` is pure and runs at compile time; the async methods do the I/O.  `read` raises a
+    `DriverError` subclass when the whole group failed; per-point failures come back as
+    quality codes.  Implementations keep at most one request in flight per connection.
+    """
+
+    name: str
+
+    def plan(self, group: GroupSpec) -> Any: ...
+
+    def describe(self, plan: Any) -> list[PlannedRequest]: ...
+
+    async def connect(self) -> None: ...
+
+    async def read(self, plan: Any) -> ReadResult: ...
+
+    async def write(self, points: Sequence[tuple[Point, float | int | bool | str]]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+DriverFactory = Callable[[Any, Sequence[GroupSpec]], Driver]
+_REGISTRY: dict[str, str] = {
+    "modbus": "drivers.modbus:create",
+    "opcua": "drivers.opcua:create",
+}
+
+
+def create_driver(device_cfg: Any, groups: Sequence[GroupSpec]) -> Driver:
+    """Build the driver named by `device_cfg.driver` (lazy import keeps start-up light)."""
+    import importlib
+
+    target = _REGISTRY.get(device_cfg.driver)
+    if target is None:
+        raise ConnectError(f"unknown driver {device_cfg.driver!r}", device=device_cfg.name)
+    module_name, _, attr = target.partition(":")
+    factory: DriverFactory = getattr(importlib.import_module(module_name), attr)
+    return factory(device_cfg, groups)

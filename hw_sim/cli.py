@@ -1,0 +1,51 @@
+"""Command line of the simulator, shared by `python -m hw_sim` and `edgeloop sim`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The simulator's options (also used by agent/commands/sim.py)."""
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    parser.add_argument("--modbus-port", type=int, default=5020, help="Modbus TCP port (5020)")
+    parser.add_argument("--opcua-port", type=int, default=4840, help="OPC UA port (4840)")
+    parser.add_argument(
+        "--rtu-port", default=None, help="serial device for Modbus RTU, e.g. a socat pty"
+    )
+    parser.add_argument(
+        "--speed", type=float, default=1.0, help="sim seconds per wall second (1.0)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed of plant noise and faults")
+    parser.add_argument("--scenario", default=None, help="scenario YAML (disturbances, faults)")
+    parser.add_argument("--faults-log", default=None, help="ground-truth fault log (JSONL)")
+    parser.add_argument(
+        "--print-map", action="store_true", help="print the point map as JSON and exit"
+    )
+    parser.add_argument("--no-opcua", action="store_true", help="do not start the OPC UA server")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the map, or run plant + servers until SIGTERM / Ctrl-C."""
+    if args.print_map:
+        from hw_sim.pointmap import print_map
+
+        print(print_map())
+        return 0
+    from hw_sim.serve import serve_forever
+
+    return serve_forever(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m hw_sim",
+        description="Simulated plant (heater loop + pump skid) behind Modbus TCP/RTU and OPC UA.",
+    )
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -53,6 +53,15 @@ METRICS: dict[str, tuple[str, str]] = {
         "counter",
         "Writes refused by the safety envelope, by loop.",
     ),
+    # --- telemetry (labels: endpoint, code) ---
+    "edgeloop_http_requests_total": (
+        "counter",
+        "Requests to the telemetry HTTP server, by endpoint and status code.",
+    ),
+    "edgeloop_watchdog_missed_total": (
+        "counter",
+        "Watchdog feeds withheld because the pipeline made no progress.",
+    ),
     # --- service ---
     "edgeloop_up": ("gauge", "1 while the service runs."),
     "edgeloop_config_reloads_total": ("counter", "SIGHUP reloads, by result (ok|refused)."),
@@ -69,6 +78,7 @@ COMPONENTS: dict[str, tuple[str, ...]] = {
     "store": ("edgeloop_store_rows_total", "edgeloop_store_queue_depth", "edgeloop_store_bytes"),
     "publish": ("edgeloop_outbox_depth", "edgeloop_mqtt_connected"),
     "control": ("edgeloop_control_mode", "edgeloop_control_step_seconds"),
+    "telemetry": ("edgeloop_http_requests_total",),
 }
 
 # Event kinds written to history and published on the events topic.

@@ -19,6 +19,10 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from agent.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -124,11 +128,13 @@ class Watchdog:
         stall_s: float | None = None,
         notify_fn: Callable[..., bool] = notify,
         clock: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
     ) -> None:
         self.interval_s = watchdog_interval_s() if interval_s is None else interval_s
         self.stall_s = stall_s
         self._notify = notify_fn
         self._clock = clock
+        self._metrics = metrics
         self._count = 0
         self._fed_count = -1  # so the first tick feeds if anything progressed at all
         self._last_progress = clock()
@@ -161,6 +167,8 @@ class Watchdog:
             self.feeds += 1
             return True
         self.missed += 1
+        if self._metrics is not None:
+            self._metrics.inc("edgeloop_watchdog_missed_total")
         if not self._stalled:
             self._stalled = True
             log.error(

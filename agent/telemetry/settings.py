@@ -1,9 +1,71 @@
-"""YAML section model for this component (placeholder; the component's owner fills it in)."""
+"""The `http:` YAML section: where the telemetry endpoints listen and who may use them."""
 
 from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+
+from pydantic import Field, field_validator
 
 from agent.configbase import StrictModel
 
 
 class HttpConfig(StrictModel):
-    """Settings of this component; every default lives here."""
+    """Settings of the telemetry HTTP server; every default lives here.
+
+    Loopback by default: the gateway's metrics and control are for the box itself (a local
+    Prometheus agent, an SSH tunnel).  Binding elsewhere is an explicit decision, and the
+    control endpoints that change setpoints or modes refuse to work without a bearer token.
+    The token never sits in YAML: it comes from an environment variable or a file (systemd
+    ``LoadCredential=`` puts one in ``$CREDENTIALS_DIRECTORY``).
+    """
+
+    enabled: bool = True
+    bind: str = "127.0.0.1"
+    port: int = Field(9105, ge=0, le=65535)  # 0 = let the OS pick (tests)
+    bearer_token_env: str | None = None
+    bearer_token_file: Path | None = None
+    request_timeout_s: float = Field(10.0, gt=0, le=300)  # headers+body of one request, idle
+    max_header_bytes: int = Field(8192, ge=1024, le=65536)
+    max_body_bytes: int = Field(4096, ge=64, le=1_048_576)
+    max_connections: int = Field(16, ge=1, le=1024)
+
+    @field_validator("bind")
+    @classmethod
+    def _ip_literal(cls, v: str) -> str:
+        try:
+            ipaddress.ip_address(v)
+        except ValueError:
+            raise ValueError(
+                f"bind must be an IP address such as 127.0.0.1 or ::1, not {v!r}"
+            ) from None
+        return v
+
+    @property
+    def is_loopback(self) -> bool:
+        return ipaddress.ip_address(self.bind).is_loopback
+
+    def resolve_token(self) -> str | None:
+        """The configured bearer token, or None; raises ValueError when it is configured but
+        cannot be read, so a missing secret fails start-up instead of opening the endpoints."""
+        if self.bearer_token_env and self.bearer_token_file:
+            raise ValueError("http: set bearer_token_env or bearer_token_file, not both")
+        if self.bearer_token_env:
+            token = os.environ.get(self.bearer_token_env, "").strip()
+            if not token:
+                raise ValueError(
+                    f"http.bearer_token_env: environment variable {self.bearer_token_env} "
+                    "is unset or empty"
+                )
+            return token
+        if self.bearer_token_file:
+            path = Path(os.path.expandvars(str(self.bearer_token_file)))
+            try:
+                token = path.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ValueError(f"http.bearer_token_file: cannot read {path}: {exc}") from exc
+            if not token:
+                raise ValueError(f"http.bearer_token_file: {path} is empty")
+            return token
+        return None

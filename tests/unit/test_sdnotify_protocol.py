@@ -205,3 +205,15 @@ async def test_watchdog_run_stops_feeding_when_pipeline_wedges(
     collector.cancel()
     await asyncio.gather(collector, return_exceptions=True)
     assert received == ["WATCHDOG=1"] * wd.feeds
+
+
+def test_watchdog_counts_missed_feeds_in_metrics() -> None:
+    from agent.metrics import Metrics
+
+    m = Metrics()
+    wd = sdnotify.Watchdog(interval_s=1.0, notify_fn=lambda *a: True, metrics=m)
+    wd.tick()
+    wd.tick()
+    wd.progress()
+    wd.tick()
+    assert m.get("edgeloop_watchdog_missed_total") == 2

@@ -1,0 +1,444 @@
+"""A small asyncio HTTP/1.1 server for /metrics, /healthz, /readyz and loop control.
+
+No web framework: five routes do not justify a dependency on a gateway, and a hand-written
+server lets us state its limits plainly.  Every request must arrive within
+`request_timeout_s`, headers within `max_header_bytes`, bodies within `max_body_bytes`;
+at most `max_connections` clients at once.  Anything else gets a 4xx and the connection is
+closed, so a slow or garbage client costs a socket for a few seconds and nothing more.
+
+Auth: when a bearer token is configured, every route except the probes (/healthz, /readyz)
+needs ``Authorization: Bearer <token>`` (compared in constant time).  The control routes,
+which change what a PLC is told to do, refuse to work at all without a configured token,
+and require ``Content-Type: application/json`` so a browser cannot forge them with a
+simple cross-site form post.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import inspect
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from agent.metrics import Metrics
+from agent.telemetry.settings import HttpConfig
+
+log = logging.getLogger(__name__)
+
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+JSON_CONTENT_TYPE = "application/json"
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    409: "Conflict",
+    413: "Content Too Large",
+    415: "Unsupported Media Type",
+    422: "Unprocessable Content",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    503: "Service Unavailable",
+    505: "HTTP Version Not Supported",
+}
+_MAX_REQUESTS_PER_CONNECTION = 1000
+
+
+class Control(Protocol):
+    """What the control routes need; `agent.control.ControlRunner` provides it.
+
+    `set_setpoint`/`set_mode` raise KeyError for an unknown loop and ValueError for a value
+    the loop refuses; they may be plain or async functions.
+    """
+
+    def set_setpoint(self, loop: str, value: float) -> Any: ...
+
+    def set_mode(self, loop: str, mode: str) -> Any: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+
+class _HttpError(Exception):
+    def __init__(self, code: int, message: str, headers: Mapping[str, str] | None = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+class _Request:
+    __slots__ = ("body", "headers", "method", "path", "version")
+
+    def __init__(self, method: str, path: str, version: str, headers: dict[str, str]):
+        self.method = method
+        self.path = path
+        self.version = version
+        self.headers = headers
+        self.body = b""
+
+    @property
+    def keep_alive(self) -> bool:
+        conn = self.headers.get("connection", "").lower()
+        if self.version == "HTTP/1.0":
+            return conn == "keep-alive"
+        return conn != "close"
+
+
+class TelemetryServer:
+    """Serves the agent's metrics, health and (optionally) loop control on one TCP port.
+
+    `health_fn()` returns per-device state (``Acquirer.health()``), `ready_fn()` whether the
+    agent is ready (devices up after the first poll cycle).  Both run on the event loop and
+    must be cheap.
+    """
+
+    def __init__(
+        self,
+        http_cfg: HttpConfig,
+        metrics: Metrics,
+        health_fn: Callable[[], Mapping[str, Any]],
+        ready_fn: Callable[[], bool],
+        control: Control | None = None,
+    ) -> None:
+        self.cfg = http_cfg
+        self.metrics = metrics
+        self.health_fn = health_fn
+        self.ready_fn = ready_fn
+        self.control = control
+        self._token = http_cfg.resolve_token()  # ValueError now rather than an open endpoint
+        self._server: asyncio.Server | None = None
+        self._conns: set[asyncio.Task[None]] = set()
+        self._started = time.monotonic()
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with ``port: 0``)."""
+        if self._server is None or not self._server.sockets:
+            raise RuntimeError("server not started")
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        if not self.cfg.enabled:
+            log.info("telemetry HTTP disabled (http.enabled: false)")
+            return
+        if not self.cfg.is_loopback and self._token is None:
+            log.warning(
+                "telemetry HTTP bound to %s without a bearer token: anyone who can reach "
+                "this address can read metrics and device state",
+                self.cfg.bind,
+            )
+        self._server = await asyncio.start_server(
+            self._on_connect,
+            self.cfg.bind,
+            self.cfg.port,
+            limit=self.cfg.max_header_bytes,
+            reuse_address=True,
+        )
+        self._started = time.monotonic()
+        log.info("telemetry HTTP on http://%s:%d/", self.cfg.bind, self.port)
+
+    async def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.close()
+        for task in list(self._conns):
+            task.cancel()
+        if self._conns:
+            await asyncio.gather(*self._conns, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._server.wait_closed(), 2.0)
+        self._server = None
+
+    async def __aenter__(self) -> TelemetryServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # --- connection handling ------------------------------------------------------------
+
+    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        task = asyncio.current_task()
+        assert task is not None
+        if len(self._conns) >= self.cfg.max_connections:
+            with contextlib.suppress(Exception):
+                await self._send(writer, 503, _json({"error": "too many connections"}), False)
+            await _close(writer)
+            self._count("overload", 503)
+            return
+        self._conns.add(task)
+        try:
+            await self._serve(reader, writer)
+        except asyncio.CancelledError:
+            pass
+        except (ConnectionError, OSError):
+            pass  # the client went away; nothing to tell anyone
+        except Exception:  # a bug in a handler must not take the server down
+            log.exception("telemetry HTTP connection failed")
+        finally:
+            self._conns.discard(task)
+            await _close(writer)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for _ in range(_MAX_REQUESTS_PER_CONNECTION):
+            try:  # idle between requests: wait for the first byte, then close quietly
+                async with asyncio.timeout(self.cfg.request_timeout_s):
+                    first = await reader.read(1)
+            except TimeoutError:
+                return
+            if not first:
+                return  # clean EOF between requests
+            try:  # the rest of the request must arrive within the timeout too (slowloris)
+                async with asyncio.timeout(self.cfg.request_timeout_s):
+                    req = await self._read_request(reader, first)
+            except TimeoutError:
+                await self._send(writer, 408, _json({"error": "request timeout"}), False)
+                self._count("invalid", 408)
+                return
+            except _HttpError as err:
+                await self._send(writer, err.code, _json({"error": err.message}), False)
+                self._count("invalid", err.code)
+                return
+            endpoint, code, body, ctype, extra = await self._dispatch(req)
+            self._count(endpoint, code)
+            keep = req.keep_alive
+            await self._send(writer, code, body, keep, ctype, extra, head_only=req.method == "HEAD")
+            if not keep:
+                return
+
+    async def _read_request(self, reader: asyncio.StreamReader, first: bytes) -> _Request:
+        try:
+            head = first + await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError:
+            raise _HttpError(400, "incomplete request") from None
+        except asyncio.LimitOverrunError:
+            raise _HttpError(431, "request header too large") from None
+        try:
+            text = head.decode("ascii")
+        except UnicodeDecodeError:
+            raise _HttpError(400, "non-ASCII request header") from None
+        lines = text[:-4].split("\r\n")
+        parts = lines[0].split(" ")
+        if len(parts) != 3 or not parts[0].isalpha() or not parts[1].startswith("/"):
+            raise _HttpError(400, "malformed request line")
+        method, target, version = parts
+        if version not in ("HTTP/1.1", "HTTP/1.0"):
+            if version.startswith("HTTP/"):
+                raise _HttpError(505, "only HTTP/1.0 and HTTP/1.1 are supported")
+            raise _HttpError(400, "malformed request line")
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if not sep or not name or name != name.strip() or " " in name or line[0] in " \t":
+                raise _HttpError(400, "malformed header line")
+            key = name.lower()
+            if key in headers and key in ("content-length", "authorization", "host"):
+                raise _HttpError(400, f"duplicate {name} header")
+            headers[key] = value.strip()
+        req = _Request(method.upper(), target.split("?", 1)[0], version, headers)
+        if "transfer-encoding" in headers:
+            raise _HttpError(501, "chunked request bodies are not supported")
+        length_text = headers.get("content-length", "0")
+        if not length_text.isdigit():
+            raise _HttpError(400, "invalid Content-Length")
+        length = int(length_text)
+        if length > self.cfg.max_body_bytes:
+            raise _HttpError(413, f"body larger than {self.cfg.max_body_bytes} bytes")
+        if length:
+            try:
+                req.body = await reader.readexactly(length)
+            except asyncio.IncompleteReadError:
+                raise _HttpError(400, "body shorter than Content-Length") from None
+        return req
+
+    async def _send(
+        self,
+        writer: asyncio.StreamWriter,
+        code: int,
+        body: bytes,
+        keep_alive: bool,
+        content_type: str = JSON_CONTENT_TYPE,
+        extra: Mapping[str, str] | None = None,
+        *,
+        head_only: bool = False,
+    ) -> None:
+        headers = [
+            f"HTTP/1.1 {code} {_REASONS.get(code, 'Unknown')}",
+            f"Content-Type: {content_type}",
+            f"Content-Length: {len(body)}",
+            "Cache-Control: no-store",
+            "X-Content-Type-Options: nosniff",
+            f"Connection: {'keep-alive' if keep_alive else 'close'}",
+        ]
+        headers += [f"{k}: {v}" for k, v in (extra or {}).items()]
+        writer.write(("\r\n".join(headers) + "\r\n\r\n").encode("ascii"))
+        if not head_only:
+            writer.write(body)
+        async with asyncio.timeout(self.cfg.request_timeout_s):
+            await writer.drain()
+
+    def _count(self, endpoint: str, code: int) -> None:
+        self.metrics.inc("edgeloop_http_requests_total", endpoint=endpoint, code=code)
+
+    # --- routing ---------------------------------------------------------------------------
+
+    async def _dispatch(self, req: _Request) -> tuple[str, int, bytes, str, dict[str, str]]:
+        """Returns (endpoint label, status, body, content type, extra headers)."""
+        path = req.path.rstrip("/") or "/"
+        parts = path.strip("/").split("/")
+        if path in ("/healthz", "/readyz", "/metrics", "/control"):
+            endpoint = path[1:]
+            allowed = ("GET", "HEAD")
+        elif len(parts) == 3 and parts[0] == "control" and parts[2] in ("setpoint", "mode"):
+            endpoint = f"control_{parts[2]}"
+            allowed = ("POST",)
+        elif path == "/":
+            endpoint, allowed = "index", ("GET", "HEAD")
+        else:
+            return "unknown", 404, _json({"error": f"no such endpoint {req.path}"}), *_J
+        if req.method not in allowed:
+            return (
+                endpoint,
+                405,
+                _json({"error": f"{req.method} not allowed"}),
+                JSON_CONTENT_TYPE,
+                {"Allow": ", ".join(allowed)},
+            )
+        try:
+            return await self._route(req, endpoint, parts)
+        except _HttpError as err:
+            return endpoint, err.code, _json({"error": err.message}), JSON_CONTENT_TYPE, err.headers
+        except Exception:  # a failing health_fn/status() is a 500, not a dropped connection
+            log.exception("telemetry HTTP %s %s failed", req.method, req.path)
+            return endpoint, 500, _json({"error": "internal error, see the agent log"}), *_J
+
+    async def _route(
+        self, req: _Request, endpoint: str, parts: list[str]
+    ) -> tuple[str, int, bytes, str, dict[str, str]]:
+        if endpoint not in ("healthz", "readyz"):
+            self._authorize(req)
+        if endpoint == "index":
+            return endpoint, 200, _json({"endpoints": _INDEX}), *_J
+        if endpoint == "healthz":
+            return endpoint, 200, _json(self._healthz()), *_J
+        if endpoint == "readyz":
+            ready = bool(self.ready_fn())
+            body = {"ready": ready, "devices": self.health_fn()}
+            return endpoint, 200 if ready else 503, _json(body), *_J
+        if endpoint == "metrics":
+            return endpoint, 200, self.metrics.render().encode(), METRICS_CONTENT_TYPE, {}
+        if endpoint == "control":
+            return endpoint, 200, _json(self._require_control().status()), *_J
+        return endpoint, 200, _json(await self._control_write(req, parts[1], parts[2])), *_J
+
+    def _authorize(self, req: _Request) -> None:
+        if self._token is None:
+            return
+        scheme, _, given = req.headers.get("authorization", "").partition(" ")
+        ok = scheme.lower() == "bearer" and hmac.compare_digest(
+            given.strip().encode(), self._token.encode()
+        )
+        if not ok:
+            raise _HttpError(
+                401, "bearer token required", {"WWW-Authenticate": 'Bearer realm="edgeloop"'}
+            )
+
+    def _healthz(self) -> dict[str, Any]:
+        return {"status": "alive", "uptime_s": round(time.monotonic() - self._started, 3)}
+
+    def _require_control(self) -> Control:
+        if self.control is None:
+            raise _HttpError(404, "no control loops configured")
+        return self.control
+
+    async def _control_write(self, req: _Request, loop: str, what: str) -> dict[str, Any]:
+        control = self._require_control()
+        if self._token is None:
+            raise _HttpError(
+                403,
+                "control over HTTP needs a bearer token: set http.bearer_token_env or "
+                "http.bearer_token_file",
+            )
+        ctype = req.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype != "application/json":
+            raise _HttpError(415, "Content-Type must be application/json")
+        try:
+            data = json.loads(req.body)
+        except (ValueError, UnicodeDecodeError):
+            raise _HttpError(400, "body is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise _HttpError(400, "body must be a JSON object")
+        try:
+            if what == "setpoint":
+                value = data.get("value")
+                if (
+                    isinstance(value, bool)
+                    or not isinstance(value, int | float)
+                    or not math.isfinite(value)
+                ):
+                    raise _HttpError(422, 'expected {"value": <finite number>}')
+                result = control.set_setpoint(loop, float(value))
+            else:
+                mode = data.get("mode")
+                if not isinstance(mode, str) or not mode:
+                    raise _HttpError(422, 'expected {"mode": "<mode>"}')
+                result = control.set_mode(loop, mode)
+            if inspect.isawaitable(result):
+                await result
+        except KeyError:
+            raise _HttpError(404, f"no control loop named {loop!r}") from None
+        except ValueError as exc:
+            raise _HttpError(422, str(exc)) from None
+        log.info("control %s of loop %s set over HTTP: %s", what, loop, data)
+        status = control.status()
+        return {"ok": True, "loop": loop, "status": status.get(loop, status)}
+
+
+_J = (JSON_CONTENT_TYPE, {})
+_INDEX = [
+    "GET /metrics",
+    "GET /healthz",
+    "GET /readyz",
+    "GET /control",
+    "POST /control/<loop>/setpoint",
+    "POST /control/<loop>/mode",
+]
+
+
+def _json(obj: Any) -> bytes:
+    return (json.dumps(_plain(obj), allow_nan=False) + "\n").encode()
+
+
+def _plain(obj: Any) -> Any:
+    """JSON-safe copy of what health/status dicts carry: numpy scalars, NaN (-> null),
+    tuples and sets, enums and paths (-> str)."""
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple | set | frozenset):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, bool | int | str) or obj is None:
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if hasattr(obj, "item"):  # numpy scalar
+        return _plain(obj.item())
+    return str(obj)
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    if writer.is_closing():
+        return
+    writer.close()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(writer.wait_closed(), 1.0)

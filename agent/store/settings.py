@@ -1,9 +1,30 @@
-"""YAML section model for this component (placeholder; the component's owner fills it in)."""
+"""The `store:` YAML section: where history lives, how long it is kept, how writes batch."""
 
 from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
 
 from agent.configbase import StrictModel
 
 
 class StoreConfig(StrictModel):
-    """Settings of this component; every default lives here."""
+    """Local SQLite history. Every default of the store lives here.
+
+    Retention removes the oldest frames when either limit is reached: rows older than
+    `retention_days`, or a database larger than `max_mb` (pages in use, WAL included).
+    """
+
+    enabled: bool = True
+    path: str = "/var/lib/edgeloop/history.db"
+    retention_days: float = Field(7.0, gt=0)
+    max_mb: float = Field(2048.0, gt=0)
+    # A frame waits at most batch_ms before its transaction commits; kill -9 loses at most that.
+    batch_ms: int = Field(500, ge=1, le=60_000)
+    batch_max_frames: int = Field(2000, ge=1)
+    # Frames waiting for the writer thread; beyond this new frames are dropped and counted.
+    queue_max: int = Field(20_000, ge=10)
+    retention_interval_s: float = Field(60.0, gt=0)
+    # normal: survives a process crash / kill -9 (WAL); full: also survives power loss, slower.
+    synchronous: Literal["normal", "full"] = "normal"

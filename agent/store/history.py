@@ -1,0 +1,649 @@
+"""SQLite history: one wide row per poll-group frame, written by a thread in batches.
+
+Schema (chosen by measurement, see bench/store.py and docs/history.md): a frame of a group
+of `n` tags is one row `(ts_ns, group_id, data)` where `data` is the group's slice packed as
+little-endian `raw f8[n] | value f8[n] | score f8[n] | flags u2[n] | quality u1[n]`
+(27 bytes per tag). `groups` maps `group_id` to the device, group name and ordered tag
+names, so the database describes itself: export works without the YAML, and a config
+change (tags added) starts a new group version instead of corrupting old rows.
+
+The event loop only copies the slice into a bounded queue (`submit_frame` never touches
+disk); a writer thread commits up to `batch_max_frames` frames or `batch_ms` worth per
+transaction. WAL with synchronous=NORMAL survives kill -9 with every committed transaction
+intact, so a crash loses at most the batch being collected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import datetime as dt
+import json
+import logging
+import math
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import numpy as np
+
+from agent.metrics import Metrics
+from agent.store.settings import StoreConfig
+
+log = logging.getLogger("edgeloop.store")
+
+SCHEMA_VERSION = 1
+BYTES_PER_TAG = 27  # 3 x f8 + u2 + u1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS groups (
+    id INTEGER PRIMARY KEY,
+    device TEXT NOT NULL,
+    name TEXT NOT NULL,
+    tags TEXT NOT NULL,               -- JSON list of tag names, in slice order
+    created_ns INTEGER NOT NULL,
+    UNIQUE (device, name, tags)
+);
+CREATE TABLE IF NOT EXISTS frames (
+    ts_ns INTEGER NOT NULL,
+    group_id INTEGER NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS frames_group_ts ON frames (group_id, ts_ns);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    ts_ns INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    source TEXT NOT NULL,
+    payload TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_ts ON events (ts_ns);
+CREATE TABLE IF NOT EXISTS control (
+    id INTEGER PRIMARY KEY,
+    ts_ns INTEGER NOT NULL,
+    loop TEXT NOT NULL,
+    payload TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS control_ts ON control (ts_ns);
+"""
+
+
+class StoreError(Exception):
+    """Root of the store layer: a database that cannot be opened, read or written."""
+
+
+# --- encoding of one frame ---------------------------------------------------------------
+
+
+def pack_frame(
+    raw: np.ndarray, value: np.ndarray, score: np.ndarray, flags: np.ndarray, quality: np.ndarray
+) -> bytes:
+    """Pack one group slice into the row blob (copies, so the table may change afterwards)."""
+    return b"".join(
+        (
+            raw.astype("<f8", copy=False).tobytes(),
+            value.astype("<f8", copy=False).tobytes(),
+            score.astype("<f8", copy=False).tobytes(),
+            flags.astype("<u2", copy=False).tobytes(),
+            quality.astype("u1", copy=False).tobytes(),
+        )
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Frames:
+    """Decoded frames of one group version: arrays of shape (samples, tags)."""
+
+    ts_ns: np.ndarray
+    raw: np.ndarray
+    value: np.ndarray
+    score: np.ndarray
+    flags: np.ndarray
+    quality: np.ndarray
+
+
+def unpack_frames(ts_ns: Sequence[int], blobs: Sequence[bytes], n: int) -> Frames:
+    """Decode many row blobs of an `n`-tag group in one numpy pass."""
+    m = len(blobs)
+    buf = np.frombuffer(b"".join(blobs), dtype=np.uint8)
+    if buf.size != m * n * BYTES_PER_TAG:
+        raise StoreError(f"frame blobs do not match a {n}-tag group ({buf.size} bytes, {m} rows)")
+    rows = buf.reshape(m, n * BYTES_PER_TAG)
+    o = 8 * n
+
+    def col(a: int, b: int, dtype: str) -> np.ndarray:
+        return np.ascontiguousarray(rows[:, a:b]).view(dtype).reshape(m, n)
+
+    return Frames(
+        ts_ns=np.asarray(ts_ns, dtype=np.int64),
+        raw=col(0, o, "<f8"),
+        value=col(o, 2 * o, "<f8"),
+        score=col(2 * o, 3 * o, "<f8"),
+        flags=col(3 * o, 3 * o + 2 * n, "<u2"),
+        quality=col(3 * o + 2 * n, 3 * o + 3 * n, "u1"),
+    )
+
+
+# --- time arguments ------------------------------------------------------------------------
+
+
+def to_ns(t: float | int | dt.datetime | str) -> int:
+    """Epoch seconds (int/float), an aware/naive-UTC datetime, or an ISO 8601 / epoch string."""
+    if isinstance(t, str):
+        s = t.strip()
+        try:
+            return round(float(s) * 1e9)
+        except ValueError:
+            pass
+        try:
+            t = dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise StoreError(f"not a time (ISO 8601 or epoch seconds): {t!r}") from exc
+    if isinstance(t, dt.datetime):
+        if t.tzinfo is None:
+            t = t.replace(tzinfo=dt.UTC)
+        return round(t.timestamp() * 1e6) * 1000
+    return round(float(t) * 1e9)
+
+
+def iso(ts_ns: int) -> str:
+    """UTC ISO 8601 with microseconds, the form export writes."""
+    d = dt.datetime.fromtimestamp(ts_ns / 1e9, tz=dt.UTC)
+    return d.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+# --- connection helpers ----------------------------------------------------------------------
+
+
+def _connect(path: str, synchronous: str = "normal") -> sqlite3.Connection:
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    try:
+        con = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
+        # auto_vacuum must be chosen before the first table exists; harmless afterwards.
+        con.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        mode = con.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise StoreError(f"{path}: cannot switch to WAL (journal_mode={mode})")
+        con.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        con.executescript(_SCHEMA)
+        con.execute(
+            "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
+            (str(SCHEMA_VERSION),),
+        )
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open history database {path}: {exc}") from exc
+    return con
+
+
+def db_bytes(path: str) -> int:
+    """Bytes on disk of the database and its WAL."""
+    total = 0
+    for p in (path, path + "-wal"):
+        with contextlib.suppress(OSError):
+            total += os.path.getsize(p)
+    return total
+
+
+# --- the reader (export, report) -------------------------------------------------------------
+
+
+class HistoryReader:
+    """Read side of the history database; safe to use while a writer is running (WAL)."""
+
+    def __init__(self, path: str) -> None:
+        if not os.path.exists(path):
+            raise StoreError(f"no history database at {path}")
+        try:
+            self._con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open history database {path}: {exc}") from exc
+        self.path = path
+
+    def close(self) -> None:
+        self._con.close()
+
+    def groups(self) -> list[tuple[int, str, str, list[str]]]:
+        """(group_id, device, group, tag names) for every group version ever written."""
+        rows = self._con.execute("SELECT id, device, name, tags FROM groups ORDER BY id")
+        return [(i, d, n, json.loads(t)) for i, d, n, t in rows]
+
+    def frames(self, group_id: int, n: int, t_from_ns: int, t_to_ns: int) -> Frames:
+        rows = self._con.execute(
+            "SELECT ts_ns, data FROM frames WHERE group_id=? AND ts_ns>=? AND ts_ns<? "
+            "ORDER BY ts_ns",
+            (group_id, t_from_ns, t_to_ns),
+        ).fetchall()
+        return unpack_frames([r[0] for r in rows], [r[1] for r in rows], n)
+
+    def read_series(
+        self, tags: Iterable[str], t_from: Any, t_to: Any
+    ) -> dict[str, tuple[np.ndarray, ...]]:
+        """Per tag `(ts_ns, raw, value, quality, flags, score)` arrays in [t_from, t_to).
+
+        Times are epoch seconds, datetimes or ISO strings. Tags never written are absent.
+        """
+        want = set(tags)
+        a, b = to_ns(t_from), to_ns(t_to)
+        parts: dict[str, list[tuple[np.ndarray, ...]]] = {}
+        for gid, _dev, _name, names in self.groups():
+            cols = [(i, t) for i, t in enumerate(names) if t in want]
+            if not cols:
+                continue
+            f = self.frames(gid, len(names), a, b)
+            for i, t in cols:
+                parts.setdefault(t, []).append(
+                    (
+                        f.ts_ns,
+                        f.raw[:, i],
+                        f.value[:, i],
+                        f.quality[:, i],
+                        f.flags[:, i],
+                        f.score[:, i],
+                    )
+                )
+        out: dict[str, tuple[np.ndarray, ...]] = {}
+        for t, chunks in parts.items():
+            cat = [np.concatenate([c[k] for c in chunks]) for k in range(6)]
+            order = np.argsort(cat[0], kind="stable")
+            out[t] = tuple(np.ascontiguousarray(c[order]) for c in cat)
+        return out
+
+    def read_events(
+        self, t_from: Any, t_to: Any, kinds: Iterable[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Events in [t_from, t_to), oldest first: {ts_ns, kind, source, payload}."""
+        rows = self._con.execute(
+            "SELECT ts_ns, kind, source, payload FROM events WHERE ts_ns>=? AND ts_ns<? "
+            "ORDER BY ts_ns, id",
+            (to_ns(t_from), to_ns(t_to)),
+        )
+        ks = set(kinds) if kinds is not None else None
+        return [
+            {"ts_ns": ts, "kind": k, "source": s, "payload": json.loads(p)}
+            for ts, k, s, p in rows
+            if ks is None or k in ks
+        ]
+
+    def read_control(self, t_from: Any, t_to: Any, loop: str | None = None) -> list[dict]:
+        """Control actions and mode changes in [t_from, t_to): {ts_ns, loop, payload}."""
+        rows = self._con.execute(
+            "SELECT ts_ns, loop, payload FROM control WHERE ts_ns>=? AND ts_ns<? "
+            "ORDER BY ts_ns, id",
+            (to_ns(t_from), to_ns(t_to)),
+        )
+        return [
+            {"ts_ns": ts, "loop": lp, "payload": json.loads(p)}
+            for ts, lp, p in rows
+            if loop is None or lp == loop
+        ]
+
+    def export_csv(
+        self,
+        out: TextIO,
+        t_from: Any,
+        t_to: Any,
+        tags: Sequence[str] | None = None,
+        filtered: bool = False,
+    ) -> int:
+        """Write a wide CSV, one row per frame (timestamp x group); returns the row count.
+
+        Columns: `time` (ISO 8601 UTC), `epoch_s`, `device`, `group`, then per tag
+        `<tag>` (raw, or the kernel-filtered value with `filtered`), `<tag>:quality`,
+        `<tag>:flags`. Cells of tags outside the row's group are empty; NaN is empty.
+        """
+        a, b = to_ns(t_from), to_ns(t_to)
+        want = list(dict.fromkeys(tags)) if tags else None
+        groups = self.groups()
+        if want is None:
+            ordered = list(dict.fromkeys(t for g in groups for t in g[3]))
+        else:
+            known = {t for g in groups for t in g[3]}
+            missing = [t for t in want if t not in known]
+            if missing:
+                raise StoreError(f"tags not in history: {', '.join(missing)}")
+            ordered = want
+        pos = {t: i for i, t in enumerate(ordered)}
+        width = 4 + 3 * len(ordered)
+        rows: list[tuple[int, list[str]]] = []
+        for gid, dev, name, names in groups:
+            sel = [(i, pos[t]) for i, t in enumerate(names) if t in pos]
+            if not sel:
+                continue
+            f = self.frames(gid, len(names), a, b)
+            vals = f.value if filtered else f.raw
+            for r in range(len(f.ts_ns)):
+                ts = int(f.ts_ns[r])
+                row = [""] * width
+                row[0], row[1], row[2], row[3] = iso(ts), f"{ts / 1e9:.6f}", dev, name
+                for i, j in sel:
+                    v = float(vals[r, i])
+                    row[4 + 3 * j] = "" if math.isnan(v) else repr(v)
+                    row[5 + 3 * j] = str(int(f.quality[r, i]))
+                    row[6 + 3 * j] = str(int(f.flags[r, i]))
+                rows.append((ts, row))
+        rows.sort(key=lambda x: x[0])
+        w = csv.writer(out, lineterminator="\n")
+        header = ["time", "epoch_s", "device", "group"]
+        for t in ordered:
+            header += [t, f"{t}:quality", f"{t}:flags"]
+        w.writerow(header)
+        w.writerows(r for _, r in rows)
+        return len(rows)
+
+
+def open_reader(path: str) -> HistoryReader:
+    """A reader on the history database at `path` (read-only connection)."""
+    return HistoryReader(path)
+
+
+# --- the writer -------------------------------------------------------------------------------
+
+_STOP = object()
+
+
+class _RetentionRequest:
+    """A queue item asking the writer thread to run retention now and report back."""
+
+    def __init__(self, now_ns: int | None) -> None:
+        self.now_ns = now_ns
+        self.done = threading.Event()
+        self.result: dict[str, int] = {}
+
+
+class HistoryStore:
+    """The running store: bounded queue on the event-loop side, one writer thread on disk.
+
+    Overflow policy: when `queue_max` items wait, new items are dropped and counted in
+    `edgeloop_store_dropped_total` (old data already queued is kept, so a stalled disk
+    loses the newest frames, and the event loop never waits).
+    """
+
+    def __init__(self, store_cfg: StoreConfig, table: Any, metrics: Metrics | None = None):
+        self.cfg = store_cfg
+        self.table = table
+        self.metrics = metrics if metrics is not None else Metrics()
+        self._q: queue.Queue[Any] = queue.Queue(maxsize=store_cfg.queue_max)
+        self._thread: threading.Thread | None = None
+        self._con: sqlite3.Connection | None = None
+        self._group_keys: dict[tuple[str, str, int, int], tuple[str, str, str]] = {}
+        self._group_ids: dict[tuple[str, str, str], int] = {}
+        self._reader: HistoryReader | None = None
+        self._last_retention = 0.0
+        self._error_episode = False
+        self.dropped = 0
+        self.transactions = 0  # committed write transactions (batching is visible in tests)
+
+    # -- lifecycle
+    def start(self) -> None:
+        """Open (or create) the database and start the writer thread; raises StoreError."""
+        if self._thread is not None:
+            return
+        self._con = _connect(self.cfg.path, self.cfg.synchronous)
+        for gid, dev, name, tags in self._con.execute("SELECT id, device, name, tags FROM groups"):
+            self._group_ids[(dev, name, tags)] = gid
+        self._last_retention = time.monotonic()
+        self._update_gauges()
+        self._thread = threading.Thread(target=self._run, name="edgeloop-store", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Flush everything queued, stop the writer and close the database."""
+        if self._thread is None:
+            return
+        self._q.put(_STOP)  # blocking put: close must not drop the stop marker
+        self._thread.join(timeout_s)
+        self._thread = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    def flush(self, timeout_s: float = 30.0) -> bool:
+        """Wait until everything submitted so far is committed (tests, report, shutdown)."""
+        if self._thread is None:
+            return True
+        done = threading.Event()
+        self._q.put(done)
+        return done.wait(timeout_s)
+
+    def retain_now(self, now_ns: int | None = None, timeout_s: float = 60.0) -> dict[str, int]:
+        """Run retention in the writer thread now (as if at `now_ns`); rows deleted by reason."""
+        req = _RetentionRequest(now_ns)
+        self._q.put(req)
+        if not req.done.wait(timeout_s):
+            raise StoreError("retention did not finish in time")
+        return req.result
+
+    # -- event-loop side: copy and enqueue, never touch disk
+    def submit_frame(self, group: Any, ts_ns: int) -> bool:
+        """Queue a copy of the group's slice; False (and counted) if the queue is full."""
+        t = self.table
+        s, e = group.start, group.stop
+        key = (group.device, group.name, s, e)
+        gkey = self._group_keys.get(key)
+        if gkey is None:
+            gkey = (group.device, group.name, json.dumps(list(t.names[s:e])))
+            self._group_keys[key] = gkey
+        blob = pack_frame(t.raw[s:e], t.value[s:e], t.score[s:e], t.flags[s:e], t.quality[s:e])
+        return self._put(("F", int(ts_ns), gkey, blob))
+
+    def submit_event(self, ts_ns: int, kind: str, source: str, payload: Any) -> bool:
+        """Queue an event (anomaly, device up/down, ...); payload must be JSON-serialisable."""
+        return self._put(("E", int(ts_ns), kind, source, json.dumps(payload, default=str)))
+
+    def submit_control(self, ts_ns: int, loop: str, payload: Any) -> bool:
+        """Queue a control action or mode change of `loop`."""
+        return self._put(("C", int(ts_ns), loop, json.dumps(payload, default=str)))
+
+    def _put(self, item: tuple) -> bool:
+        try:
+            self._q.put_nowait(item)
+            return True
+        except queue.Full:
+            self.dropped += 1
+            self.metrics.inc("edgeloop_store_dropped_total")
+            return False
+
+    # -- reads (own read-only connection; fine while the writer runs)
+    def reader(self) -> HistoryReader:
+        if self._reader is None:
+            self._reader = HistoryReader(self.cfg.path)
+        return self._reader
+
+    def read_series(self, tags: Iterable[str], t_from: Any, t_to: Any) -> dict:
+        return self.reader().read_series(tags, t_from, t_to)
+
+    def read_events(self, t_from: Any, t_to: Any, kinds: Iterable[str] | None = None) -> list:
+        return self.reader().read_events(t_from, t_to, kinds)
+
+    def read_control(self, t_from: Any, t_to: Any, loop: str | None = None) -> list:
+        return self.reader().read_control(t_from, t_to, loop)
+
+    def export(self, out: TextIO, t_from: Any, t_to: Any, **kw: Any) -> int:
+        return self.reader().export_csv(out, t_from, t_to, **kw)
+
+    # -- writer thread
+    def _run(self) -> None:
+        batch_s = self.cfg.batch_ms / 1000.0
+        stop = False
+        while not stop:
+            try:
+                item = self._q.get(timeout=min(1.0, self.cfg.retention_interval_s))
+            except queue.Empty:
+                self._maybe_retention()
+                continue
+            batch: list[tuple] = []
+            waiters: list[threading.Event | _RetentionRequest] = []
+            deadline = time.monotonic() + batch_s
+            while True:
+                if item is _STOP:
+                    stop = True
+                    break
+                if isinstance(item, threading.Event | _RetentionRequest):
+                    waiters.append(item)
+                    break  # commit now so the waiter sees everything before it
+                batch.append(item)
+                if len(batch) >= self.cfg.batch_max_frames:
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    item = self._q.get(timeout=remaining)
+                except queue.Empty:
+                    break
+            if batch:
+                self._write(batch)
+            for w in waiters:
+                if isinstance(w, _RetentionRequest):
+                    try:
+                        w.result = self.run_retention(w.now_ns)
+                    except sqlite3.Error as exc:
+                        log.error("history retention failed: %s", exc)
+                    w.done.set()
+                else:
+                    w.set()
+            self._maybe_retention()
+        # drain whatever raced in after the stop marker
+        rest = []
+        while True:
+            try:
+                it = self._q.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(it, threading.Event):
+                it.set()
+            elif isinstance(it, _RetentionRequest):
+                it.done.set()
+            elif it is not _STOP:
+                rest.append(it)
+        if rest:
+            self._write(rest)
+        assert self._con is not None
+        self._con.close()
+        self._con = None
+
+    def _gid(self, con: sqlite3.Connection, gkey: tuple[str, str, str]) -> int:
+        gid = self._group_ids.get(gkey)
+        if gid is None:
+            con.execute(
+                "INSERT OR IGNORE INTO groups(device, name, tags, created_ns) VALUES (?,?,?,?)",
+                (*gkey, time.time_ns()),
+            )
+            gid = con.execute(
+                "SELECT id FROM groups WHERE device=? AND name=? AND tags=?", gkey
+            ).fetchone()[0]
+            self._group_ids[gkey] = gid
+        return gid
+
+    def _write(self, batch: list[tuple]) -> None:
+        con = self._con
+        assert con is not None
+        frames, events, controls = [], [], []
+        try:
+            con.execute("BEGIN")
+            for it in batch:
+                if it[0] == "F":
+                    frames.append((it[1], self._gid(con, it[2]), it[3]))
+                elif it[0] == "E":
+                    events.append(it[1:])
+                else:
+                    controls.append(it[1:])
+            con.executemany("INSERT INTO frames(ts_ns, group_id, data) VALUES (?,?,?)", frames)
+            if events:
+                con.executemany(
+                    "INSERT INTO events(ts_ns, kind, source, payload) VALUES (?,?,?,?)", events
+                )
+            if controls:
+                con.executemany(
+                    "INSERT INTO control(ts_ns, loop, payload) VALUES (?,?,?)", controls
+                )
+            con.execute("COMMIT")
+            self.transactions += 1
+        except sqlite3.Error as exc:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            self._group_ids.clear()  # a rolled-back group insert must not stay cached
+            for gid_row in con.execute("SELECT id, device, name, tags FROM groups"):
+                self._group_ids[(gid_row[1], gid_row[2], gid_row[3])] = gid_row[0]
+            self.dropped += len(batch)
+            self.metrics.inc("edgeloop_store_dropped_total", len(batch))
+            if not self._error_episode:
+                log.error("history write failed, %d items dropped: %s", len(batch), exc)
+                self._error_episode = True
+            return
+        if self._error_episode:
+            log.info("history writes recovered")
+            self._error_episode = False
+        m = self.metrics
+        if frames:
+            m.inc("edgeloop_store_rows_total", len(frames), table="frames")
+        if events:
+            m.inc("edgeloop_store_rows_total", len(events), table="events")
+        if controls:
+            m.inc("edgeloop_store_rows_total", len(controls), table="control")
+        self._update_gauges()
+
+    def _update_gauges(self) -> None:
+        self.metrics.set("edgeloop_store_queue_depth", self._q.qsize())
+        self.metrics.set("edgeloop_store_bytes", db_bytes(self.cfg.path))
+
+    # -- retention
+    def _maybe_retention(self) -> None:
+        now = time.monotonic()
+        if now - self._last_retention < self.cfg.retention_interval_s:
+            return
+        self._last_retention = now
+        try:
+            self.run_retention()
+        except sqlite3.Error as exc:
+            log.error("history retention failed: %s", exc)
+
+    def _used_bytes(self, con: sqlite3.Connection) -> int:
+        page = con.execute("PRAGMA page_size").fetchone()[0]
+        count = con.execute("PRAGMA page_count").fetchone()[0]
+        free = con.execute("PRAGMA freelist_count").fetchone()[0]
+        return (count - free) * page
+
+    def run_retention(self, now_ns: int | None = None) -> dict[str, int]:
+        """Delete by age, then oldest frames until under max_mb; writer thread only.
+
+        Returns rows deleted per reason. Freed pages are returned to the file system with
+        incremental vacuum so the file shrinks, and the WAL is checkpointed.
+        """
+        con = self._con
+        assert con is not None
+        now_ns = time.time_ns() if now_ns is None else now_ns
+        cutoff = now_ns - int(self.cfg.retention_days * 86400e9)
+        deleted = {"age": 0, "size": 0}
+        con.execute("BEGIN")
+        for tbl in ("frames", "events", "control"):
+            deleted["age"] += con.execute(f"DELETE FROM {tbl} WHERE ts_ns < ?", (cutoff,)).rowcount
+        con.execute("COMMIT")
+        limit = int(self.cfg.max_mb * 1024 * 1024)
+        # Frames dominate the size; delete the oldest (rowid = arrival order) in 5% steps.
+        for _ in range(100):
+            if self._used_bytes(con) <= limit:
+                break
+            lo, hi = con.execute("SELECT min(rowid), max(rowid) FROM frames").fetchone()
+            if lo is None:
+                break
+            step = max(1, (hi - lo + 1) // 20)
+            deleted["size"] += con.execute(
+                "DELETE FROM frames WHERE rowid < ?", (lo + step,)
+            ).rowcount
+        if deleted["age"] or deleted["size"]:
+            # executescript steps to completion; execute() would free a single page
+            con.executescript("PRAGMA incremental_vacuum;")
+            con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            for reason, n in deleted.items():
+                if n:
+                    self.metrics.inc("edgeloop_store_retention_deleted_total", n, reason=reason)
+        self._update_gauges()
+        return deleted

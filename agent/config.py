@@ -1,0 +1,982 @@
+"""The root YAML model and its loader: one typed, frozen `Config`, or every problem at once.
+
+`load_config(path)` parses the file with PyYAML keeping node positions, validates it with
+pydantic, runs the cross-checks and either returns a `Config` or raises `ConfigError`, whose
+`str()` is one line per problem in the form editors and humans read::
+
+    plant.yaml:23: devices[0].poll_groups[1].tags[4].address: must be 0..65535
+
+How problems are collected, so a user fixes a file in one round:
+- field problems (types, ranges, unknown keys, missing keys) come from pydantic in one pass;
+- checks that concern one tag or one device (type/table, bit, string length, min > max,
+  overlapping registers, duplicate group names, timeout vs interval, security) run as model
+  validators, so they are reported together with the field problems of *other* devices/tags;
+- checks over the whole file (duplicate device and tag names, references from other
+  sections to tags) need a structurally valid file and run after it validated.
+
+Cross-check hook for the other sections
+---------------------------------------
+Each section module (`agent.kernel.settings`, `agent.control.settings`,
+`agent.store.settings`, `agent.publish.settings`, `agent.telemetry.settings`) may define::
+
+    def cross_check(cfg: Config, tag_index: dict[str, TagRef]) -> list[tuple[path, str]]
+
+where `path` is a tuple of YAML keys and list indices (`("control", "loops", 0, "output")`)
+or the same written as a string (`"control.loops[0].output"`) and the second item is the
+message.  `TagRef` tells the name, device, group, driver type, unit, writable, min and max of
+every configured tag.  The loader maps each path to its line and reports it like any other
+problem.  Hooks are pure: no I/O, no exceptions for bad input (return the problem instead).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import math
+import re
+import types
+import typing
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from agent.configbase import StrictModel
+from agent.control.settings import ControlConfig
+from agent.kernel.settings import KernelConfig
+from agent.publish.settings import PublishConfig
+from agent.store.settings import StoreConfig
+from agent.telemetry.settings import HttpConfig
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DeviceConfig",
+    "Issue",
+    "ModbusDevice",
+    "ModbusPollGroup",
+    "ModbusTag",
+    "OpcUaDevice",
+    "OpcUaPollGroup",
+    "OpcUaTag",
+    "Source",
+    "TagRef",
+    "load_config",
+    "parse_config",
+    "register_width",
+    "tag_index",
+]
+
+Path_ = tuple[str | int, ...]
+
+NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$"
+NAME_HINT = "must start with a letter or _ and hold only letters, digits, _ . - (max 64)"
+NODE_PATTERN = r"^(ns=\d+;|nsu=[^;]+;)?[isgb]=.+$"
+NODE_HINT = 'must be an OPC UA NodeId such as "ns=2;s=Pump.Flow" or "i=2258"'
+
+TagType = Literal[
+    "bool",
+    "bit",
+    "int16",
+    "uint16",
+    "int32",
+    "uint32",
+    "int64",
+    "uint64",
+    "float32",
+    "float64",
+    "string",
+]
+Table = Literal["holding", "input", "coil", "discrete"]
+Order = Literal["big", "little"]
+Name = Annotated[str, Field(pattern=NAME_PATTERN, description="Identifier; " + NAME_HINT)]
+
+REGISTER_TABLES = ("holding", "input")
+BIT_TABLES = ("coil", "discrete")
+READ_ONLY_TABLES = ("input", "discrete")
+_WIDTH = {
+    "bit": 1,
+    "int16": 1,
+    "uint16": 1,
+    "int32": 2,
+    "uint32": 2,
+    "float32": 2,
+    "int64": 4,
+    "uint64": 4,
+    "float64": 4,
+}
+
+
+def register_width(dtype: str, length_registers: int | None = None) -> int:
+    """Registers (or bits, for bool) one value of `dtype` occupies."""
+    if dtype == "bool":
+        return 1
+    if dtype == "string":
+        return int(length_registers or 0)
+    return _WIDTH[dtype]
+
+
+def _problems(items: Iterable[tuple[Path_, str]]) -> PydanticCustomError:
+    """One pydantic error carrying several (relative path, message) problems in its ctx."""
+    return PydanticCustomError("edgeloop_checks", "{problems}", {"problems": tuple(items)})
+
+
+def _raise_if(problems: list[tuple[Path_, str]]) -> None:
+    if problems:
+        raise _problems(problems)
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+# --- tags --------------------------------------------------------------------------------
+
+
+class _TagCommon(StrictModel):
+    name: Name
+    unit: str = Field("", description="Engineering unit shown to users, e.g. degC, %, bar.")
+    scale: float = Field(1.0, description="engineering = raw * scale + offset.")
+    offset: float = Field(0.0, description="engineering = raw * scale + offset.")
+    writable: bool = Field(
+        False, description="Allow writes (control outputs, setpoints); off by default."
+    )
+    min: float | None = Field(
+        None, description="Lowest valid engineering value; writes below it are refused."
+    )
+    max: float | None = Field(
+        None, description="Highest valid engineering value; writes above it are refused."
+    )
+    max_rate_per_s: float | None = Field(
+        None, gt=0, description="Largest change per second a controller may command."
+    )
+    description: str = Field("", description="Free text for humans.")
+
+    def _common_problems(self) -> list[tuple[Path_, str]]:
+        out: list[tuple[Path_, str]] = []
+        if self.min is not None and self.max is not None and self.min > self.max:
+            out.append((("min",), f"must not exceed max ({_num(self.min)} > {_num(self.max)})"))
+        if self.scale == 0 or not math.isfinite(self.scale):
+            out.append((("scale",), "must be a finite number other than 0"))
+        if not math.isfinite(self.offset):
+            out.append((("offset",), "must be a finite number"))
+        return out
+
+
+class ModbusTag(_TagCommon):
+    """One Modbus value: where it lives (table, address, unit) and how to decode it."""
+
+    table: Table = Field(description="Modbus table: holding | input | coil | discrete.")
+    address: int = Field(ge=0, le=65535, description="0-based protocol address.")
+    type: TagType | None = Field(
+        None,
+        description="Value type; default bool for coil/discrete, required for holding/input.",
+    )
+    bit: int | None = Field(None, ge=0, le=15, description="Bit 0..15 (LSB=0) for type bit.")
+    length_registers: int | None = Field(
+        None, ge=1, le=125, description="Registers holding a string (2 characters each)."
+    )
+    byte_order: Order | None = Field(None, description="Overrides the device's byte_order.")
+    word_order: Order | None = Field(None, description="Overrides the device's word_order.")
+    unit_id: int | None = Field(None, ge=0, le=255, description="Overrides the device's unit_id.")
+
+    @property
+    def dtype(self) -> str:
+        """The effective type: bool for bit tables when not given."""
+        if self.type is None and self.table in BIT_TABLES:
+            return "bool"
+        return self.type or ""
+
+    @property
+    def width(self) -> int:
+        return register_width(self.dtype, self.length_registers)
+
+    @model_validator(mode="after")
+    def _check(self) -> ModbusTag:
+        out = self._common_problems()
+        t = self.type
+        if self.table in BIT_TABLES:
+            if t not in (None, "bool"):
+                out.append((("type",), f"must be bool for table {self.table} (got {t})"))
+        elif t is None:
+            out.append((("type",), f"required for table {self.table}"))
+        elif t == "bool":
+            out.append(
+                (
+                    ("type",),
+                    f"bool needs table coil or discrete; for a bit of a {self.table} "
+                    "register use type: bit with bit: 0..15",
+                )
+            )
+        if t == "bit" and self.bit is None:
+            out.append((("bit",), "required for type bit (0..15)"))
+        if self.bit is not None and t != "bit":
+            out.append((("bit",), "only allowed with type: bit"))
+        if t == "string" and self.length_registers is None:
+            out.append((("length_registers",), "required for type string"))
+        if self.length_registers is not None and t != "string":
+            out.append((("length_registers",), "only allowed with type: string"))
+        if self.writable and self.table in READ_ONLY_TABLES:
+            out.append((("writable",), f"table {self.table} is read-only"))
+        dtype = self.dtype
+        if dtype and (dtype != "string" or self.length_registers):
+            end = self.address + self.width
+            if end > 65536:
+                out.append(
+                    (
+                        ("address",),
+                        f"{dtype} at {self.address} needs {self.width} registers and runs "
+                        "past 65535",
+                    )
+                )
+        if self.table in BIT_TABLES and (self.byte_order or self.word_order):
+            key = "byte_order" if self.byte_order else "word_order"
+            out.append(((key,), f"has no meaning for table {self.table}"))
+        _raise_if(out)
+        return self
+
+
+class OpcUaTag(_TagCommon):
+    """One OPC UA variable, addressed by its NodeId."""
+
+    node: str = Field(pattern=NODE_PATTERN, description='NodeId, e.g. "ns=2;s=Pump.Flow".')
+    type: TagType = Field(
+        "float64",
+        description="How the value is stored: numeric types in the value arrays, string as text.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> OpcUaTag:
+        out = self._common_problems()
+        if self.type == "bit":
+            out.append((("type",), "bit is Modbus only; use bool"))
+        _raise_if(out)
+        return self
+
+
+# --- poll groups -------------------------------------------------------------------------
+
+
+class _GroupCommon(StrictModel):
+    name: Name
+    interval_ms: int = Field(ge=1, le=86_400_000, description="Poll period in milliseconds.")
+    stale_after_ms: int | None = Field(
+        None, ge=1, description="Quality turns stale after this age; default 3 x interval_ms."
+    )
+
+    @property
+    def stale_ms(self) -> int:
+        return self.stale_after_ms or 3 * self.interval_ms
+
+
+class ModbusPollGroup(_GroupCommon):
+    """Tags read together at one rate; the planner merges them into few requests."""
+
+    mode: Literal["poll"] = Field("poll", description="Modbus groups are always polled.")
+    tags: list[ModbusTag] = Field(min_length=1, description="The tags of this group.")
+
+
+class OpcUaPollGroup(_GroupCommon):
+    """Tags read together at one rate, by batched Read (poll) or a subscription."""
+
+    mode: Literal["poll", "subscribe"] = Field(
+        "poll", description="poll: batched Read each interval; subscribe: monitored items."
+    )
+    sampling_interval_ms: int | None = Field(
+        None, ge=0, description="Server sampling interval (subscribe); default interval_ms."
+    )
+    deadband_abs: float = Field(
+        0.0, ge=0, description="Absolute deadband of monitored items (subscribe)."
+    )
+    queue_size: int = Field(
+        1000, ge=1, le=1_000_000, description="Bounded notification queue (subscribe)."
+    )
+    tags: list[OpcUaTag] = Field(min_length=1, description="The tags of this group.")
+
+
+# --- devices -----------------------------------------------------------------------------
+
+
+class _DeviceCommon(StrictModel):
+    name: Name
+    enabled: bool = Field(True, description="false keeps the device configured but idle.")
+    backoff_initial_s: float = Field(
+        0.5, gt=0, le=3600, description="First reconnect delay; doubles up to backoff_max_s."
+    )
+    backoff_max_s: float = Field(30.0, gt=0, le=3600, description="Cap of the reconnect delay.")
+
+    def _device_problems(self) -> list[tuple[Path_, str]]:
+        out: list[tuple[Path_, str]] = []
+        if self.backoff_initial_s > self.backoff_max_s:
+            out.append(
+                (
+                    ("backoff_initial_s",),
+                    f"must not exceed backoff_max_s ({_num(self.backoff_initial_s)} > "
+                    f"{_num(self.backoff_max_s)})",
+                )
+            )
+        seen: dict[str, int] = {}
+        groups: Sequence[Any] = self.poll_groups  # type: ignore[attr-defined]
+        for i, g in enumerate(groups):
+            if g.name in seen:
+                out.append(
+                    (
+                        ("poll_groups", i, "name"),
+                        f"duplicate poll group name {g.name!r} (also poll_groups[{seen[g.name]}])",
+                    )
+                )
+            else:
+                seen[g.name] = i
+            timeout_s: float = self.timeout_s  # type: ignore[attr-defined]
+            if g.mode == "poll" and timeout_s * 1000 >= g.interval_ms:
+                out.append(
+                    (
+                        ("poll_groups", i, "interval_ms"),
+                        f"{g.interval_ms} ms is not longer than the device timeout_s "
+                        f"({_num(timeout_s)} s): lower timeout_s or raise interval_ms",
+                    )
+                )
+        return out
+
+
+class ModbusDevice(_DeviceCommon):
+    """A Modbus TCP server or a Modbus RTU serial line (several units may share either)."""
+
+    driver: Literal["modbus"] = Field(description="modbus")
+    transport: Literal["tcp", "rtu"] = Field("tcp", description="tcp | rtu.")
+    host: str | None = Field(None, min_length=1, description="Host name or IP (tcp).")
+    port: int = Field(502, ge=1, le=65535, description="TCP port (tcp).")
+    serial_port: str | None = Field(None, min_length=1, description="e.g. /dev/ttyUSB0 (rtu).")
+    baudrate: int = Field(19200, ge=300, le=4_000_000, description="Serial speed (rtu).")
+    parity: Literal["N", "E", "O"] = Field("N", description="Serial parity N | E | O (rtu).")
+    stopbits: Literal[1, 2] = Field(1, description="Serial stop bits (rtu).")
+    bytesize: Literal[7, 8] = Field(8, description="Serial data bits (rtu).")
+    unit_id: int = Field(1, ge=0, le=255, description="Default unit (slave) id of the tags.")
+    byte_order: Order = Field("big", description="Byte order inside a 16-bit register.")
+    word_order: Order = Field("big", description="Register order of 32/64-bit values.")
+    timeout_s: float = Field(1.0, gt=0, le=60, description="Response timeout per request.")
+    retries: int = Field(1, ge=0, le=10, description="Retries of a failed request.")
+    max_read_registers: int = Field(
+        125, ge=1, le=125, description="Largest register read; some devices accept less."
+    )
+    max_read_bits: int = Field(2000, ge=1, le=2000, description="Largest coil/discrete read.")
+    max_gap_registers: int = Field(
+        8, ge=0, le=124, description="Unused registers the planner may read through to merge."
+    )
+    max_gap_bits: int = Field(
+        32, ge=0, le=1999, description="Unused bits the planner may read through to merge."
+    )
+    poll_groups: list[ModbusPollGroup] = Field(min_length=1, description="Poll groups.")
+
+    @model_validator(mode="after")
+    def _check(self) -> ModbusDevice:
+        out = self._device_problems()
+        if self.transport == "tcp" and not self.host:
+            out.append((("host",), "required for transport tcp"))
+        if self.transport == "rtu":
+            if not self.serial_port:
+                out.append((("serial_port",), "required for transport rtu"))
+            if not 1 <= self.unit_id <= 247:
+                out.append((("unit_id",), "must be 1..247 on a serial line"))
+        # Overlaps per (unit, table): words by register range, bit tags by (register, bit).
+        # Bit tags may share a register with each other and with a word tag that reads the
+        # whole status word; the same bit twice, or two words sharing a register, is a mistake.
+        words: dict[tuple[int, str], list[tuple[int, int, str, Path_]]] = {}
+        bits: dict[tuple[int, str, int, int], tuple[str, Path_]] = {}
+        for gi, g in enumerate(self.poll_groups):
+            for ti, t in enumerate(g.tags):
+                path: Path_ = ("poll_groups", gi, "tags", ti)
+                unit = self.unit_id if t.unit_id is None else t.unit_id
+                if self.transport == "rtu" and t.unit_id is not None and not 1 <= unit <= 247:
+                    out.append(((*path, "unit_id"), "must be 1..247 on a serial line"))
+                if t.dtype == "bit":
+                    key = (unit, t.table, t.address, t.bit or 0)
+                    if key in bits:
+                        out.append(
+                            (
+                                (*path, "bit"),
+                                f"{t.table} {t.address} bit {t.bit} is already tag "
+                                f"{bits[key][0]!r}",
+                            )
+                        )
+                    else:
+                        bits[key] = (t.name, path)
+                    continue
+                if not t.dtype or t.width <= 0:
+                    continue
+                lo, hi = t.address, t.address + t.width - 1
+                span = words.setdefault((unit, t.table), [])
+                for olo, ohi, oname, _ in span:
+                    if lo <= ohi and olo <= hi:
+                        where = f"{olo}" if olo == ohi else f"{olo}..{ohi}"
+                        out.append(
+                            (
+                                (*path, "address"),
+                                f"{t.table} {lo}..{hi} overlaps tag {oname!r} ({t.table} "
+                                f"{where}, unit {unit})"
+                                if lo != hi
+                                else f"{t.table} {lo} overlaps tag {oname!r} ({t.table} "
+                                f"{where}, unit {unit})",
+                            )
+                        )
+                        break
+                span.append((lo, hi, t.name, path))
+        _raise_if(out)
+        return self
+
+
+SecurityPolicy = Literal["None", "Basic256Sha256", "Aes128Sha256RsaOaep", "Aes256Sha256RsaPss"]
+SecurityMode = Literal["None", "Sign", "SignAndEncrypt"]
+
+
+class OpcUaDevice(_DeviceCommon):
+    """An OPC UA server endpoint; secrets come from the environment or a file, never YAML."""
+
+    driver: Literal["opcua"] = Field(description="opcua")
+    endpoint: str = Field(
+        pattern=r"^opc\.tcp://\S+$", description="opc.tcp://host:port/path of the server."
+    )
+    security_policy: SecurityPolicy = Field("None", description="Message security policy.")
+    security_mode: SecurityMode = Field("None", description="None | Sign | SignAndEncrypt.")
+    client_certificate: str | None = Field(None, description="Client certificate (DER/PEM).")
+    client_private_key: str | None = Field(None, description="Client private key (PEM).")
+    server_certificate: str | None = Field(
+        None, description="Pinned server certificate: only this one is accepted."
+    )
+    trust_dir: str | None = Field(
+        None, description="Directory of trusted server certificates (instead of pinning one)."
+    )
+    username: str | None = Field(None, min_length=1, description="User name for login.")
+    password_env: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Name of the environment variable holding the password.",
+    )
+    password_file: str | None = Field(None, description="File holding the password.")
+    timeout_s: float = Field(5.0, gt=0, le=120, description="Request timeout.")
+    max_nodes_per_read: int = Field(
+        0, ge=0, description="Nodes per Read request; 0 asks the server's MaxNodesPerRead."
+    )
+    poll_groups: list[OpcUaPollGroup] = Field(min_length=1, description="Poll groups.")
+
+    @field_validator("security_policy", "security_mode", mode="before")
+    @classmethod
+    def _null_is_none(cls, v: Any) -> Any:
+        return "None" if v is None else v
+
+    @property
+    def secure(self) -> bool:
+        return self.security_policy != "None"
+
+    @model_validator(mode="after")
+    def _check(self) -> OpcUaDevice:
+        out = self._device_problems()
+        if self.secure and self.security_mode == "None":
+            out.append(
+                (
+                    ("security_mode",),
+                    f"must be Sign or SignAndEncrypt with security_policy {self.security_policy}",
+                )
+            )
+        if not self.secure and self.security_mode != "None":
+            out.append((("security_policy",), f"required with security_mode {self.security_mode}"))
+        if self.secure or self.security_mode != "None":
+            for key in ("client_certificate", "client_private_key"):
+                if not getattr(self, key):
+                    out.append(((key,), "required when security is on"))
+            if not (self.server_certificate or self.trust_dir):
+                out.append(
+                    (
+                        ("security_policy",),
+                        "needs server_certificate (pinned) or trust_dir: an unknown server "
+                        "certificate is never trusted",
+                    )
+                )
+        if self.password_env and self.password_file:
+            out.append((("password_file",), "give password_env or password_file, not both"))
+        if (self.password_env or self.password_file) and not self.username:
+            out.append((("username",), "required with password_env or password_file"))
+        nodes: dict[str, str] = {}
+        for gi, g in enumerate(self.poll_groups):
+            for ti, t in enumerate(g.tags):
+                if t.node in nodes:
+                    out.append(
+                        (
+                            ("poll_groups", gi, "tags", ti, "node"),
+                            f"{t.node} is already tag {nodes[t.node]!r}",
+                        )
+                    )
+                else:
+                    nodes[t.node] = t.name
+        _raise_if(out)
+        return self
+
+
+DeviceConfig = Annotated[ModbusDevice | OpcUaDevice, Field(discriminator="driver")]
+
+
+# --- the root ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a Config came from: the file name and the line of every YAML path."""
+
+    file: str
+    lines: dict[Path_, int]
+
+    def line(self, path: Sequence[str | int]) -> int:
+        p = tuple(path)
+        while p:
+            if p in self.lines:
+                return self.lines[p]
+            p = p[:-1]
+        return self.lines.get((), 1)
+
+
+class Config(StrictModel):
+    """The whole edgeloop YAML file."""
+
+    _source: Source | None = PrivateAttr(None)
+
+    site: Name = Field("edgeloop", description="Site name; prefixes MQTT topics and exports.")
+    devices: list[DeviceConfig] = Field(min_length=1, description="PLCs and servers to read.")
+    kernel: KernelConfig = Field(
+        default_factory=KernelConfig, description="Signal cleaning and anomaly kernel."
+    )
+    control: ControlConfig = Field(
+        default_factory=ControlConfig, description="Closed-loop control loops."
+    )
+    store: StoreConfig = Field(default_factory=StoreConfig, description="Local SQLite history.")
+    publish: PublishConfig = Field(
+        default_factory=PublishConfig, description="MQTT northbound with durable outbox."
+    )
+    http: HttpConfig = Field(
+        default_factory=HttpConfig, description="HTTP /metrics, /healthz, /readyz."
+    )
+
+    @property
+    def source(self) -> Source | None:
+        """File and line numbers, so later stages (compile) can report file:line too."""
+        return self._source
+
+
+SECTION_MODULES = {
+    "kernel": "agent.kernel.settings",
+    "control": "agent.control.settings",
+    "store": "agent.store.settings",
+    "publish": "agent.publish.settings",
+    "http": "agent.telemetry.settings",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TagRef:
+    """What other sections may check about a tag they reference."""
+
+    name: str
+    device: str
+    group: str
+    driver: str
+    type: str
+    unit: str
+    writable: bool
+    min: float | None
+    max: float | None
+    path: Path_
+
+
+def tag_index(cfg: Config) -> dict[str, TagRef]:
+    """Every tag by name (first occurrence wins; duplicates are reported separately)."""
+    out: dict[str, TagRef] = {}
+    for di, d in enumerate(cfg.devices):
+        for gi, g in enumerate(d.poll_groups):
+            for ti, t in enumerate(g.tags):
+                if t.name in out:
+                    continue
+                dtype = t.dtype if isinstance(t, ModbusTag) else t.type
+                out[t.name] = TagRef(
+                    name=t.name,
+                    device=d.name,
+                    group=g.name,
+                    driver=d.driver,
+                    type=dtype,
+                    unit=t.unit,
+                    writable=t.writable,
+                    min=t.min,
+                    max=t.max,
+                    path=("devices", di, "poll_groups", gi, "tags", ti),
+                )
+    return out
+
+
+def _global_checks(cfg: Config) -> list[tuple[Path_, str]]:
+    out: list[tuple[Path_, str]] = []
+    devs: dict[str, int] = {}
+    for di, d in enumerate(cfg.devices):
+        if d.name in devs:
+            out.append(
+                (
+                    ("devices", di, "name"),
+                    f"duplicate device name {d.name!r} (also devices[{devs[d.name]}])",
+                )
+            )
+        else:
+            devs[d.name] = di
+    index = tag_index(cfg)
+    for di, d in enumerate(cfg.devices):
+        for gi, g in enumerate(d.poll_groups):
+            for ti, t in enumerate(g.tags):
+                first = index[t.name]
+                here: Path_ = ("devices", di, "poll_groups", gi, "tags", ti)
+                if first.path != here:
+                    out.append(
+                        (
+                            (*here, "name"),
+                            f"duplicate tag name {t.name!r} (also {_render(first.path)})",
+                        )
+                    )
+    for section, module_name in SECTION_MODULES.items():
+        hook = getattr(importlib.import_module(module_name), "cross_check", None)
+        if hook is None:
+            continue
+        for path, message in hook(cfg, index) or ():
+            p = _parse_path(path) if isinstance(path, str) else tuple(path)
+            if not p or p[0] != section:
+                p = (section, *p)
+            out.append((p, message))
+    return out
+
+
+# --- errors ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Issue:
+    """One problem: file, 1-based line, YAML path and a message for humans."""
+
+    file: str
+    line: int
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.path}: " if self.path else ""
+        return f"{self.file}:{self.line}: {where}{self.message}"
+
+
+class ConfigError(Exception):
+    """The config has problems; `issues` lists all of them, `str()` is one line per issue."""
+
+    def __init__(self, issues: Sequence[Issue]) -> None:
+        self.issues = list(issues)
+        super().__init__("\n".join(str(i) for i in self.issues))
+
+
+def _render(path: Sequence[str | int]) -> str:
+    s = ""
+    for p in path:
+        if isinstance(p, int):
+            s += f"[{p}]"
+        else:
+            s += f".{p}" if s else str(p)
+    return s
+
+
+_PATH_TOKEN = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def _parse_path(text: str) -> Path_:
+    out: list[str | int] = []
+    for name, idx in _PATH_TOKEN.findall(text):
+        out.append(int(idx) if idx else name)
+    return tuple(out)
+
+
+# --- YAML with positions -----------------------------------------------------------------
+
+
+class _Positions:
+    """Line numbers of every YAML node by path, and the node kinds (to clean pydantic locs)."""
+
+    def __init__(self) -> None:
+        self.lines: dict[Path_, int] = {}
+        self.nodes: dict[Path_, yaml.Node] = {}
+        self.duplicates: list[tuple[Path_, str]] = []
+
+    def walk(self, node: yaml.Node, path: Path_ = ()) -> None:
+        self.nodes[path] = node
+        self.lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            seen: set[str] = set()
+            for key_node, value_node in node.value:
+                key = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "?"
+                if key == "<<":  # merge key: positions of merged keys point at the anchor
+                    continue
+                child = (*path, key)
+                if key in seen:
+                    self.duplicates.append((child, f"duplicate key {key!r}"))
+                seen.add(key)
+                self.lines[child] = key_node.start_mark.line + 1
+                self.walk(value_node, child)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self.walk(item, (*path, i))
+
+    def line(self, path: Path_) -> int:
+        p = tuple(path)
+        while p:
+            if p in self.lines:
+                return self.lines[p]
+            p = p[:-1]
+        return self.lines.get((), 1)
+
+    def clean(self, loc: Sequence[str | int]) -> Path_:
+        """Drop pydantic's union-member/tag entries that are not keys of the YAML."""
+        out: list[str | int] = []
+        for i, part in enumerate(loc):
+            node = self.nodes.get(tuple(out))
+            last = i == len(loc) - 1
+            if isinstance(part, str):
+                if isinstance(node, yaml.MappingNode):
+                    keys = {str(k.value) for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
+                    if part not in keys and not last:
+                        continue
+                elif node is not None:  # below a scalar: a union member name
+                    continue
+            out.append(part)
+        return tuple(out)
+
+
+# --- pydantic errors -> friendly messages ------------------------------------------------
+
+
+def _unwrap(tp: Any) -> Any:
+    while typing.get_origin(tp) is Annotated:
+        tp = typing.get_args(tp)[0]
+    return tp
+
+
+def _resolve(model: Any, loc: Sequence[str | int]) -> tuple[Any, Any]:
+    """(FieldInfo of the last field, type) a pydantic loc points at; (None, None) if unknown."""
+    tp: Any = model
+    info = None
+    for part in loc:
+        tp = _unwrap(tp)
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):
+            members = [_unwrap(a) for a in typing.get_args(tp) if a is not type(None)]
+            tagged = [
+                m
+                for m in members
+                if isinstance(part, str)
+                and "driver" in getattr(m, "model_fields", {})
+                and part in typing.get_args(m.model_fields["driver"].annotation)
+            ]
+            if tagged:
+                tp, info = tagged[0], None
+                continue
+            if len(members) != 1:
+                return None, None
+            tp = members[0]
+        if typing.get_origin(tp) is list and isinstance(part, int):
+            tp, info = typing.get_args(tp)[0], None
+            continue
+        fields = getattr(tp, "model_fields", None)
+        if isinstance(part, str) and fields and part in fields:
+            info = fields[part]
+            tp = info.annotation
+            continue
+        return None, None
+    return info, _unwrap(tp)
+
+
+def _field_at(model: Any, loc: Sequence[str | int]) -> Any:
+    return _resolve(model, loc)[0]
+
+
+def _bounds(info: Any) -> dict[str, float]:
+    out: dict[str, float] = {}
+    if info is None:
+        return out
+    for m in info.metadata:
+        for k in ("ge", "gt", "le", "lt"):
+            v = getattr(m, k, None)
+            if v is not None:
+                out[k] = v
+    return out
+
+
+def _literal_values(info: Any) -> list[str]:
+    if info is None:
+        return []
+    tp = _unwrap(info.annotation)
+    args = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
+    vals: list[str] = []
+    for a in args:
+        a = _unwrap(a)
+        if typing.get_origin(a) is Literal:
+            vals += [str(v) for v in typing.get_args(a)]
+    return vals
+
+
+_SECRET_KEYS = {"password", "passwd", "secret", "token", "api_key", "private_key_password"}
+
+_SIMPLE = {
+    "missing": "required",
+    "int_type": "must be an integer",
+    "int_parsing": "must be an integer",
+    "int_from_float": "must be an integer",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "finite_number": "must be a finite number",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "string_type": "must be a string",
+    "list_type": "must be a list",
+    "model_type": "must be a mapping",
+    "model_attributes_type": "must be a mapping",
+    "dict_type": "must be a mapping",
+    "union_tag_not_found": "required: driver (modbus | opcua)",
+    "none_required": "must be empty",
+}
+
+
+def _friendly(err: dict[str, Any], loc: Path_, model: type) -> list[tuple[Path_, str]]:
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    raw_loc = err["loc"]
+    if kind == "edgeloop_checks":
+        return [((*loc, *rel), msg) for rel, msg in ctx["problems"]]
+    if kind in _SIMPLE:
+        msg = _SIMPLE[kind]
+        if kind == "union_tag_not_found":
+            return [((*loc, "driver"), "required (modbus | opcua)")]
+        return [(loc, msg)]
+    if kind == "extra_forbidden":
+        key = str(loc[-1]) if loc else ""
+        if key in _SECRET_KEYS:
+            return [
+                (
+                    loc,
+                    "secrets do not belong in YAML: use password_env: VAR_NAME or "
+                    "password_file: /path",
+                )
+            ]
+        _, tp = _resolve(model, raw_loc[:-1])
+        candidates = list(getattr(tp, "model_fields", {}))
+        hint = difflib.get_close_matches(key, candidates, n=1, cutoff=0.7)
+        return [(loc, "unknown key" + (f" (did you mean {hint[0]!r}?)" if hint else ""))]
+    if kind == "union_tag_invalid":
+        got = ctx.get("tag", err.get("input"))
+        return [((*loc, "driver"), f"must be one of modbus | opcua (got {got!r})")]
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        b = _bounds(_field_at(model, raw_loc))
+        lo = b.get("ge", b.get("gt"))
+        hi = b.get("le", b.get("lt"))
+        if "ge" in b and "le" in b:
+            return [(loc, f"must be {_num(lo)}..{_num(hi)}")]  # type: ignore[arg-type]
+        if kind == "greater_than":
+            return [(loc, f"must be > {_num(ctx['gt'])}")]
+        if kind == "greater_than_equal":
+            return [(loc, f"must be >= {_num(ctx['ge'])}")]
+        if kind == "less_than":
+            return [(loc, f"must be < {_num(ctx['lt'])}")]
+        return [(loc, f"must be <= {_num(ctx['le'])}")]
+    if kind == "literal_error":
+        vals = _literal_values(_field_at(model, raw_loc))
+        if vals:
+            return [(loc, f"must be one of {' | '.join(vals)} (got {err.get('input')!r})")]
+        return [(loc, f"must be {ctx.get('expected')}")]
+    if kind == "string_pattern_mismatch":
+        key = next((p for p in reversed(loc) if isinstance(p, str)), "")
+        if key == "node":
+            return [(loc, NODE_HINT)]
+        if key == "endpoint":
+            return [(loc, "must look like opc.tcp://host:port/path")]
+        if key == "password_env":
+            return [(loc, "must be an environment variable name (letters, digits, _)")]
+        return [(loc, NAME_HINT)]
+    if kind == "too_short":
+        if ctx.get("min_length") == 1:
+            return [(loc, "must not be empty")]
+        return [(loc, f"needs at least {ctx.get('min_length')} items")]
+    if kind == "string_too_short":
+        return [(loc, "must not be empty")]
+    if kind == "value_error":
+        return [(loc, str(ctx.get("error", err["msg"])))]
+    return [(loc, err["msg"][0].lower() + err["msg"][1:])]
+
+
+# --- loading -----------------------------------------------------------------------------
+
+
+def parse_config(text: str, filename: str = "<config>") -> Config:
+    """Validate YAML text; raises `ConfigError` with every problem found."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = mark.line + 1 if mark else 1
+        problem = e.problem or str(e)
+        if e.context:
+            problem = f"{e.context}, {problem}"
+        raise ConfigError([Issue(filename, line, "", f"YAML syntax: {problem}")]) from None
+    except yaml.YAMLError as e:
+        raise ConfigError([Issue(filename, 1, "", f"YAML: {e}")]) from None
+    finally:
+        loader.dispose()
+    if node is None:
+        raise ConfigError([Issue(filename, 1, "", "empty file: expected a mapping with devices")])
+    pos = _Positions()
+    pos.walk(node)
+    if not isinstance(data, dict):
+        raise ConfigError(
+            [Issue(filename, 1, "", "top level must be a mapping (site, devices, ...)")]
+        )
+    problems: list[tuple[Path_, str]] = list(pos.duplicates)
+    cfg: Config | None = None
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as e:
+        for err in e.errors(include_url=False):
+            loc = pos.clean(err["loc"])
+            problems += _friendly(err, loc, Config)
+    if cfg is not None:
+        problems += _global_checks(cfg)
+    if problems:
+        issues: list[Issue] = []
+        seen: set[tuple[int, str, str]] = set()
+        for path, message in problems:
+            issue = Issue(filename, pos.line(path), _render(path), message)
+            key = (issue.line, issue.path, issue.message)
+            if key not in seen:
+                seen.add(key)
+                issues.append(issue)
+        issues.sort(key=lambda i: i.line)
+        raise ConfigError(issues)
+    assert cfg is not None
+    cfg._source = Source(filename, pos.lines)
+    return cfg
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML file; raises `ConfigError` (file:line form) on any problem."""
+    p = Path(path)
+    name = str(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([Issue(name, 1, "", "no such file")]) from None
+    except IsADirectoryError:
+        raise ConfigError([Issue(name, 1, "", "is a directory, not a YAML file")]) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError([Issue(name, 1, "", f"not UTF-8 text ({e.reason})")]) from None
+    except OSError as e:
+        raise ConfigError([Issue(name, 1, "", f"cannot read: {e.strerror}")]) from None
+    return parse_config(text, name)

@@ -1,0 +1,242 @@
+"""Compile a validated `Config` into the tag table, poll groups and driver read plans.
+
+This runs before any connection is opened, at start-up and in `edgeloop check`, so
+everything that can be wrong with a config (including what only a driver's planner can
+see, such as a string wider than the device's largest read) fails there and not on the
+first poll of a rarely used group.  The result is plain data: numpy arrays indexed by a
+fixed integer per tag (the tags of one poll group are contiguous), `GroupSpec`s and the
+plans each driver made for its groups.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from agent.config import (
+    Config,
+    ConfigError,
+    DeviceConfig,
+    Issue,
+    ModbusDevice,
+    ModbusTag,
+    OpcUaDevice,
+    OpcUaTag,
+)
+from drivers.base import Driver, GroupSpec, PlannedRequest, Point, Quality, create_driver
+
+
+@dataclass(slots=True)
+class TagTable:
+    """The shared arrays every stage reads and writes, indexed by a tag's fixed index.
+
+    `raw` holds engineering values (scale/offset applied) as the drivers deliver them,
+    `value/flags/score` are the kernel's output, `quality` is a `drivers.base.Quality`
+    code, `ts_ns` the wall-clock time of the last sample (0 = never), `texts` the value of
+    string tags by index, `min/max` the configured bounds (NaN = unbounded).
+    """
+
+    names: list[str]
+    index: dict[str, int]
+    points: list[Point]
+    raw: np.ndarray
+    value: np.ndarray
+    quality: np.ndarray
+    flags: np.ndarray
+    score: np.ndarray
+    ts_ns: np.ndarray
+    min: np.ndarray
+    max: np.ndarray
+    texts: dict[int, str] = field(default_factory=dict)
+    units: list[str] = field(default_factory=list)
+    devices: list[str] = field(default_factory=list)  # device name per index
+
+    @classmethod
+    def from_points(cls, points: list[Point], devices: list[str]) -> TagTable:
+        n = len(points)
+        nan = np.full(n, np.nan)
+        return cls(
+            names=[p.name for p in points],
+            index={p.name: p.index for p in points},
+            points=points,
+            raw=nan.copy(),
+            value=nan.copy(),
+            # nothing read yet: the same code as a device that does not answer
+            quality=np.full(n, int(Quality.COMM_LOST), dtype=np.uint8),
+            flags=np.zeros(n, dtype=np.uint16),
+            score=np.zeros(n, dtype=np.float64),
+            ts_ns=np.zeros(n, dtype=np.int64),
+            min=np.array([np.nan if p.min is None else p.min for p in points], dtype=np.float64),
+            max=np.array([np.nan if p.max is None else p.max for p in points], dtype=np.float64),
+            units=[p.unit for p in points],
+            devices=list(devices),
+        )
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+@dataclass(slots=True)
+class Compiled:
+    """Everything start-up needs, made before the first connection.
+
+    `drivers` holds one unconnected driver per enabled device (the same instances that
+    made `plans`); `plans[(device, group)]` is that driver's plan for the group.
+    """
+
+    config: Config
+    table: TagTable
+    groups: list[GroupSpec]
+    devices: dict[str, DeviceConfig]
+    plans: dict[tuple[str, str], Any]
+    drivers: dict[str, Driver]
+
+    def requests(self, group: GroupSpec) -> list[PlannedRequest]:
+        """The requests one cycle of `group` sends (empty for disabled devices)."""
+        drv = self.drivers.get(group.device)
+        if drv is None:
+            return []
+        return list(drv.describe(self.plans[(group.device, group.name)]))
+
+    def requests_per_second(self) -> float:
+        """Requests per second of all polled groups (subscriptions are pushed, not counted)."""
+        total = 0.0
+        for g in self.groups:
+            if g.mode == "poll":
+                total += len(self.requests(g)) * 1000.0 / g.interval_ms
+        return total
+
+    def summary(self) -> str:
+        """One line for `edgeloop check`."""
+        enabled = sum(1 for d in self.devices.values() if d.enabled)
+        disabled = len(self.devices) - enabled
+        dev = f"{len(self.devices)} devices" + (f" ({disabled} disabled)" if disabled else "")
+        per_cycle = sum(len(self.requests(g)) for g in self.groups)
+        return (
+            f"{dev}, {len(self.table)} tags, {len(self.groups)} poll groups, "
+            f"{per_cycle} requests per cycle, {self.requests_per_second():.1f} requests/s"
+        )
+
+
+def _modbus_point(dev: ModbusDevice, tag: ModbusTag, index: int) -> Point:
+    return Point(
+        name=tag.name,
+        index=index,
+        dtype=tag.dtype,
+        unit=tag.unit,
+        table=tag.table,
+        address=tag.address,
+        bit=tag.bit,
+        length_registers=tag.length_registers,
+        byte_order=tag.byte_order or dev.byte_order,
+        word_order=tag.word_order or dev.word_order,
+        unit_id=dev.unit_id if tag.unit_id is None else tag.unit_id,
+        scale=tag.scale,
+        offset=tag.offset,
+        writable=tag.writable,
+        min=tag.min,
+        max=tag.max,
+        max_rate_per_s=tag.max_rate_per_s,
+    )
+
+
+def _opcua_point(tag: OpcUaTag, index: int) -> Point:
+    return Point(
+        name=tag.name,
+        index=index,
+        dtype=tag.type,
+        unit=tag.unit,
+        node=tag.node,
+        scale=tag.scale,
+        offset=tag.offset,
+        writable=tag.writable,
+        min=tag.min,
+        max=tag.max,
+        max_rate_per_s=tag.max_rate_per_s,
+    )
+
+
+def _group_options(dev: DeviceConfig, g: Any) -> dict[str, Any]:
+    opts: dict[str, Any] = {"stale_after_ms": g.stale_ms}
+    if isinstance(dev, OpcUaDevice):
+        opts["sampling_interval_ms"] = (
+            g.interval_ms if g.sampling_interval_ms is None else g.sampling_interval_ms
+        )
+        opts["deadband_abs"] = g.deadband_abs
+        opts["queue_size"] = g.queue_size
+    return opts
+
+
+def compile_config(cfg: Config) -> Compiled:
+    """Tag table, group specs and driver plans; raises `ConfigError` if a driver refuses.
+
+    Pure: drivers are created (not connected) and plan their groups; nothing touches the
+    network.  Disabled devices keep their tags in the table (quality comm_lost) so other
+    sections may still reference them, but get no driver and no plan.
+    """
+    points: list[Point] = []
+    owners: list[str] = []
+    groups: list[GroupSpec] = []
+    group_paths: dict[tuple[str, str], tuple[str | int, ...]] = {}
+    for di, dev in enumerate(cfg.devices):
+        for gi, g in enumerate(dev.poll_groups):
+            start = len(points)
+            for tag in g.tags:
+                idx = len(points)
+                if isinstance(dev, ModbusDevice):
+                    assert isinstance(tag, ModbusTag)
+                    points.append(_modbus_point(dev, tag, idx))
+                else:
+                    assert isinstance(tag, OpcUaTag)
+                    points.append(_opcua_point(tag, idx))
+                owners.append(dev.name)
+            groups.append(
+                GroupSpec(
+                    device=dev.name,
+                    name=g.name,
+                    interval_ms=g.interval_ms,
+                    mode=g.mode,
+                    start=start,
+                    stop=len(points),
+                    points=tuple(points[start:]),
+                    options=_group_options(dev, g),
+                )
+            )
+            group_paths[(dev.name, g.name)] = ("devices", di, "poll_groups", gi)
+    table = TagTable.from_points(points, owners)
+    devices = {d.name: d for d in cfg.devices}
+    plans: dict[tuple[str, str], Any] = {}
+    drivers: dict[str, Driver] = {}
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    for di, dev in enumerate(cfg.devices):
+        if not dev.enabled:
+            continue
+        mine = [g for g in groups if g.device == dev.name]
+        try:
+            drv = create_driver(dev, mine)
+        except (ValueError, TypeError) as e:
+            problems.append((("devices", di), f"driver refused the device: {e}"))
+            continue
+        drivers[dev.name] = drv
+        for g in mine:
+            try:
+                plans[(dev.name, g.name)] = drv.plan(g)
+            except (ValueError, TypeError) as e:  # PlanError is a ValueError
+                problems.append((group_paths[(dev.name, g.name)], f"cannot plan: {e}"))
+    if problems:
+        raise ConfigError([_issue(cfg, p, m) for p, m in problems])
+    return Compiled(cfg, table, groups, devices, plans, drivers)
+
+
+def _issue(cfg: Config, path: tuple[str | int, ...], message: str) -> Issue:
+    src = cfg.source
+    return Issue(src.file if src else "<config>", src.line(path) if src else 1, _fmt(path), message)
+
+
+def _fmt(path: tuple[str | int, ...]) -> str:
+    s = ""
+    for p in path:
+        s += f"[{p}]" if isinstance(p, int) else (f".{p}" if s else str(p))
+    return s

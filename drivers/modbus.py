@@ -1,0 +1,523 @@
+"""Modbus TCP/RTU driver over pymodbus 3.16: checked requests, planned reads, guarded writes.
+
+The pure parts live beside this file (`modbus_plan` plans the reads, `modbus_codec`
+decodes and encodes); this module only moves bytes and refuses to trust them:
+
+- One connection per device, one request in flight on it (an `asyncio.Lock`); several
+  unit ids share the connection (a TCP gateway or an RTU line).
+- Every response is checked: function code (pymodbus 3.16 hands an FC04 answer to an
+  FC03 request back as success), unit id, register/bit count, write echoes.  Exception
+  responses mark that request's points BAD (gateway exceptions 0x0A/0x0B: COMM_LOST)
+  and the rest of the group is still read.
+- After a timeout or a malformed/mismatched response the connection is dropped and
+  re-opened before the next request: a late reply would otherwise be taken as the
+  answer to the next request (pymodbus makes the next read time out too).  pymodbus's own
+  retries and auto-reconnect are switched off so this logic is the only one.
+- A unit that times out is skipped for the rest of that read (COMM_LOST) so a dead unit
+  behind a gateway costs one timeout per poll, not one per request.
+- Transport failures (refused, reset, cannot reconnect) raise `ConnectError`; if every
+  request of a read failed the first error is raised; otherwise the per-request errors
+  are in `last_errors` and the counters in `counters`, and the read returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+from pymodbus.framer import FramerType
+
+from drivers.base import (
+    ConnectError,
+    DriverError,
+    GroupSpec,
+    PlannedRequest,
+    Point,
+    Quality,
+    ReadError,
+    ReadResult,
+    WriteError,
+    WriteRefused,
+)
+from drivers.modbus_codec import bit_masks, decode_into, encode_point
+from drivers.modbus_plan import FUNCTION, ModbusPlan, PlanLimits, ReadRequest, plan_points
+
+log = logging.getLogger(__name__)
+
+EXCEPTION_NAMES = {
+    0x01: "ILLEGAL_FUNCTION",
+    0x02: "ILLEGAL_DATA_ADDRESS",
+    0x03: "ILLEGAL_DATA_VALUE",
+    0x04: "DEVICE_FAILURE",
+    0x05: "ACKNOWLEDGE",
+    0x06: "DEVICE_BUSY",
+    0x08: "MEMORY_PARITY_ERROR",
+    0x0A: "GATEWAY_PATH_UNAVAILABLE",
+    0x0B: "GATEWAY_TARGET_NO_RESPONSE",
+}
+# gateway exceptions say the device behind the gateway is unreachable, not that it refused
+_COMM_LOST_EXCEPTIONS = (0x0A, 0x0B)
+
+_READ_METHOD = {
+    "coil": "read_coils",
+    "discrete": "read_discrete_inputs",
+    "holding": "read_holding_registers",
+    "input": "read_input_registers",
+}
+
+
+def exception_status(code: int) -> str:
+    """`exception 0x02 ILLEGAL_DATA_ADDRESS` - the status text carried by errors."""
+    return f"exception 0x{code:02X} {EXCEPTION_NAMES.get(code, 'UNKNOWN')}"
+
+
+class ResponseTimeout(ConnectError):
+    """No (complete) answer within timeout_s after all retries."""
+
+
+class ProtocolError(ReadError):
+    """An answer that does not match the request (function code, unit, count, echo)."""
+
+
+class DeviceException(ReadError):
+    """The device answered with a Modbus exception response."""
+
+    def __init__(self, message: str, *, code: int, **ctx: Any) -> None:
+        self.code = code
+        super().__init__(message, status=exception_status(code), **ctx)
+
+
+@dataclass(frozen=True, slots=True)
+class WriteOp:
+    """One write request compiled from one or more points (contiguous ones are merged)."""
+
+    unit_id: int
+    function_code: int  # 5, 6, 15, 16 or 22
+    address: int
+    values: tuple[int, ...]  # registers, or 0/1 per coil; FC22: (and_mask, or_mask)
+    tags: tuple[str, ...]
+
+
+_WRITE_NAMES = {
+    5: "FC05 write_coil",
+    6: "FC06 write_register",
+    15: "FC15 write_coils",
+    16: "FC16 write_registers",
+    22: "FC22 mask_write_register",
+}
+
+
+def compile_writes(
+    device: str, points: Sequence[tuple[Point, float | int | bool | str]]
+) -> list[WriteOp]:
+    """Validate and encode a write batch; refuses the whole batch before anything is sent.
+
+    Each point must be writable, in a writable table (holding/coil) and within its
+    min/max; the engineering value must be representable in the tag's type.  Contiguous
+    registers of one unit are merged into one FC16, contiguous coils into one FC15; one
+    register goes as FC06, one coil as FC05, a bit inside a register as FC22 mask write.
+    """
+    items: list[tuple[int, str, int, int, Point, list[int]]] = []
+    for p, value in points:
+        ctx = {"device": device, "unit_id": p.unit_id, "address": p.address}
+        if not p.writable:
+            raise WriteRefused(f"tag {p.name} is not writable", **ctx)
+        if p.table not in ("holding", "coil"):
+            raise WriteRefused(f"tag {p.name}: the {p.table} table is read-only", **ctx)
+        if not isinstance(value, str):
+            v = float(value)
+            if not np.isfinite(v):
+                raise WriteRefused(f"tag {p.name}: refusing to write {value!r}", **ctx)
+            if p.min is not None and v < p.min:
+                raise WriteRefused(f"tag {p.name}: {v} is below min {p.min}", **ctx)
+            if p.max is not None and v > p.max:
+                raise WriteRefused(f"tag {p.name}: {v} is above max {p.max}", **ctx)
+        try:
+            regs = encode_point(p, value)
+        except (ValueError, TypeError) as exc:
+            raise WriteRefused(f"tag {p.name}: {exc}", **ctx) from exc
+        assert p.address is not None
+        items.append((p.unit_id, p.table, p.address, len(regs), p, regs))
+
+    ops: list[WriteOp] = []
+    items.sort(key=lambda t: (t[0], t[1], t[2], t[4].dtype == "bit"))
+    run: list[tuple[int, str, int, int, Point, list[int]]] = []
+
+    def flush() -> None:
+        if not run:
+            return
+        unit, table, start = run[0][0], run[0][1], run[0][2]
+        values = tuple(v for it in run for v in it[5])
+        tags = tuple(it[4].name for it in run)
+        single, multi = (5, 15) if table == "coil" else (6, 16)
+        fc = single if len(values) == 1 else multi
+        ops.append(WriteOp(unit, fc, start, values, tags))
+        run.clear()
+
+    for it in items:
+        unit, table, address, width, p, regs = it
+        if p.dtype == "bit":
+            flush()
+            and_m, or_m = bit_masks(p.bit or 0, bool(regs[0]), p.byte_order)
+            ops.append(WriteOp(unit, 22, address, (and_m, or_m), (p.name,)))
+            continue
+        if run:
+            last = run[-1]
+            end = last[2] + last[3]
+            if (unit, table) == (last[0], last[1]) and address < end:
+                raise WriteRefused(
+                    f"tags {last[4].name} and {p.name} overlap in one write",
+                    device=device,
+                    unit_id=unit,
+                    address=address,
+                )
+            limit = 123 if table == "holding" else 1968  # FC16 / FC15 maxima
+            if (
+                (unit, table) != (last[0], last[1])
+                or address != end
+                or sum(len(r[5]) for r in run) + width > limit
+            ):
+                flush()
+        run.append(it)
+    flush()
+    return ops
+
+
+class ModbusDriver:
+    """`drivers.base.Driver` for one Modbus device (one TCP connection or serial line)."""
+
+    def __init__(self, device_cfg: Any, groups: Sequence[GroupSpec]) -> None:
+        self.name: str = device_cfg.name
+        self.cfg = device_cfg
+        self.transport: str = device_cfg.transport
+        self.timeout_s: float = float(device_cfg.timeout_s)
+        self.retries: int = int(device_cfg.retries)
+        self.limits = PlanLimits.from_device(device_cfg)
+        self._plans: dict[str, ModbusPlan] = {g.name: self.plan(g) for g in groups}
+        self._lock = asyncio.Lock()
+        self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
+        self.counters: Counter[str] = Counter()
+        self.last_errors: list[DriverError] = []
+
+    # --- plans ----------------------------------------------------------------------
+
+    def plan(self, group: GroupSpec) -> ModbusPlan:
+        """Compile a poll group into its read plan (pure; raises PlanError on bad points)."""
+        cached = getattr(self, "_plans", {}).get(group.name)
+        if cached is not None and cached.point_names == tuple(p.name for p in group.points):
+            return cached
+        return plan_points(group.points, self.limits, device=self.name, group=group.name)
+
+    def plans(self) -> dict[str, ModbusPlan]:
+        return dict(self._plans)
+
+    def describe(self, plan: ModbusPlan) -> list[PlannedRequest]:
+        return [
+            PlannedRequest(self.name, r.unit_id, r.function, r.start, r.count, r.tags)
+            for r in plan.requests
+        ]
+
+    # --- connection -----------------------------------------------------------------
+
+    def _new_client(self) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
+        # pymodbus' timeout is a backstop; ours (asyncio.timeout) fires first.  retries=0
+        # and reconnect_delay=0: retries and reconnects are done here, visibly.
+        backstop = self.timeout_s + 1.0
+        if self.transport == "rtu":
+            c = self.cfg
+            return AsyncModbusSerialClient(
+                c.serial_port,
+                framer=FramerType.RTU,
+                baudrate=c.baudrate,
+                bytesize=c.bytesize,
+                parity=c.parity,
+                stopbits=c.stopbits,
+                timeout=backstop,
+                retries=0,
+                reconnect_delay=0,
+                trace_connect=self._on_connection_change,
+            )
+        return AsyncModbusTcpClient(
+            self.cfg.host,
+            port=int(self.cfg.port),
+            timeout=backstop,
+            retries=0,
+            reconnect_delay=0,
+            trace_connect=self._on_connection_change,
+        )
+
+    def _on_connection_change(self, connected: bool) -> None:
+        """pymodbus leaves a pending request waiting for its timeout when the peer closes;
+        fail it at once so a dropped connection is seen as one, not as a timeout."""
+        if connected or self._client is None:
+            return
+        fut = getattr(self._client.ctx, "response_future", None)
+        if fut is not None and not fut.done():
+            fut.set_exception(ConnectionResetError("connection closed by the device"))
+
+    def _where(self) -> str:
+        if self.transport == "rtu":
+            return str(self.cfg.serial_port)
+        return f"{self.cfg.host}:{self.cfg.port}"
+
+    def _drop(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    async def _open(self) -> None:
+        self._drop()
+        client = self._new_client()
+        self.counters["connects"] += 1
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                ok = await client.connect()
+        except (TimeoutError, OSError) as exc:
+            client.close()
+            raise ConnectError(f"cannot connect to {self._where()}", device=self.name) from exc
+        if not ok or not client.connected:
+            client.close()
+            raise ConnectError(
+                f"cannot connect to {self._where()} (refused or timed out)", device=self.name
+            )
+        self._client = client
+
+    async def connect(self) -> None:
+        async with self._lock:
+            if self._client is None or not self._client.connected:
+                await self._open()
+
+    async def close(self) -> None:
+        async with self._lock:
+            self._drop()
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and self._client.connected
+
+    # --- one checked request --------------------------------------------------------
+
+    async def _request(self, method: str, fc: int, unit: int, address: int, **kw: Any) -> Any:
+        """Send one request (lock held) with retries; returns a response that matches it."""
+        ctx = {"device": self.name, "unit_id": unit, "address": address}
+        last: DriverError | None = None
+        for attempt in range(self.retries + 1):
+            if self._client is None or not self._client.connected:
+                await self._open()  # ConnectError propagates: the transport is down
+            assert self._client is not None
+            self.counters["requests"] += 1
+            if attempt:
+                self.counters["retries"] += 1
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    resp = await getattr(self._client, method)(
+                        address=address, device_id=unit, **kw
+                    )
+            except TimeoutError as exc:
+                self.counters["timeouts"] += 1
+                self._drop()  # a late reply must not answer the next request
+                last = ResponseTimeout(f"no answer within {self.timeout_s} s", **ctx)
+                last.__cause__ = exc
+                continue
+            except (ConnectionException, OSError) as exc:
+                self.counters["disconnects"] += 1
+                self._drop()
+                raise ConnectError(f"connection to {self._where()} lost", **ctx) from exc
+            except ModbusIOException as exc:  # pymodbus saw a wrong transaction or unit id
+                self.counters["protocol_errors"] += 1
+                self._drop()
+                last = ProtocolError(f"bad response: {exc}", status="mismatch", **ctx)
+                last.__cause__ = exc
+                continue
+            except ModbusException as exc:
+                self.counters["protocol_errors"] += 1
+                self._drop()
+                last = ProtocolError(f"bad response: {exc}", status="malformed", **ctx)
+                last.__cause__ = exc
+                continue
+            problem = self._check(resp, fc, unit)
+            if problem is None:
+                return resp
+            if problem == "exception":
+                self.counters["exceptions"] += 1
+                code = int(getattr(resp, "exception_code", 0))
+                raise DeviceException(f"{_READ_OR_WRITE[fc]} refused", code=code, **ctx)
+            self.counters["protocol_errors"] += 1
+            self._drop()  # the stream can no longer be trusted
+            last = ProtocolError(f"bad response: {problem}", status="mismatch", **ctx)
+        assert last is not None
+        raise last
+
+    @staticmethod
+    def _check(resp: Any, fc: int, unit: int) -> str | None:
+        got_fc = int(getattr(resp, "function_code", -1))
+        if got_fc == fc | 0x80 and resp.isError():
+            return "exception"
+        if got_fc != fc:
+            return f"function code {got_fc} answers a request with function code {fc}"
+        dev = int(getattr(resp, "dev_id", unit))
+        if unit != 0 and dev != unit:
+            return f"unit id {dev} answers a request to unit {unit}"
+        return None
+
+    # --- reads ----------------------------------------------------------------------
+
+    async def _read_request(self, req: ReadRequest) -> Any:
+        resp = await self._request(
+            _READ_METHOD[req.table], req.function_code, req.unit_id, req.start, count=req.count
+        )
+        ctx = {"device": self.name, "unit_id": req.unit_id, "address": req.start}
+        if req.is_bits:
+            n = len(resp.bits)
+            if n != (req.count + 7) // 8 * 8:
+                self._drop()
+                self.counters["protocol_errors"] += 1
+                raise ProtocolError(f"{n} bits answer a read of {req.count}", status="count", **ctx)
+            return resp.bits
+        n = len(resp.registers)
+        if n != req.count:
+            self._drop()
+            self.counters["protocol_errors"] += 1
+            raise ProtocolError(
+                f"{n} registers answer a read of {req.count}", status="count", **ctx
+            )
+        return resp.registers
+
+    async def read(self, plan: ModbusPlan) -> ReadResult:
+        """Read a group: every request of the plan, then one decode over all of them."""
+        quality = np.zeros(plan.size, dtype=np.uint8)
+        values = np.full(plan.size, np.nan)
+        regs = np.zeros(plan.n_registers, dtype=np.uint16)
+        bits = np.zeros(plan.n_bits, dtype=np.uint8)
+        errors: list[DriverError] = []
+        dead_units: set[int] = set()
+        answered = 0
+        async with self._lock:
+            for req in plan.requests:
+                if req.unit_id in dead_units:
+                    quality[req.points] = Quality.COMM_LOST
+                    continue
+                try:
+                    data = await self._read_request(req)
+                except ResponseTimeout as exc:
+                    dead_units.add(req.unit_id)
+                    quality[req.points] = Quality.COMM_LOST
+                    errors.append(exc)
+                    continue
+                except DeviceException as exc:
+                    lost = exc.code in _COMM_LOST_EXCEPTIONS
+                    quality[req.points] = Quality.COMM_LOST if lost else Quality.BAD
+                    errors.append(exc)
+                    continue
+                except ReadError as exc:
+                    quality[req.points] = Quality.BAD
+                    errors.append(exc)
+                    continue
+                answered += 1
+                o = req.buffer_offset
+                if req.is_bits:
+                    bits[o : o + req.count] = data[: req.count]
+                else:
+                    regs[o : o + req.count] = data
+        self.last_errors = errors
+        if errors and not answered:
+            raise errors[0]  # the whole group failed: the caller marks it and backs off
+        texts: dict[int, str] = {}
+        decode_into(plan.classes, regs, bits, values, texts)
+        if errors:
+            bad = quality != Quality.GOOD
+            values[bad] = np.nan
+            for i in np.flatnonzero(bad):
+                texts.pop(int(i), None)
+        return ReadResult(values=values, quality=quality, texts=texts)
+
+    # --- writes ---------------------------------------------------------------------
+
+    async def write(self, points: Sequence[tuple[Point, float | int | bool | str]]) -> None:
+        """Write engineering values; refuses (WriteRefused) before sending anything bad."""
+        ops = compile_writes(self.name, points)
+        async with self._lock:
+            for op in ops:
+                await self._send_write(op)
+
+    async def _send_write(self, op: WriteOp) -> None:
+        ctx = {"device": self.name, "unit_id": op.unit_id, "address": op.address}
+        try:
+            if op.function_code == 5:
+                resp = await self._request(
+                    "write_coil", 5, op.unit_id, op.address, value=bool(op.values[0])
+                )
+                echo = (resp.address, bool(resp.bits[0]) if resp.bits else None)
+                want: tuple = (op.address, bool(op.values[0]))
+            elif op.function_code == 15:
+                resp = await self._request(
+                    "write_coils", 15, op.unit_id, op.address, values=[bool(v) for v in op.values]
+                )
+                echo, want = (resp.address, resp.count), (op.address, len(op.values))
+            elif op.function_code == 6:
+                resp = await self._request(
+                    "write_register", 6, op.unit_id, op.address, value=op.values[0]
+                )
+                echo = (resp.address, resp.registers[0] if resp.registers else None)
+                want = (op.address, op.values[0])
+            elif op.function_code == 16:
+                resp = await self._request(
+                    "write_registers", 16, op.unit_id, op.address, values=list(op.values)
+                )
+                echo, want = (resp.address, resp.count), (op.address, len(op.values))
+            else:
+                resp = await self._request(
+                    "mask_write_register",
+                    22,
+                    op.unit_id,
+                    op.address,
+                    and_mask=op.values[0],
+                    or_mask=op.values[1],
+                )
+                echo = (resp.address, resp.and_mask, resp.or_mask)
+                want = (op.address, *op.values)
+        except DeviceException as exc:
+            self.counters["write_errors"] += 1
+            raise WriteError(
+                f"{_WRITE_NAMES[op.function_code]} of {', '.join(op.tags)} refused",
+                status=exc.status,
+                **ctx,
+            ) from exc
+        except ReadError as exc:
+            self.counters["write_errors"] += 1
+            raise WriteError(
+                f"{_WRITE_NAMES[op.function_code]} of {', '.join(op.tags)}: {exc}",
+                status=exc.status,
+                **ctx,
+            ) from exc
+        except ResponseTimeout as exc:
+            self.counters["write_errors"] += 1
+            raise WriteError(
+                f"{_WRITE_NAMES[op.function_code]} of {', '.join(op.tags)}: no answer",
+                status="timeout",
+                **ctx,
+            ) from exc
+        if echo != want:
+            self.counters["write_errors"] += 1
+            self._drop()
+            raise WriteError(
+                f"{_WRITE_NAMES[op.function_code]} echo {echo} does not match {want}",
+                status="mismatch",
+                **ctx,
+            )
+        self.counters["writes"] += 1
+
+
+_READ_OR_WRITE = {fc: name for fc, name in FUNCTION.values()} | _WRITE_NAMES
+
+
+def create(device_cfg: Any, groups: Sequence[GroupSpec]) -> ModbusDriver:
+    """Registry factory (`driver: modbus`); plans every group now, so bad points fail early."""
+    return ModbusDriver(device_cfg, groups)

@@ -1,9 +1,118 @@
-"""YAML section model for this component (placeholder; the component's owner fills it in)."""
+"""The `kernel:` YAML section: per-tag defaults, per-tag overrides, multivariate groups.
+
+Every window, count and hysteresis length is in *samples* of the tag's own poll group (the
+kernel runs once per poll), never in seconds; only the rate limit is per second because it
+uses the sample timestamps.  `TagOverride` is generated from `TagParams` so the two can never
+disagree on names, types or bounds.
+"""
 
 from __future__ import annotations
 
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, create_model, model_validator
+
 from agent.configbase import StrictModel
+
+MAX_HAMPEL_WINDOW = 63
+
+
+class TagParams(StrictModel):
+    """Per-tag stage settings (`kernel.defaults`, and each `kernel.tags.<name>` on top)."""
+
+    filter: Literal["ewma", "kalman", "none"] = "ewma"
+    ewma_alpha: Annotated[float, Field(gt=0.0, le=1.0)] = 0.3
+    kalman_q: Annotated[float, Field(ge=0.0)] = 1e-3  # process noise variance per sample, unit^2
+    kalman_r: Annotated[float, Field(gt=0.0)] = 1e-2  # measurement noise variance, unit^2
+    hampel_window: Annotated[int, Field(ge=0, le=MAX_HAMPEL_WINDOW)] = 7  # < 3 disables
+    hampel_k: Annotated[float, Field(gt=0.0)] = 3.5  # spike if |x - median| > k * 1.4826 * MAD
+    spike_min_dev: Annotated[float, Field(ge=0.0)] = 0.0  # and |x - median| > this (unit)
+    rate_limit_per_s: Annotated[float, Field(gt=0.0)] | None = None  # unit/s; None = off
+    stuck_samples: Annotated[int, Field(ge=0)] = 60  # 0 disables
+    stuck_epsilon: Annotated[float, Field(ge=0.0)] = 0.0  # |x - ref| <= eps counts as no change
+    stuck_min_move_rate: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+    baseline_alpha: Annotated[float, Field(gt=0.0, le=1.0)] = 0.01
+    noise_floor: Annotated[float, Field(gt=0.0)] = 1e-6  # smallest residual scale, unit
+    cusum_k: Annotated[float, Field(ge=0.0)] = 0.5  # allowance, in residual scales
+    cusum_h: Annotated[float, Field(gt=0.0)] = 12.0  # decision interval, in residual scales
+    score_threshold: Annotated[float, Field(gt=0.0)] = 6.0
+    alarm_on_samples: Annotated[int, Field(ge=1)] = 3
+    alarm_off_samples: Annotated[int, Field(ge=1)] = 10
+    warmup_samples: Annotated[int, Field(ge=1)] = 30
+    check_range: bool = True  # use the tag table's min/max as the engineering range
+
+
+def _optional_fields() -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for name, info in TagParams.model_fields.items():
+        ann = info.annotation
+        inner = Annotated[(ann, *info.metadata)] if info.metadata else ann
+        fields[name] = (inner | None, None)
+    return fields
+
+
+TagOverride = create_model(
+    "TagOverride",
+    __base__=StrictModel,
+    __doc__="Per-tag overrides: any `TagParams` key; unset keys fall back to `kernel.defaults`.",
+    **_optional_fields(),
+)
+
+
+class GroupSettings(StrictModel):
+    """One multivariate group: PCA with Hotelling T2 and SPE (Q), learned from a warm-up."""
+
+    name: str = Field(min_length=1)
+    tags: list[str] = Field(min_length=2)
+    warmup_samples: Annotated[int, Field(ge=20)] = 400
+    variance_explained: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.9
+    n_components: Annotated[int, Field(ge=1)] | None = None  # overrides variance_explained
+    alpha: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.001  # per-sample false-alarm prob. of limits
+    score_alpha: Annotated[float, Field(gt=0.0, le=1.0)] = 0.3  # EWMA on the normalised stat
+    alarm_on_samples: Annotated[int, Field(ge=1)] = 3
+    alarm_off_samples: Annotated[int, Field(ge=1)] = 10
+    adapt_alpha: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0  # 0 = frozen model
+
+    @model_validator(mode="after")
+    def _unique_tags(self) -> GroupSettings:
+        if len(set(self.tags)) != len(self.tags):
+            raise ValueError(f"group {self.name!r} lists a tag twice")
+        return self
 
 
 class KernelConfig(StrictModel):
-    """Settings of this component; every default lives here."""
+    """`kernel:` section; every default of the kernel lives in the models above."""
+
+    defaults: TagParams = TagParams()
+    tags: dict[str, TagOverride] = Field(default_factory=dict)  # type: ignore[valid-type]
+    groups: list[GroupSettings] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check(self) -> KernelConfig:
+        seen: set[str] = set()
+        for g in self.groups:
+            if g.name in seen:
+                raise ValueError(f"kernel group name {g.name!r} used twice")
+            seen.add(g.name)
+        for name in self.tags:
+            self.params_for(name)  # merged overrides must validate too
+        return self
+
+    def params_for(self, tag: str) -> TagParams:
+        """Effective settings of one tag: defaults with its override on top."""
+        override = self.tags.get(tag)
+        if override is None:
+            return self.defaults
+        merged = self.defaults.model_dump()
+        merged.update(override.model_dump(exclude_none=True))
+        return TagParams.model_validate(merged)
+
+    def unknown_tags(self, known: set[str] | list[str]) -> list[str]:
+        """Problems for `edgeloop check`: overrides and group members naming no configured tag."""
+        known = set(known)
+        problems = [f"kernel.tags.{name}: no such tag" for name in self.tags if name not in known]
+        for i, g in enumerate(self.groups):
+            problems += [
+                f"kernel.groups[{i}].tags: no such tag {t!r}" for t in g.tags if t not in known
+            ]
+        return problems

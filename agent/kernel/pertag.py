@@ -1,0 +1,470 @@
+"""Per-tag stage: validity, Hampel spikes, rate limit, EWMA/Kalman, stuck, CUSUM drift, score.
+
+All state lives in arrays owned by the caller (`TagState`), one row per tag, so a frame of
+one poll group is a single jitted call over `lo:hi` that allocates nothing.  `step_tags` (one
+frame) and `run_tags` (a samples x tags array) both call the same `_update_tag`.
+
+The Hampel window is kept twice per tag: a ring buffer in arrival order and a sorted copy,
+updated by one deletion and one insertion (O(window)), so the median is a lookup and the MAD
+is a merge walk outward from the median instead of a sort per sample.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+
+from agent.kernel.flags import (
+    ANOMALOUS,
+    DRIFT,
+    INVALID,
+    OUT_OF_RANGE,
+    RATE_LIMITED,
+    SPIKE,
+    STUCK,
+)
+from agent.kernel.settings import TagParams
+
+# --- parameter columns (float64 [n, NP]) -----------------------------------------------------
+P_FILTER = 0  # 0 none, 1 ewma, 2 kalman
+P_ALPHA = 1
+P_KQ = 2
+P_KR = 3
+P_HWIN = 4
+P_HK = 5
+P_SPIKE_MIN = 6
+P_RATE = 7  # +inf = off
+P_STUCK_N = 8
+P_STUCK_EPS = 9
+P_STUCK_MOVE = 10
+P_BASE_ALPHA = 11
+P_FLOOR = 12
+P_CUSUM_K = 13
+P_CUSUM_H = 14
+P_THR = 15
+P_ON = 16
+P_OFF = 17
+P_WARMUP = 18
+P_MIN = 19  # -inf when unbounded
+P_MAX = 20  # +inf when unbounded
+NP = 21
+
+FILTER_CODES = {"none": 0, "ewma": 1, "kalman": 2}
+
+# --- float state columns (float64 [n, NS]) ---------------------------------------------------
+S_Y = 0  # filter output
+S_KP = 1  # Kalman error variance
+S_LAST_IN = 2  # last accepted (despiked, rate-limited) input
+S_BASE = 3  # robust baseline
+S_SCALE = 4  # robust residual scale
+S_CPOS = 5
+S_CNEG = 6
+S_STUCK_REF = 7
+S_MOVE = 8  # EWMA of "the value changed" per sample
+S_MOVE_AT_RUN = 9  # S_MOVE when the current no-change run started
+S_SCORE = 10  # last score, held over invalid samples
+NS = 11
+
+# --- integer state columns (int64 [n, NI]) ---------------------------------------------------
+I_NSEEN = 0  # valid samples used so far
+I_POS = 1  # ring write position
+I_CNT = 2  # samples in the Hampel window
+I_STUCK_RUN = 3
+I_ON_RUN = 4
+I_OFF_RUN = 5
+I_ALARM = 6
+I_LAST_TS = 7
+NI = 8
+
+MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution -> its standard deviation
+MEANABS_TO_SIGMA = 1.2533  # mean |x - mu| of a normal distribution -> its standard deviation
+MOVE_BETA = 0.02  # EWMA weight of the "moves normally" estimate used by the stuck check
+BAD_FOR_ALARM = SPIKE | STUCK | DRIFT | OUT_OF_RANGE
+
+
+def compile_params(
+    params: Sequence[TagParams],
+    mins: np.ndarray | None = None,
+    maxs: np.ndarray | None = None,
+) -> np.ndarray:
+    """Settings of n tags -> the float64 [n, NP] parameter table the jitted code reads.
+
+    `mins`/`maxs` are the tag table's engineering range (NaN = unbounded); a tag with
+    `check_range: false` ignores them.
+    """
+    n = len(params)
+    P = np.zeros((n, NP), dtype=np.float64)
+    for i, p in enumerate(params):
+        P[i, P_FILTER] = FILTER_CODES[p.filter]
+        P[i, P_ALPHA] = p.ewma_alpha
+        P[i, P_KQ] = p.kalman_q
+        P[i, P_KR] = p.kalman_r
+        P[i, P_HWIN] = p.hampel_window if p.hampel_window >= 3 else 0
+        P[i, P_HK] = p.hampel_k
+        P[i, P_SPIKE_MIN] = p.spike_min_dev
+        P[i, P_RATE] = math.inf if p.rate_limit_per_s is None else p.rate_limit_per_s
+        P[i, P_STUCK_N] = p.stuck_samples
+        P[i, P_STUCK_EPS] = p.stuck_epsilon
+        P[i, P_STUCK_MOVE] = p.stuck_min_move_rate
+        P[i, P_BASE_ALPHA] = p.baseline_alpha
+        P[i, P_FLOOR] = p.noise_floor
+        P[i, P_CUSUM_K] = p.cusum_k
+        P[i, P_CUSUM_H] = p.cusum_h
+        P[i, P_THR] = p.score_threshold
+        P[i, P_ON] = p.alarm_on_samples
+        P[i, P_OFF] = p.alarm_off_samples
+        P[i, P_WARMUP] = p.warmup_samples
+        lo = -math.inf
+        hi = math.inf
+        if p.check_range:
+            if mins is not None and not math.isnan(mins[i]):
+                lo = float(mins[i])
+            if maxs is not None and not math.isnan(maxs[i]):
+                hi = float(maxs[i])
+        P[i, P_MIN] = lo
+        P[i, P_MAX] = hi
+    return P
+
+
+@dataclass(slots=True)
+class TagState:
+    """Everything the per-tag stage remembers, as arrays; reset by building a new one."""
+
+    P: np.ndarray  # float64 [n, NP]
+    S: np.ndarray  # float64 [n, NS]
+    I: np.ndarray  # int64 [n, NI]  # noqa: E741
+    ring: np.ndarray  # float64 [n, W]
+    srt: np.ndarray  # float64 [n, W]
+
+    @classmethod
+    def new(cls, P: np.ndarray) -> TagState:
+        n = P.shape[0]
+        w = max(1, int(P[:, P_HWIN].max())) if n else 1
+        S = np.zeros((n, NS), dtype=np.float64)
+        S[:, S_Y] = np.nan
+        return cls(
+            P=np.ascontiguousarray(P, dtype=np.float64),
+            S=S,
+            I=np.zeros((n, NI), dtype=np.int64),
+            ring=np.zeros((n, w), dtype=np.float64),
+            srt=np.zeros((n, w), dtype=np.float64),
+        )
+
+    @property
+    def size(self) -> int:
+        return int(self.P.shape[0])
+
+
+@njit(cache=True, nogil=True)
+def _median_mad(srt: np.ndarray, i: int, cnt: int) -> tuple[float, float]:
+    """Median of srt[i, :cnt] (sorted) and the median of |srt - median|, by a merge walk."""
+    half = cnt // 2
+    med = srt[i, half] if cnt % 2 == 1 else 0.5 * (srt[i, half - 1] + srt[i, half])
+    # deviations left of the middle grow as l falls, right of it as r rises: merge them.
+    lo = (cnt - 1) // 2
+    r = lo + 1
+    l = lo  # noqa: E741
+    k_hi = half  # we need order statistics k_hi (odd) or k_hi-1 and k_hi (even)
+    prev = 0.0
+    cur = 0.0
+    for k in range(k_hi + 1):
+        if l >= 0 and (r >= cnt or med - srt[i, l] <= srt[i, r] - med):
+            d = med - srt[i, l]
+            l -= 1  # noqa: E741
+        else:
+            d = srt[i, r] - med
+            r += 1
+        prev = cur
+        cur = d
+        if k == k_hi:
+            break
+    if cnt % 2 == 1:
+        return med, cur
+    return med, 0.5 * (prev + cur)
+
+
+@njit(cache=True, nogil=True)
+def _window_push(ring: np.ndarray, srt: np.ndarray, I: np.ndarray, i: int, w: int, x: float) -> int:  # noqa: E741
+    """Add x to tag i's Hampel window (dropping the oldest when full); returns the count."""
+    cnt = I[i, I_CNT]
+    pos = I[i, I_POS]
+    if cnt == w:
+        old = ring[i, pos]
+        j = 0
+        while j < cnt - 1 and srt[i, j] != old:
+            j += 1
+        while j < cnt - 1:
+            srt[i, j] = srt[i, j + 1]
+            j += 1
+        cnt -= 1
+    ring[i, pos] = x
+    pos += 1
+    if pos == w:
+        pos = 0
+    I[i, I_POS] = pos
+    j = cnt
+    while j > 0 and srt[i, j - 1] > x:
+        srt[i, j] = srt[i, j - 1]
+        j -= 1
+    srt[i, j] = x
+    cnt += 1
+    I[i, I_CNT] = cnt
+    return cnt
+
+
+@njit(cache=True, nogil=True)
+def _update_tag(
+    i: int,
+    x: float,
+    q: int,
+    t: int,
+    P: np.ndarray,
+    S: np.ndarray,
+    I: np.ndarray,  # noqa: E741
+    ring: np.ndarray,
+    srt: np.ndarray,
+) -> tuple[float, int, float]:
+    """One sample of one tag -> (filtered value, flags, score); updates row i of the state."""
+    f = 0
+    if q != 0 or not math.isfinite(x):
+        f = INVALID
+        if I[i, I_ALARM] != 0:
+            f |= ANOMALOUS
+        return S[i, S_Y], f, S[i, S_SCORE]
+
+    bad = False
+    if x < P[i, P_MIN] or x > P[i, P_MAX]:
+        f = OUT_OF_RANGE
+        bad = True
+        score = S[i, S_SCORE]
+    else:
+        n = I[i, I_NSEEN]
+        xc = x
+        # Hampel spike rejection on the raw window
+        w = int(P[i, P_HWIN])
+        if w >= 3:
+            cnt = _window_push(ring, srt, I, i, w, x)
+            if cnt == w:
+                med, mad = _median_mad(srt, i, cnt)
+                dev = abs(x - med)
+                if dev > P[i, P_HK] * MAD_TO_SIGMA * mad and dev > P[i, P_SPIKE_MIN]:
+                    f |= SPIKE
+                    xc = med
+        # rate-of-change limit against the last accepted input
+        if n > 0:
+            rate = P[i, P_RATE]
+            if rate < math.inf:
+                dt = (t - I[i, I_LAST_TS]) * 1e-9
+                if dt < 0.0:
+                    dt = 0.0
+                lim = rate * dt
+                last = S[i, S_LAST_IN]
+                if xc > last + lim:
+                    xc = last + lim
+                    f |= RATE_LIMITED
+                elif xc < last - lim:
+                    xc = last - lim
+                    f |= RATE_LIMITED
+        S[i, S_LAST_IN] = xc
+        I[i, I_LAST_TS] = t
+        # smoothing
+        kind = int(P[i, P_FILTER])
+        if n == 0:
+            S[i, S_Y] = xc
+            S[i, S_KP] = P[i, P_KR]
+        elif kind == 1:
+            S[i, S_Y] += P[i, P_ALPHA] * (xc - S[i, S_Y])
+        elif kind == 2:
+            pk = S[i, S_KP] + P[i, P_KQ]
+            gain = pk / (pk + P[i, P_KR])
+            S[i, S_Y] += gain * (xc - S[i, S_Y])
+            S[i, S_KP] = (1.0 - gain) * pk
+        else:
+            S[i, S_Y] = xc
+        # stuck sensor: a no-change run on the raw value of a tag that normally moves
+        sn = P[i, P_STUCK_N]
+        if sn > 0:
+            if n == 0:
+                S[i, S_STUCK_REF] = x
+            elif abs(x - S[i, S_STUCK_REF]) <= P[i, P_STUCK_EPS]:
+                if I[i, I_STUCK_RUN] == 0:
+                    S[i, S_MOVE_AT_RUN] = S[i, S_MOVE]
+                I[i, I_STUCK_RUN] += 1
+                S[i, S_MOVE] += MOVE_BETA * (0.0 - S[i, S_MOVE])
+            else:
+                S[i, S_STUCK_REF] = x
+                I[i, I_STUCK_RUN] = 0
+                S[i, S_MOVE] += MOVE_BETA * (1.0 - S[i, S_MOVE])
+            if I[i, I_STUCK_RUN] >= sn and S[i, S_MOVE_AT_RUN] >= P[i, P_STUCK_MOVE]:
+                f |= STUCK
+        # robust score and CUSUM drift on the residual from a slow, clipped baseline
+        if n == 0:
+            S[i, S_BASE] = xc
+            S[i, S_SCALE] = 0.0
+        r = xc - S[i, S_BASE]
+        scale = S[i, S_SCALE]
+        if scale < P[i, P_FLOOR]:
+            scale = P[i, P_FLOOR]
+        thr = P[i, P_THR]
+        if n >= P[i, P_WARMUP]:
+            z = r / scale
+            score = abs(z)
+            if z > thr:
+                z = thr
+            elif z < -thr:
+                z = -thr
+            ck = P[i, P_CUSUM_K]
+            cp = S[i, S_CPOS] + z - ck
+            cm = S[i, S_CNEG] - z - ck
+            S[i, S_CPOS] = cp if cp > 0.0 else 0.0
+            S[i, S_CNEG] = cm if cm > 0.0 else 0.0
+            if S[i, S_CPOS] > P[i, P_CUSUM_H] or S[i, S_CNEG] > P[i, P_CUSUM_H]:
+                f |= DRIFT
+            lim = thr * scale
+            rc = r
+            if rc > lim:
+                rc = lim
+            elif rc < -lim:
+                rc = -lim
+            a = P[i, P_BASE_ALPHA]
+        else:
+            score = 0.0
+            rc = r
+            a = 1.0 / (n + 1.0)
+            if a < P[i, P_BASE_ALPHA]:
+                a = P[i, P_BASE_ALPHA]
+        S[i, S_BASE] += a * rc
+        S[i, S_SCALE] += a * (abs(rc) * MEANABS_TO_SIGMA - S[i, S_SCALE])
+        S[i, S_SCORE] = score
+        I[i, I_NSEEN] = n + 1
+        if score > thr:
+            bad = True
+    if f & BAD_FOR_ALARM:
+        bad = True
+    # alarm hysteresis: on after N consecutive bad samples, off after M consecutive clear
+    if bad:
+        I[i, I_ON_RUN] += 1
+        I[i, I_OFF_RUN] = 0
+        if I[i, I_ALARM] == 0 and I[i, I_ON_RUN] >= P[i, P_ON]:
+            I[i, I_ALARM] = 1
+    else:
+        I[i, I_OFF_RUN] += 1
+        I[i, I_ON_RUN] = 0
+        if I[i, I_ALARM] != 0 and I[i, I_OFF_RUN] >= P[i, P_OFF]:
+            I[i, I_ALARM] = 0
+    if I[i, I_ALARM] != 0:
+        f |= ANOMALOUS
+    return S[i, S_Y], f, score
+
+
+@njit(cache=True, nogil=True)
+def step_tags(
+    P: np.ndarray,
+    S: np.ndarray,
+    I: np.ndarray,  # noqa: E741
+    ring: np.ndarray,
+    srt: np.ndarray,
+    raw: np.ndarray,
+    quality: np.ndarray,
+    ts_ns: np.ndarray,
+    value: np.ndarray,
+    flags: np.ndarray,
+    score: np.ndarray,
+    lo: int,
+    hi: int,
+) -> int:
+    """One frame: tags lo:hi of the table arrays; returns how many tags changed alarm state."""
+    changed = 0
+    for i in range(lo, hi):
+        a0 = I[i, I_ALARM]
+        y, f, s = _update_tag(i, raw[i], quality[i], ts_ns[i], P, S, I, ring, srt)
+        value[i] = y
+        flags[i] = f
+        score[i] = s
+        if I[i, I_ALARM] != a0:
+            changed += 1
+    return changed
+
+
+@njit(cache=True, nogil=True)
+def run_tags(
+    P: np.ndarray,
+    S: np.ndarray,
+    I: np.ndarray,  # noqa: E741
+    ring: np.ndarray,
+    srt: np.ndarray,
+    raw: np.ndarray,
+    quality: np.ndarray,
+    ts_ns: np.ndarray,
+    value: np.ndarray,
+    flags: np.ndarray,
+    score: np.ndarray,
+) -> None:
+    """Replay: rows of a (samples x tags) array, one timestamp per row."""
+    n_rows, n_tags = raw.shape
+    for r in range(n_rows):
+        t = ts_ns[r]
+        for i in range(n_tags):
+            y, f, s = _update_tag(i, raw[r, i], quality[r, i], t, P, S, I, ring, srt)
+            value[r, i] = y
+            flags[r, i] = f
+            score[r, i] = s
+
+
+def step(
+    state: TagState,
+    raw: np.ndarray,
+    quality: np.ndarray,
+    ts_ns: np.ndarray,
+    value: np.ndarray,
+    flags: np.ndarray,
+    score: np.ndarray,
+    lo: int = 0,
+    hi: int | None = None,
+) -> int:
+    """Per-tag stage over tags lo:hi of full-length table arrays (written in place).
+
+    Returns the number of tags whose alarm state changed in this frame.
+    """
+    if hi is None:
+        hi = state.size
+    return int(
+        step_tags(
+            state.P, state.S, state.I, state.ring, state.srt,
+            raw, quality, ts_ns, value, flags, score, lo, hi,
+        )
+    )  # fmt: skip
+
+
+def run(
+    state: TagState,
+    raw: np.ndarray,
+    quality: np.ndarray | None = None,
+    ts_ns: np.ndarray | None = None,
+    period_s: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Replay a (samples x tags) float64 array -> (value, flags, score) arrays of its shape.
+
+    Without timestamps the rows are `period_s` apart (only the rate limit uses time).
+    """
+    raw = np.ascontiguousarray(raw, dtype=np.float64)
+    n_rows, n_tags = raw.shape
+    if n_tags != state.size:
+        raise ValueError(f"raw has {n_tags} columns, the kernel state {state.size} tags")
+    if quality is None:
+        quality = np.zeros(raw.shape, dtype=np.uint8)
+    if ts_ns is None:
+        ts_ns = (np.arange(n_rows, dtype=np.int64) * round(period_s * 1e9)).astype(np.int64)
+    value = np.empty_like(raw)
+    flags = np.empty(raw.shape, dtype=np.uint16)
+    score = np.empty_like(raw)
+    run_tags(
+        state.P, state.S, state.I, state.ring, state.srt,
+        raw, np.ascontiguousarray(quality, dtype=np.uint8),
+        np.ascontiguousarray(ts_ns, dtype=np.int64), value, flags, score,
+    )  # fmt: skip
+    return value, flags, score

@@ -1,0 +1,257 @@
+"""`KernelRuntime`: the kernel as the service sees it, over the tag table.
+
+It needs only these attributes of the table (so it does not depend on `agent.tags`):
+`names`, `raw`, `value`, `quality`, `flags`, `score`, `ts_ns`, `min`, `max`.
+`process(group)` runs the per-tag stage over the poll group's slice, then every multivariate
+group with a member in that slice, and returns alarm transition events.  Groups learn their
+model from their first `warmup_samples` valid samples; until then they score nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Protocol
+
+import numpy as np
+
+from agent import names as N
+from agent.kernel import flags as F
+from agent.kernel import multivar as mv
+from agent.kernel import pertag as pt
+from agent.kernel.settings import GroupSettings, KernelConfig
+
+log = logging.getLogger(__name__)
+
+
+class KernelError(ValueError):
+    """The kernel settings do not fit the tag table (unknown tag names)."""
+
+
+class TableLike(Protocol):
+    names: list[str]
+    raw: np.ndarray
+    value: np.ndarray
+    quality: np.ndarray
+    flags: np.ndarray
+    score: np.ndarray
+    ts_ns: np.ndarray
+    min: np.ndarray
+    max: np.ndarray
+
+
+class SliceLike(Protocol):
+    name: str
+    start: int
+    stop: int
+
+
+class _Group:
+    """One configured group: warm-up buffer until fitted, then the fitted model."""
+
+    def __init__(self, settings: GroupSettings, idx: np.ndarray) -> None:
+        self.settings = settings
+        self.idx = idx
+        self.buf = np.empty((settings.warmup_samples, idx.size))
+        self.n = 0
+        self.model: mv.GroupModel | None = None
+        self.failed: str | None = None
+
+
+class KernelRuntime:
+    """Per-tag stage + multivariate groups over a tag table; state lives in numpy arrays."""
+
+    def __init__(self, kernel_cfg: KernelConfig, table: TableLike, metrics: Any = None) -> None:
+        self.cfg = kernel_cfg
+        self.table = table
+        self.metrics = metrics
+        names = list(table.names)
+        problems = kernel_cfg.unknown_tags(names)
+        if problems:
+            raise KernelError("; ".join(problems))
+        index = {name: i for i, name in enumerate(names)}
+        P = pt.compile_params([kernel_cfg.params_for(n) for n in names], table.min, table.max)
+        self.state = pt.TagState.new(P)
+        self.groups: list[_Group] = [
+            _Group(g, np.array([index[t] for t in g.tags], dtype=np.int64))
+            for g in kernel_cfg.groups
+        ]
+        self._by_slice: dict[tuple[int, int], list[_Group]] = {}
+        self._alarm_seen = np.zeros(len(names), dtype=np.int64)  # alarm state last reported
+
+    # --- live path ------------------------------------------------------------------------
+
+    def _groups_for(self, lo: int, hi: int) -> list[_Group]:
+        key = (lo, hi)
+        found = self._by_slice.get(key)
+        if found is None:
+            found = [g for g in self.groups if np.any((g.idx >= lo) & (g.idx < hi))]
+            self._by_slice[key] = found
+        return found
+
+    def process(self, group: SliceLike) -> list[dict[str, Any]]:
+        """Run the kernel over one poll group's slice; returns alarm transition events."""
+        t0 = time.perf_counter()
+        tb = self.table
+        lo, hi = group.start, group.stop
+        changed = pt.step(
+            self.state, tb.raw, tb.quality, tb.ts_ns, tb.value, tb.flags, tb.score, lo, hi
+        )
+        events: list[dict[str, Any]] = []
+        if changed:
+            alarm = self.state.I[lo:hi, pt.I_ALARM]
+            for j in np.flatnonzero(alarm != self._alarm_seen[lo:hi]):
+                i = lo + int(j)
+                on = bool(alarm[j])
+                self._alarm_seen[i] = alarm[j]
+                events.append(
+                    {
+                        "kind": N.EVENT_ANOMALY_ON if on else N.EVENT_ANOMALY_OFF,
+                        "source": tb.names[i],
+                        "level": "tag",
+                        "score": float(tb.score[i]),
+                        "flags": F.describe(int(tb.flags[i])),
+                        "ts_ns": int(tb.ts_ns[i]),
+                    }
+                )
+        for g in self._groups_for(lo, hi):
+            ev = self._step_group(g)
+            if ev is not None:
+                events.append(ev)
+        if self.metrics is not None:
+            self.metrics.observe(
+                "edgeloop_kernel_seconds",
+                time.perf_counter() - t0,
+                group=getattr(group, "name", ""),
+            )
+        return events
+
+    def _step_group(self, g: _Group) -> dict[str, Any] | None:
+        tb = self.table
+        if g.model is None:
+            if g.failed is not None:
+                return None
+            fl = tb.flags[g.idx]
+            x = tb.value[g.idx]
+            if np.any(fl & (F.INVALID | F.OUT_OF_RANGE)) or not np.all(np.isfinite(x)):
+                return None
+            g.buf[g.n] = x
+            g.n += 1
+            if g.n == g.buf.shape[0]:
+                try:
+                    g.model = mv.fit_group(g.settings, g.idx, g.buf)
+                except mv.GroupFitError as exc:
+                    g.failed = str(exc)
+                    log.warning("kernel group disabled: %s", exc)
+                    return None
+                if g.model.excluded:
+                    log.warning(
+                        "kernel group %s: constant in warm-up, excluded from the model: %s",
+                        g.settings.name,
+                        ", ".join(g.settings.tags[j] for j in g.model.excluded),
+                    )
+                g.buf = np.empty((0, g.idx.size))
+            return None
+        m = g.model
+        trans = mv.group_step(tb.value, tb.flags, *mv.model_args(m))
+        if trans == 0:
+            return None
+        if self.metrics is not None:
+            self.metrics.set("edgeloop_anomaly_alarm", float(m.alarm), group=m.name)
+        return self._group_event(g, trans > 0, int(tb.ts_ns[g.idx].max()))
+
+    def _group_event(self, g: _Group, on: bool, ts_ns: int) -> dict[str, Any]:
+        m = g.model
+        assert m is not None
+        contrib = mv.contributions(m)
+        top = np.argsort(contrib)[::-1][:3]
+        return {
+            "kind": N.EVENT_ANOMALY_ON if on else N.EVENT_ANOMALY_OFF,
+            "source": m.name,
+            "level": "group",
+            "score": m.score,
+            "t2": float(m.fs[mv.GS_T2]),
+            "spe": float(m.fs[mv.GS_SPE]),
+            "contributions": {g.settings.tags[int(j)]: round(float(contrib[j]), 3) for j in top},
+            "ts_ns": ts_ns,
+        }
+
+    def group_status(self) -> dict[str, tuple[float, bool]]:
+        """Per group: (smoothed score, alarm); NaN score while still learning."""
+        out: dict[str, tuple[float, bool]] = {}
+        for g in self.groups:
+            if g.model is None:
+                out[g.settings.name] = (float("nan"), False)
+            else:
+                out[g.settings.name] = (g.model.score, g.model.alarm)
+        return out
+
+    def group_info(self) -> dict[str, dict[str, Any]]:
+        """Learning progress and model facts per group, for status pages and `replay`."""
+        info: dict[str, dict[str, Any]] = {}
+        for g in self.groups:
+            d: dict[str, Any] = {"warmup": g.settings.warmup_samples, "collected": g.n}
+            if g.failed:
+                d["error"] = g.failed
+            if g.model is not None:
+                d["components"] = g.model.n_components
+                d["t2_limit"] = float(g.model.lims[0])
+                d["spe_limit"] = float(g.model.lims[1])
+                d["excluded"] = [g.settings.tags[j] for j in g.model.excluded]
+            info[g.settings.name] = d
+        return info
+
+    # --- replay path ----------------------------------------------------------------------
+
+    def run(
+        self,
+        raw_2d: np.ndarray,
+        quality_2d: np.ndarray | None = None,
+        ts_ns: np.ndarray | None = None,
+        period_s: float = 1.0,
+    ) -> RunResult:
+        """Replay a (samples x tags) array through the same jitted code as `process`.
+
+        Each group learns from the valid rows among its first `warmup_samples` rows and
+        scores every row after them; warm-up rows get a NaN group score and no alarm.
+        Raises `mv.GroupFitError` when a group cannot be learned from its warm-up.
+        """
+        value, flags, score = pt.run(self.state, raw_2d, quality_2d, ts_ns, period_s)
+        n_rows = value.shape[0]
+        g_score: dict[str, np.ndarray] = {}
+        g_alarm: dict[str, np.ndarray] = {}
+        for g in self.groups:
+            w = g.settings.warmup_samples
+            s_out = np.full(n_rows, np.nan)
+            a_out = np.zeros(n_rows, dtype=np.uint8)
+            if n_rows > w:
+                rows = value[:w, g.idx]
+                ok = np.all(np.isfinite(rows), axis=1) & ~np.any(
+                    flags[:w, g.idx] & (F.INVALID | F.OUT_OF_RANGE), axis=1
+                )
+                g.model = mv.fit_group(g.settings, g.idx, rows[ok])
+                g.n = int(ok.sum())
+                mv.group_run(value, flags, w, *mv.model_args(g.model), s_out, a_out)
+            g_score[g.settings.name] = s_out
+            g_alarm[g.settings.name] = a_out
+        return RunResult(value, flags, score, g_score, g_alarm)
+
+
+class RunResult:
+    """Replay output: per-tag arrays (samples x tags) and per-group score/alarm (samples)."""
+
+    __slots__ = ("flags", "group_alarm", "group_score", "score", "value")
+
+    def __init__(
+        self,
+        value: np.ndarray,
+        flags: np.ndarray,
+        score: np.ndarray,
+        group_score: dict[str, np.ndarray],
+        group_alarm: dict[str, np.ndarray],
+    ) -> None:
+        self.value = value
+        self.flags = flags
+        self.score = score
+        self.group_score = group_score
+        self.group_alarm = group_alarm

@@ -1,0 +1,1 @@
+"""Plain-Python reference implementations the jitted kernel is tested against."""

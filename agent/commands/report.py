@@ -1,0 +1,55 @@
+"""`edgeloop report (CONFIG | DB) --out report.png|report.html`: plots from history."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "plot the control loop and the monitored equipment from the history database"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", help="the config file (its store.path is used) or a history .db")
+    p.add_argument("--out", required=True, help="report.png or report.html")
+    p.add_argument("--faults", help="hw_sim ground-truth fault log (JSONL) to draw fault spans")
+    p.add_argument("--from", dest="t_from", default="0", help="start (epoch s or ISO 8601)")
+    p.add_argument("--to", dest="t_to", default="4e9", help="end (epoch s or ISO 8601)")
+    p.add_argument("--tags", help="monitored tags to plot (default: the kernel groups' tags)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from agent.report import make_report
+    from agent.store.history import to_ns
+
+    src = Path(args.source)
+    loops: list[str] | None = None
+    monitored: list[str] = args.tags.split(",") if args.tags else []
+    if src.suffix in (".yaml", ".yml"):
+        from agent.service import ConfigRefused, load_and_compile
+
+        try:
+            compiled = load_and_compile(src)
+        except ConfigRefused as exc:
+            print("\n".join(exc.lines))
+            return 78
+        cfg = compiled.config
+        db = Path(cfg.store.path)
+        loops = [lp.name for lp in cfg.control.loops]
+        if not monitored:
+            monitored = [t for g in cfg.kernel.groups for t in g.tags]
+    else:
+        db = src
+    if not db.exists():
+        print(f"no history database at {db}")
+        return 66
+    out = make_report(
+        db,
+        args.out,
+        loops=loops,
+        monitored=monitored,
+        faults_log=args.faults,
+        t_from=to_ns(args.t_from) / 1e9,
+        t_to=to_ns(args.t_to) / 1e9,
+    )
+    print(f"report written to {out}")
+    return 0

@@ -39,6 +39,7 @@ class Peer:
         self.port = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task] = set()
 
     async def start(self, port: int = 0) -> Peer:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", port)
@@ -50,6 +51,9 @@ class Peer:
             self._server.close()
             for w in list(self._writers):
                 w.close()
+            for t in list(self._tasks):
+                t.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
             await self._server.wait_closed()
             self._server = None
 
@@ -59,6 +63,9 @@ class Peer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         self._writers.add(writer)
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
         try:
             while True:
                 head = await reader.readexactly(7)
@@ -67,9 +74,10 @@ class Peer:
                 fault = self.sticky or (self.faults.pop(0) if self.faults else None)
                 if not await self._answer(writer, tid, unit, pdu, fault):
                     return
-        except (asyncio.IncompleteReadError, ConnectionError):
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             return
         finally:
+            self._tasks.discard(task)
             self._writers.discard(writer)
             writer.close()
 

@@ -1,0 +1,234 @@
+"""System test of `edgeloop run` as systemd runs it: real hw_sim, real sockets, real signals.
+
+The test listens on a NOTIFY_SOCKET like systemd does, arms the watchdog through
+WATCHDOG_USEC, and drives the service with SIGHUP / SIGTERM / SIGKILL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agent.demo import Ports, _wait_port, demo_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _start_sim(ports: Ports, tmp: Path) -> subprocess.Popen[bytes]:
+    log = open(tmp / "sim.log", "ab")  # noqa: SIM115 - owned by the process
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "hw_sim",
+            "--modbus-port",
+            str(ports.modbus),
+            "--opcua-port",
+            str(ports.opcua),
+            "--seed",
+            "3",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+    )
+    assert _wait_port(ports.modbus, 20, proc) and _wait_port(ports.opcua, 20, proc), (
+        tmp / "sim.log"
+    ).read_text()
+    return proc
+
+
+class Notify:
+    """A NOTIFY_SOCKET listener, as systemd provides one."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.messages: list[str] = []
+
+    def collect(self, until: float) -> None:
+        while time.monotonic() < until:
+            with contextlib.suppress(TimeoutError):
+                self.messages.append(self.sock.recv(4096).decode())
+
+    def wait_for(self, text: str, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if any(text in m for m in self.messages):
+                return True
+            self.collect(time.monotonic() + 0.2)
+        return any(text in m for m in self.messages)
+
+
+def _get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=3) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def _wait_status(port: int, path: str, want: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if _get(port, path)[0] == want:
+                return True
+        except OSError:
+            pass
+        time.sleep(0.3)
+    return False
+
+
+@pytest.fixture
+def plant(tmp_path: Path):
+    ports = Ports()
+    sim = _start_sim(ports, tmp_path)
+    yield ports, sim
+    if sim.poll() is None:
+        sim.terminate()
+        sim.wait(10)
+
+
+def _write_cfg(tmp: Path, ports: Ports, **patch: object) -> Path:
+    cfg = demo_config(ROOT / "config" / "edgeloop.yaml", ports, tmp, mqtt=False)
+    cfg.update(patch)
+    path = tmp / "edgeloop.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def _start_agent(cfg: Path, tmp: Path, notify: Path | None = None) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(ROOT / ".venv" / "numba-cache")}
+    if notify is not None:
+        env.update({"NOTIFY_SOCKET": str(notify), "WATCHDOG_USEC": "2000000"})
+    log = open(tmp / "agent.log", "ab")  # noqa: SIM115
+    return subprocess.Popen(
+        [sys.executable, "-m", "agent", "run", str(cfg)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=ROOT,
+    )
+
+
+def test_service_lifecycle(plant, tmp_path: Path) -> None:
+    ports, sim = plant
+    cfg = _write_cfg(tmp_path, ports)
+    notify = Notify(tmp_path / "notify.sock")
+    agent = _start_agent(cfg, tmp_path, tmp_path / "notify.sock")
+    log = tmp_path / "agent.log"
+    try:
+        assert notify.wait_for("READY=1", 60), log.read_text()
+        # watchdog fed at half of WATCHDOG_USEC while the pipeline makes progress
+        notify.collect(time.monotonic() + 3.5)
+        assert sum("WATCHDOG=1" in m for m in notify.messages) >= 2
+        assert _wait_status(ports.http, "/readyz", 200, 20), log.read_text()
+        status, _body = _get(ports.http, "/healthz")
+        assert status == 200
+        status, metrics = _get(ports.http, "/metrics")
+        assert status == 200
+        assert 'edgeloop_polls_total{device="heater_plc"' in metrics
+        assert "edgeloop_kernel_seconds_count" in metrics
+
+        # the simulated PLC goes away: health degrades, and comes back when it returns
+        sim.terminate()
+        sim.wait(10)
+        assert _wait_status(ports.http, "/readyz", 503, 20)
+        sim2 = _start_sim(ports, tmp_path)
+        try:
+            assert _wait_status(ports.http, "/readyz", 200, 60), log.read_text()[-3000:]
+
+            # SIGHUP with a good config: reloaded; with a bad one: refused, still running
+            agent.send_signal(signal.SIGHUP)
+            assert _wait_metric(ports.http, 'edgeloop_config_reloads_total{result="ok"} 1', 30)
+            bad = yaml.safe_load(cfg.read_text())
+            bad["devices"][0]["poll_groups"][0]["tags"][0]["address"] = 70000
+            cfg.write_text(yaml.safe_dump(bad, sort_keys=False))
+            agent.send_signal(signal.SIGHUP)
+            assert _wait_metric(ports.http, 'edgeloop_config_reloads_total{result="refused"} 1', 30)
+            assert agent.poll() is None
+            assert "must be 0..65535" in log.read_text() or "address" in log.read_text()
+            assert _wait_status(ports.http, "/readyz", 200, 20)
+
+            t0 = time.monotonic()
+            agent.send_signal(signal.SIGTERM)
+            assert agent.wait(10) == 0
+            assert time.monotonic() - t0 < 5.0
+            notify.collect(time.monotonic() + 0.3)
+            assert any("STOPPING=1" in m for m in notify.messages)
+        finally:
+            sim2.terminate()
+            sim2.wait(10)
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
+    # history was written and is intact after a clean stop
+    con = sqlite3.connect(tmp_path / "history.db")
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert con.execute("SELECT count(*) FROM frames").fetchone()[0] > 10
+
+
+def _wait_metric(port: int, text: str, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if text in _get(port, "/metrics")[1]:
+                return True
+        except OSError:
+            pass
+        time.sleep(0.3)
+    return False
+
+
+def test_bad_config_exits_78(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("site: x\ndevices:\n  - name: a\n    driver: modbus\n    port: 99999\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent", "run", str(cfg)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert proc.returncode == 78
+    assert "bad.yaml:5" in proc.stderr + proc.stdout
+
+
+def test_kill9_keeps_history_intact(plant, tmp_path: Path) -> None:
+    ports, _sim = plant
+    cfg = _write_cfg(tmp_path, ports)
+    agent = _start_agent(cfg, tmp_path)
+    try:
+        assert _wait_status(ports.http, "/readyz", 200, 60), (tmp_path / "agent.log").read_text()
+        time.sleep(3.0)
+    finally:
+        agent.send_signal(signal.SIGKILL)
+        agent.wait()
+    con = sqlite3.connect(tmp_path / "history.db")
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    n = con.execute("SELECT count(*) FROM frames").fetchone()[0]
+    assert n > 5
+    # and the agent starts again on the same database
+    agent = _start_agent(cfg, tmp_path)
+    try:
+        assert _wait_status(ports.http, "/readyz", 200, 60)
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(10) == 0
+    con = sqlite3.connect(tmp_path / "history.db")
+    assert con.execute("SELECT count(*) FROM frames").fetchone()[0] > n

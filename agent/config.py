@@ -53,6 +53,7 @@ from agent.store.settings import StoreConfig
 from agent.telemetry.settings import HttpConfig
 
 __all__ = [
+    "DEFAULT_CONFIG",
     "Config",
     "ConfigError",
     "DeviceConfig",
@@ -65,6 +66,7 @@ __all__ = [
     "OpcUaTag",
     "Source",
     "TagRef",
+    "default_config_path",
     "load_config",
     "parse_config",
     "register_width",
@@ -963,6 +965,18 @@ def parse_config(text: str, filename: str = "<config>") -> Config:
     assert cfg is not None
     cfg._source = Source(filename, pos.lines)
     return cfg
+
+
+DEFAULT_CONFIG = "config/edgeloop.yaml"
+
+
+def default_config_path() -> Path:
+    """`config/edgeloop.yaml` of the working directory, else the one beside the package."""
+    here = Path(DEFAULT_CONFIG)
+    if here.exists():
+        return here
+    shipped = Path(__file__).resolve().parents[1] / DEFAULT_CONFIG
+    return shipped if shipped.exists() else here
 
 
 def load_config(path: str | Path) -> Config:

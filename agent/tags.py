@@ -113,10 +113,10 @@ class Compiled:
         enabled = sum(1 for d in self.devices.values() if d.enabled)
         disabled = len(self.devices) - enabled
         dev = f"{len(self.devices)} devices" + (f" ({disabled} disabled)" if disabled else "")
-        per_cycle = sum(len(self.requests(g)) for g in self.groups)
+        per_cycle = sum(len(self.requests(g)) for g in self.groups if g.mode == "poll")
         return (
             f"{dev}, {len(self.table)} tags, {len(self.groups)} poll groups, "
-            f"{per_cycle} requests per cycle, {self.requests_per_second():.1f} requests/s"
+            f"{per_cycle} read requests per cycle, {self.requests_per_second():.1f} requests/s"
         )
 
 

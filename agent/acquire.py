@@ -1,0 +1,452 @@
+"""The poll scheduler: connections, backoff, poll groups, quality, device health, writes.
+
+One task per device owns its connection: connect, run the device's poll groups, and when
+the link is lost close, mark the device's tags comm_lost, wait a capped exponential backoff
+with jitter and connect again (a fresh session each time; the driver decides what that
+means).  One task per poll group runs on its own interval, drift-free: the next poll is
+planned from the previous *planned* time, not from when the poll finished, and a poll that
+is still running when the next one is due makes the scheduler skip (and count) the missed
+ticks instead of stacking polls.  Devices share nothing but the event loop, so a dead or
+slow device never delays another.
+
+Failure classes (drivers raise `drivers.base.DriverError` subclasses):
+- `ConnectError`, `OSError`, `TimeoutError` or a read that outlives its guard: the link is
+  gone -> the device goes down and reconnects; its tags turn comm_lost.
+- `ReadError` (and other `DriverError`s): the device answered but the group's data is
+  unusable -> the group's tags turn bad, the connection is kept.
+- Per-point problems come back inside `ReadResult.quality`.
+Every failure is counted; logging is once per episode (`EpisodeLog`), with the recovery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from agent.metrics import Metrics
+from agent.tags import Compiled
+from agent.telemetry.episodes import EpisodeLog
+from drivers.base import (
+    ConnectError,
+    Driver,
+    DriverError,
+    GroupSpec,
+    ReadResult,
+    WriteRefused,
+)
+from drivers.base import Quality as Q
+
+log = logging.getLogger("edgeloop.acquire")
+
+OnFrame = Callable[[GroupSpec, int], None]
+
+GOOD, BAD, STALE, COMM_LOST = int(Q.GOOD), int(Q.BAD), int(Q.STALE), int(Q.COMM_LOST)
+# Link-level failures: the connection is not usable any more.
+LINK_ERRORS: tuple[type[BaseException], ...] = (ConnectError, OSError, TimeoutError, EOFError)
+CLOSE_TIMEOUT_S = 2.0
+
+
+def backoff_delay(attempt: int, initial_s: float, max_s: float, rng: random.Random) -> float:
+    """Delay before reconnect `attempt` (0-based): capped exponential with equal jitter.
+
+    The un-jittered delay doubles from `initial_s` up to `max_s`; the result is uniform in
+    [delay/2, delay] so devices that dropped together do not all knock again at once.
+    """
+    base = min(max_s, initial_s * (2.0 ** min(attempt, 62)))
+    return base / 2 + rng.random() * base / 2
+
+
+@dataclass(slots=True)
+class DeviceHealth:
+    """Health of one device as `/healthz` and `edgeloop read` show it."""
+
+    state: str = "connecting"  # connecting | up | down | disabled | stopped
+    last_error: str | None = None
+    since: float = 0.0  # wall-clock seconds of the last state change
+    reconnects: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "last_error": self.last_error,
+            "since": self.since,
+            "reconnects": self.reconnects,
+        }
+
+
+class Acquirer:
+    """Runs every enabled device of a compiled config; see the module docstring.
+
+    `on_frame(group, ts_ns)` is called on the event loop after the group's slice of
+    `raw/quality/ts_ns/texts` was updated: after each poll, and once when the group's
+    quality changes to stale or comm_lost without a poll (so consumers see the change).
+    `devices` restricts the run to some device names (used by `edgeloop read`).
+    """
+
+    def __init__(
+        self,
+        compiled: Compiled,
+        metrics: Metrics,
+        on_frame: OnFrame | None = None,
+        *,
+        devices: Collection[str] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.compiled = compiled
+        self.table = compiled.table
+        self.metrics = metrics
+        self._on_frame = on_frame
+        self._rng = rng or random.Random()
+        self._episodes = EpisodeLog(log)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._last_good_ns = np.zeros(len(self.table), dtype=np.int64)
+        self._groups: dict[str, list[GroupSpec]] = {}
+        self._failing: dict[str, set[str]] = {n: set() for n in compiled.devices}
+        for g in compiled.groups:
+            self._groups.setdefault(g.device, []).append(g)
+        wanted = set(compiled.devices) if devices is None else set(devices)
+        unknown = wanted - set(compiled.devices)
+        if unknown:
+            raise ValueError(f"unknown device(s): {', '.join(sorted(unknown))}")
+        self._run = [n for n in compiled.devices if n in wanted and n in compiled.drivers]
+        now = time.time()
+        self._health = {
+            n: DeviceHealth(state="connecting" if n in compiled.drivers else "disabled", since=now)
+            for n in compiled.devices
+            if n in wanted
+        }
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start one task per device; returns at once (connections happen in the tasks)."""
+        for name in self._run:
+            if name in self._tasks:
+                continue
+            self.metrics.set("edgeloop_device_up", 0, device=name)
+            self._tasks[name] = asyncio.create_task(self._device_loop(name), name=f"dev:{name}")
+
+    async def stop(self) -> None:
+        """Cancel every task and close every connection (bounded in time)."""
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for name in self._run:
+            await self._close(name, self.compiled.drivers[name])
+            self._set_state(name, "stopped", None)
+            self.metrics.set("edgeloop_device_up", 0, device=name)
+
+    async def __aenter__(self) -> Acquirer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def health(self) -> dict[str, dict[str, Any]]:
+        """State, last error, since (epoch s) and reconnect count per device."""
+        return {n: h.as_dict() for n, h in self._health.items()}
+
+    # --- writes --------------------------------------------------------------------------
+
+    async def write(self, tag: str, value: float | int | bool | str) -> None:
+        """Write one value in engineering units; refuses (never sends) unsafe writes.
+
+        Raises `WriteRefused` for an unknown, non-writable or out-of-bounds tag or a value
+        of the wrong kind; `DriverError` subclasses when the device is down or the write
+        fails on the wire.
+        """
+        idx = self.table.index.get(tag)
+        if idx is None:
+            raise self._refuse(WriteRefused(f"unknown tag {tag!r}"))
+        point = self.table.points[idx]
+        device = self.table.devices[idx]
+        if not point.writable:
+            raise self._refuse(WriteRefused(f"tag {tag!r} is not writable", device=device))
+        checked = self._check_value(point, value, device)
+        drv = self.compiled.drivers.get(device)
+        if drv is None or device not in self._health:
+            raise self._refuse(WriteRefused(f"device of {tag!r} is not running", device=device))
+        if self._health[device].state != "up":
+            raise ConnectError(f"cannot write {tag!r}: device is not connected", device=device)
+        dev_cfg = self.compiled.devices[device]
+        guard = _guard_s(dev_cfg, 1)
+        try:
+            await asyncio.wait_for(drv.write([(point, checked)]), guard)
+        except TimeoutError as e:
+            raise ConnectError(
+                f"write of {tag!r} got no answer in {guard:.1f} s", device=device
+            ) from e
+
+    def _check_value(self, point: Any, value: Any, device: str) -> float | int | bool | str:
+        name = point.name
+        if point.dtype == "string":
+            if not isinstance(value, str):
+                raise self._refuse(WriteRefused(f"{name!r} takes a string", device=device))
+            return value
+        if isinstance(value, str):
+            raise self._refuse(WriteRefused(f"{name!r} takes a number, not text", device=device))
+        if point.dtype in ("bool", "bit"):
+            if value not in (0, 1):  # True/False compare equal to 1/0
+                raise self._refuse(WriteRefused(f"{name!r} takes 0/1 or a bool", device=device))
+            return bool(value)
+        try:
+            x = float(value)
+        except (TypeError, ValueError):
+            raise self._refuse(WriteRefused(f"{name!r} takes a number", device=device)) from None
+        if not math.isfinite(x):
+            raise self._refuse(WriteRefused(f"{name!r}: {value!r} is not finite", device=device))
+        lo, hi = point.min, point.max
+        if (lo is not None and x < lo) or (hi is not None and x > hi):
+            raise self._refuse(
+                WriteRefused(
+                    f"{name!r}: {x:g} is outside {_bound(lo)}..{_bound(hi)}", device=device
+                )
+            )
+        return value if isinstance(value, int) and not isinstance(value, bool) else x
+
+    @staticmethod
+    def _refuse(exc: WriteRefused) -> WriteRefused:
+        log.warning("write refused: %s", exc)
+        return exc
+
+    # --- device task ---------------------------------------------------------------------
+
+    async def _device_loop(self, name: str) -> None:
+        dev = self.compiled.devices[name]
+        drv = self.compiled.drivers[name]
+        groups = self._groups.get(name, [])
+        attempt = 0
+        while True:
+            if attempt:
+                self._health[name].reconnects += 1
+                self.metrics.inc("edgeloop_reconnects_total", device=name)
+            if self._health[name].state != "down":
+                self._set_state(name, "connecting", self._health[name].last_error)
+            try:
+                await asyncio.wait_for(drv.connect(), _guard_s(dev, 1))
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # the task must outlive any driver failure
+                await self._close(name, drv)
+                self._link_down(name, groups, _describe(e), unexpected=not _expected(e))
+                await asyncio.sleep(self._backoff(dev, attempt))
+                attempt += 1
+                continue
+            attempt = 0
+            self._failing[name].clear()
+            self._set_state(name, "up", None)
+            self.metrics.set("edgeloop_device_up", 1, device=name)
+            if self._episodes.ok(name):
+                log.info("%s: connected", name)
+            lost: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+            tasks = [
+                asyncio.create_task(self._group_loop(dev, drv, g, lost), name=f"{name}/{g.name}")
+                for g in groups
+            ]
+            try:
+                reason = await lost
+            finally:
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+            await self._close(name, drv)
+            self._link_down(name, groups, reason, unexpected=False)
+            await asyncio.sleep(self._backoff(dev, attempt))
+            attempt += 1
+
+    def _backoff(self, dev: Any, attempt: int) -> float:
+        return backoff_delay(attempt, dev.backoff_initial_s, dev.backoff_max_s, self._rng)
+
+    def _link_down(self, name: str, groups: list[GroupSpec], reason: str, unexpected: bool) -> None:
+        self._set_state(name, "down", reason)
+        self.metrics.set("edgeloop_device_up", 0, device=name)
+        self._episodes.fail(name, reason, level=logging.ERROR if unexpected else logging.WARNING)
+        for g in groups:
+            self._mark(g, COMM_LOST)
+
+    async def _close(self, name: str, drv: Driver) -> None:
+        try:
+            await asyncio.wait_for(drv.close(), CLOSE_TIMEOUT_S)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # closing a broken link may fail in any way; it is gone anyway
+            log.debug("%s: close failed: %s", name, _describe(e))
+
+    def _set_state(self, name: str, state: str, error: str | None) -> None:
+        h = self._health[name]
+        if h.state != state:
+            h.since = time.time()
+        h.state = state
+        h.last_error = error
+
+    # --- group task ----------------------------------------------------------------------
+
+    async def _group_loop(
+        self, dev: Any, drv: Driver, g: GroupSpec, lost: asyncio.Future[str]
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        labels = {"device": g.device, "group": g.name}
+        plan = self.compiled.plans[(g.device, g.name)]
+        period = g.interval_ms / 1000.0
+        guard = _guard_s(dev, max(1, len(self.compiled.requests(g))))
+        stale_s = g.options.get("stale_after_ms", 3 * g.interval_ms) / 1000.0
+        next_t = loop.time()
+        while True:
+            delay = next_t - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            reason = await self._poll(drv, g, plan, labels, guard, stale_s)
+            if reason is not None:
+                if not lost.done():
+                    lost.set_result(reason)
+                return
+            next_t += period
+            late = loop.time() - next_t
+            if late > 0:  # the poll outlived its period: skip the ticks it ate, count them
+                missed = int(late // period) + 1
+                next_t += missed * period
+                self.metrics.inc("edgeloop_poll_overruns_total", missed, **labels)
+
+    async def _poll(
+        self,
+        drv: Driver,
+        g: GroupSpec,
+        plan: Any,
+        labels: dict[str, str],
+        guard: float,
+        stale_s: float,
+    ) -> str | None:
+        """One poll; returns a reason when the link is lost, else None."""
+        key = f"{g.device}/{g.name}"
+        ts_ns = time.time_ns()
+        t0 = time.perf_counter()
+        task = asyncio.ensure_future(drv.read(plan))
+        try:
+            done, _ = await asyncio.wait({task}, timeout=min(guard, stale_s))
+            if not done:  # slow device: say so before the guard gives up
+                self._mark_stale(g, ts_ns)
+                done, _ = await asyncio.wait({task}, timeout=max(0.0, guard - stale_s))
+            if not done:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                self.metrics.inc("edgeloop_poll_errors_total", **labels)
+                return self._link_error(g, f"no answer within {guard:.1f} s", timeout=True)
+            result: ReadResult = task.result()
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        except LINK_ERRORS as e:
+            self.metrics.inc("edgeloop_poll_errors_total", **labels)
+            return self._link_error(g, _describe(e), timeout=_is_timeout(e))
+        except DriverError as e:
+            self.metrics.inc("edgeloop_poll_errors_total", **labels)
+            self._episodes.fail(key, _describe(e))
+            self._mark(g, BAD)
+            return None
+        except Exception as e:  # a driver bug: drop the link, a fresh session may recover
+            self.metrics.inc("edgeloop_poll_errors_total", **labels)
+            log.exception("%s: unexpected error from the driver", key)
+            return f"driver error: {_describe(e)}"
+        self.metrics.observe("edgeloop_poll_latency_seconds", time.perf_counter() - t0, **labels)
+        self.metrics.inc("edgeloop_polls_total", **labels)
+        self._failing[g.device].discard(g.name)
+        self._store(g, result, ts_ns)
+        self._episodes.ok(key)
+        return None
+
+    def _link_error(self, g: GroupSpec, reason: str, *, timeout: bool) -> str | None:
+        """A lost link takes the device down; a timeout does so only once every group of
+        the device times out, so one dead unit behind a gateway does not cut off the others
+        (its own group goes comm_lost, the driver re-opens the connection on its own)."""
+        failing = self._failing[g.device]
+        failing.add(g.name)
+        if not timeout or len(failing) >= len(self._groups[g.device]):
+            return reason
+        self._episodes.fail(f"{g.device}/{g.name}", reason)
+        self._mark(g, COMM_LOST)
+        return None
+
+    # --- the tag table -------------------------------------------------------------------
+
+    def _store(self, g: GroupSpec, result: ReadResult, ts_ns: int) -> None:
+        sl = slice(g.start, g.stop)
+        t = self.table
+        if len(result.values) != g.size or len(result.quality) != g.size:
+            log.error(
+                "%s/%s: driver returned %d values for %d tags",
+                g.device,
+                g.name,
+                len(result.values),
+                g.size,
+            )
+            self._mark(g, BAD)
+            return
+        t.raw[sl] = result.values
+        q = np.asarray(result.quality, dtype=np.uint8)
+        t.quality[sl] = q
+        t.ts_ns[sl] = ts_ns
+        self._last_good_ns[sl][q == GOOD] = ts_ns
+        for rel, text in result.texts.items():
+            if 0 <= rel < g.size:
+                t.texts[g.start + rel] = text
+        self._emit(g, ts_ns)
+
+    def _mark(self, g: GroupSpec, quality: int) -> None:
+        """Set a whole group's quality without new values (bad, comm_lost) and tell."""
+        self.table.quality[g.start : g.stop] = quality
+        self._emit(g, time.time_ns())
+
+    def _mark_stale(self, g: GroupSpec, now_ns: int) -> None:
+        """Good tags whose last good sample is older than the group's limit turn stale."""
+        sl = slice(g.start, g.stop)
+        limit = int(g.options.get("stale_after_ms", 3 * g.interval_ms)) * 1_000_000
+        q = self.table.quality[sl]
+        old = (q == GOOD) & (now_ns - self._last_good_ns[sl] > limit)
+        if old.any():
+            q[old] = STALE
+            self._emit(g, now_ns)
+
+    def _emit(self, g: GroupSpec, ts_ns: int) -> None:
+        if self._on_frame is None:
+            return
+        try:
+            self._on_frame(g, ts_ns)
+        except Exception as e:  # a consumer bug must not stop acquisition
+            if self._episodes.fail("on_frame", _describe(e), level=logging.ERROR):
+                log.exception("on_frame failed for %s/%s", g.device, g.name)
+        else:
+            self._episodes.ok("on_frame")
+
+
+def _guard_s(dev: Any, requests: int) -> float:
+    """Backstop for one driver call: every request timing out on every retry, plus 1 s."""
+    tries = 1 + int(getattr(dev, "retries", 0))
+    return float(dev.timeout_s) * tries * requests + 1.0
+
+
+def _is_timeout(e: BaseException) -> bool:
+    return isinstance(e, TimeoutError) or isinstance(e.__cause__, TimeoutError)
+
+
+def _expected(e: BaseException) -> bool:
+    return isinstance(e, (*LINK_ERRORS, DriverError))
+
+
+def _describe(e: BaseException) -> str:
+    text = str(e) or e.__class__.__name__
+    return text if isinstance(e, DriverError) else f"{e.__class__.__name__}: {text}"
+
+
+def _bound(x: float | None) -> str:
+    return "" if x is None else f"{x:g}"

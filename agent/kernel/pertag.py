@@ -83,7 +83,7 @@ NI = 8
 MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution -> its standard deviation
 MEANABS_TO_SIGMA = 1.2533  # mean |x - mu| of a normal distribution -> its standard deviation
 MOVE_BETA = 0.02  # EWMA weight of the "moves normally" estimate used by the stuck check
-BAD_FOR_ALARM = SPIKE | STUCK | DRIFT | OUT_OF_RANGE
+BAD_FOR_ALARM = STUCK | DRIFT | OUT_OF_RANGE  # a spike is rejected, not alarmed
 
 
 def compile_params(

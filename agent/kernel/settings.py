@@ -24,8 +24,8 @@ class TagParams(StrictModel):
     ewma_alpha: Annotated[float, Field(gt=0.0, le=1.0)] = 0.3
     kalman_q: Annotated[float, Field(ge=0.0)] = 1e-3  # process noise variance per sample, unit^2
     kalman_r: Annotated[float, Field(gt=0.0)] = 1e-2  # measurement noise variance, unit^2
-    hampel_window: Annotated[int, Field(ge=0, le=MAX_HAMPEL_WINDOW)] = 7  # < 3 disables
-    hampel_k: Annotated[float, Field(gt=0.0)] = 3.5  # spike if |x - median| > k * 1.4826 * MAD
+    hampel_window: Annotated[int, Field(ge=0, le=MAX_HAMPEL_WINDOW)] = 11  # < 3 disables
+    hampel_k: Annotated[float, Field(gt=0.0)] = 5.0  # spike if |x - median| > k * 1.4826 * MAD
     spike_min_dev: Annotated[float, Field(ge=0.0)] = 0.0  # and |x - median| > this (unit)
     rate_limit_per_s: Annotated[float, Field(gt=0.0)] | None = None  # unit/s; None = off
     stuck_samples: Annotated[int, Field(ge=0)] = 60  # 0 disables

@@ -141,7 +141,7 @@ class RefTag:
             self.n = n + 1
             if score > thr:
                 bad = True
-        if f & (F.SPIKE | F.STUCK | F.DRIFT | F.OUT_OF_RANGE):
+        if f & (F.STUCK | F.DRIFT | F.OUT_OF_RANGE):
             bad = True
         if bad:
             self.on_run += 1

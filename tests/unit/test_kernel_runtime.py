@@ -1,0 +1,179 @@
+"""KernelRuntime over a small duck-typed tag table: frames, groups, events, replay parity."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from agent import names as N
+from agent.kernel import KernelConfig, KernelError, KernelRuntime
+from agent.kernel import flags as F
+from agent.metrics import Metrics
+
+
+@dataclass
+class Table:
+    names: list[str]
+    raw: np.ndarray = field(init=False)
+    value: np.ndarray = field(init=False)
+    quality: np.ndarray = field(init=False)
+    flags: np.ndarray = field(init=False)
+    score: np.ndarray = field(init=False)
+    ts_ns: np.ndarray = field(init=False)
+    min: np.ndarray = field(init=False)
+    max: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        n = len(self.names)
+        self.index = {name: i for i, name in enumerate(self.names)}
+        self.raw = np.full(n, np.nan)
+        self.value = np.full(n, np.nan)
+        self.quality = np.zeros(n, dtype=np.uint8)
+        self.flags = np.zeros(n, dtype=np.uint16)
+        self.score = np.zeros(n)
+        self.ts_ns = np.zeros(n, dtype=np.int64)
+        self.min = np.full(n, np.nan)
+        self.max = np.full(n, np.nan)
+
+
+@dataclass(frozen=True)
+class Slice:
+    name: str
+    start: int
+    stop: int
+
+
+def pump(n: int, seed: int = 0) -> np.ndarray:
+    """current, flow, pressure driven by one speed signal, plus an unrelated temperature."""
+    rng = np.random.default_rng(seed)
+    speed = np.empty(n)  # stationary AR(1) around 50: the warm-up covers its range
+    speed[0] = 50.0
+    for i in range(1, n):
+        speed[i] = 50.0 + 0.9 * (speed[i - 1] - 50.0) + rng.normal(0, 0.5)
+    current = 0.2 * speed + rng.normal(0, 0.05, n)
+    flow = 2.0 * speed + rng.normal(0, 0.3, n)
+    pressure = 0.05 * speed + rng.normal(0, 0.02, n)
+    temp = 40 + rng.normal(0, 0.2, n)
+    return np.column_stack([current, flow, pressure, temp])
+
+
+CFG = {
+    "groups": [{"name": "skid", "tags": ["current", "flow", "pressure"], "warmup_samples": 300}],
+}
+NAMES = ["current", "flow", "pressure", "temp"]
+
+
+def test_unknown_tag_in_group_is_refused() -> None:
+    cfg = KernelConfig.model_validate({"groups": [{"name": "g", "tags": ["current", "nope"]}]})
+    with pytest.raises(KernelError, match="nope"):
+        KernelRuntime(cfg, Table(NAMES))
+
+
+def test_bad_settings_are_rejected_by_the_model() -> None:
+    with pytest.raises(ValidationError):
+        KernelConfig.model_validate({"defaults": {"ewma_alpha": 0.0}})
+    with pytest.raises(ValidationError):
+        KernelConfig.model_validate({"tags": {"flow": {"hampel_windw": 5}}})
+    with pytest.raises(ValidationError):
+        KernelConfig.model_validate({"groups": [{"name": "g", "tags": ["a", "a"]}]})
+
+
+def test_per_tag_overrides_merge_over_defaults() -> None:
+    cfg = KernelConfig.model_validate(
+        {"defaults": {"ewma_alpha": 0.2}, "tags": {"flow": {"filter": "kalman"}}}
+    )
+    assert cfg.params_for("flow").filter == "kalman"
+    assert cfg.params_for("flow").ewma_alpha == 0.2
+    assert cfg.params_for("current").filter == "ewma"
+    assert cfg.unknown_tags(["current"]) == ["kernel.tags.flow: no such tag"]
+
+
+def test_live_frames_learn_then_alarm_on_a_correlation_break_and_emit_events() -> None:
+    data = pump(900)
+    data[600:, 0] += 1.0  # current up while flow stays: each tag stays in its normal range
+    tb = Table(NAMES)
+    metrics = Metrics()
+    rt = KernelRuntime(KernelConfig.model_validate(CFG), tb, metrics=metrics)
+    frames = [Slice("fast", 0, 3), Slice("slow", 3, 4)]
+    events = []
+    status = []
+    for r, row in enumerate(data):
+        tb.raw[:] = row
+        tb.ts_ns[:] = r * 500_000_000
+        for fr in frames:
+            events += [(r, e) for e in rt.process(fr)]
+        status.append(rt.group_status()["skid"])
+    assert np.isnan(status[100][0])  # still learning
+    assert rt.group_info()["skid"]["components"] >= 1
+    group_on = [
+        (r, e) for r, e in events if e["level"] == "group" and e["kind"] == N.EVENT_ANOMALY_ON
+    ]
+    assert group_on and 600 <= group_on[0][0] < 610
+    assert all(r >= 600 for r, _ in group_on)
+    ev = group_on[0][1]
+    assert ev["source"] == "skid" and ev["score"] > 1.0
+    assert max(ev["contributions"], key=ev["contributions"].get) == "current"
+    assert status[-1][1] is True
+    assert tb.flags[0] & F.GROUP_ALARM and not tb.flags[3] & F.GROUP_ALARM
+    assert metrics.get("edgeloop_anomaly_alarm", group="skid") == 1.0
+    assert metrics.emitted() >= {"edgeloop_kernel_seconds", "edgeloop_anomaly_alarm"}
+
+
+def test_tag_alarm_events_on_and_off() -> None:
+    tb = Table(["a"])
+    rt = KernelRuntime(KernelConfig(), tb)
+    rng = np.random.default_rng(3)
+    kinds = []
+    for r in range(400):
+        tb.raw[0] = 10 + rng.normal() + (40.0 if 200 <= r < 210 else 0.0)
+        tb.ts_ns[0] = r
+        for e in rt.process(Slice("g", 0, 1)):
+            kinds.append((r, e["kind"], e["source"], e["level"]))
+    assert [k[1] for k in kinds] == [N.EVENT_ANOMALY_ON, N.EVENT_ANOMALY_OFF]
+    assert 200 <= kinds[0][0] <= 212 and kinds[1][0] > 210
+    assert kinds[0][2] == "a" and kinds[0][3] == "tag"
+
+
+def test_group_skips_samples_with_an_invalid_member() -> None:
+    data = pump(500)
+    tb = Table(NAMES)
+    rt = KernelRuntime(KernelConfig.model_validate(CFG), tb)
+    for r, row in enumerate(data):
+        tb.raw[:] = row
+        tb.quality[:] = 1 if r % 2 else 0  # every other frame is bad: not learned from
+        rt.process(Slice("all", 0, 4))
+    assert rt.group_info()["skid"]["collected"] == 250
+
+
+def test_replay_run_equals_live_frames() -> None:
+    data = pump(700)
+    data[500:, 1] -= 8.0
+    cfg = KernelConfig.model_validate(CFG)
+    tb = Table(NAMES)
+    live = KernelRuntime(cfg, tb)
+    scores, alarms, flags = [], [], []
+    for r, row in enumerate(data):
+        tb.raw[:] = row
+        tb.ts_ns[:] = r * 1_000_000_000
+        live.process(Slice("all", 0, 4))
+        s, a = live.group_status()["skid"]
+        scores.append(s)
+        alarms.append(a)
+        flags.append(tb.flags.copy())
+    res = KernelRuntime(cfg, Table(NAMES)).run(data)
+    np.testing.assert_array_equal(res.flags, np.array(flags))
+    # live fits after its 300th valid sample and scores from the next one, like replay
+    np.testing.assert_array_equal(res.group_score["skid"][300:], np.array(scores)[300:])
+    np.testing.assert_array_equal(res.group_alarm["skid"], np.array(alarms, dtype=np.uint8))
+    assert res.group_alarm["skid"][510:].all()
+
+
+def test_constant_column_is_excluded_and_reported() -> None:
+    data = pump(400)
+    data[:, 2] = 1.5
+    rt = KernelRuntime(KernelConfig.model_validate(CFG), Table(NAMES))
+    rt.run(data)
+    assert rt.group_info()["skid"]["excluded"] == ["pressure"]

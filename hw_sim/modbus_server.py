@@ -296,7 +296,9 @@ class _Handler(ServerRequestHandler):
 
     def handle_later(self) -> None:
         pdu, addr = self.last_pdu, self.last_addr
-        self.server.loop.create_task(self._handle(pdu, addr))
+        task = self.server.loop.create_task(self._handle(pdu, addr))
+        self.server.tasks.add(task)  # keep a reference until done; cancelled on stop()
+        task.add_done_callback(self.server.tasks.discard)
 
     async def _handle(self, pdu: Any, addr: Any) -> None:
         mis = self.server.misbehaviour
@@ -337,6 +339,7 @@ class _Handler(ServerRequestHandler):
 class _TcpServer(ModbusTcpServer):
     framer_type = FramerType.SOCKET
     misbehaviour: Misbehaviour
+    tasks: set[asyncio.Task[None]]
 
     def callback_new_connection(self) -> _Handler:
         return _Handler(self, self.trace_packet, self.trace_pdu, self.trace_connect)
@@ -345,6 +348,7 @@ class _TcpServer(ModbusTcpServer):
 class _RtuServer(ModbusSerialServer):
     framer_type = FramerType.RTU
     misbehaviour: Misbehaviour
+    tasks: set[asyncio.Task[None]]
 
     def callback_new_connection(self) -> _Handler:
         return _Handler(self, self.trace_packet, self.trace_pdu, self.trace_connect)
@@ -403,6 +407,7 @@ class SimModbusServer:
         else:
             srv = _TcpServer(self.context, address=(self.host, self.port))
         srv.misbehaviour = self.misbehaviour
+        srv.tasks = set()
         await srv.serve_forever(background=True)
         self._server = srv
 
@@ -412,7 +417,9 @@ class SimModbusServer:
         if srv is not None:
             with contextlib.suppress(Exception):
                 await srv.shutdown()
-            await asyncio.sleep(0)
+            for task in list(srv.tasks):  # requests still being delayed
+                task.cancel()
+            await asyncio.gather(*srv.tasks, return_exceptions=True)
 
     async def restart(self, down_s: float = 0.0) -> None:
         """Stop, stay down `down_s` seconds, start again on the same port."""

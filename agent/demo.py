@@ -81,7 +81,7 @@ def demo_config(base_path: Path, ports: Ports, out: Path, mqtt: bool) -> dict[st
     cfg.setdefault("http", {})["port"] = ports.http
     pub = cfg.setdefault("publish", {})
     pub["enabled"] = mqtt
-    pub["outbox_path"] = str(out / "outbox.db")
+    pub.setdefault("outbox", {})["path"] = str(out / "outbox.db")
     pub.setdefault("mqtt", {}).update({"host": "127.0.0.1", "port": ports.mqtt})
     return cfg
 

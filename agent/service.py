@@ -60,7 +60,6 @@ class Pipeline:
 
     def __init__(self, compiled: Any, metrics: Metrics, watchdog: Watchdog) -> None:
         from agent.acquire import Acquirer
-        from agent.control.runner import ControlRunner
         from agent.kernel import KernelRuntime
         from agent.store.history import HistoryStore
 
@@ -69,15 +68,11 @@ class Pipeline:
         self.table = compiled.table
         self.metrics = metrics
         self.watchdog = watchdog
-        self.kernel = KernelRuntime(self.cfg.kernel, self.table)
+        self.kernel = KernelRuntime(self.cfg.kernel, self.table, metrics)
         self.store = HistoryStore(self.cfg.store, self.table, metrics) if self._store_on() else None
         self.publisher = self._make_publisher()
         self.acquirer = Acquirer(compiled, metrics, self._on_frame)
-        self.control = (
-            ControlRunner(self.cfg.control, self.table, self.acquirer.write, metrics, self.emit)
-            if self.cfg.control.loops
-            else None
-        )
+        self.control = self._make_control()
         self.telemetry = self._make_telemetry()
         self.frames = 0
         self.polled: set[tuple[str, str]] = set()
@@ -94,6 +89,15 @@ class Pipeline:
         from agent.publish import Publisher
 
         return Publisher(self.cfg.publish, self.cfg.site, self.table, self.metrics)
+
+    def _make_control(self) -> Any:
+        if not self.cfg.control.loops:
+            return None
+        from agent.control.runner import ControlRunner
+
+        return ControlRunner(
+            self.cfg.control, self.table, self.acquirer.write, self.metrics, self.emit
+        )
 
     def _make_telemetry(self) -> Any:
         from agent.telemetry.http import TelemetryServer

@@ -279,10 +279,16 @@ async def start_opcua_server(
 
 
 async def _build_address_space(server: Server, idx: int, entries: list[Any]) -> dict[str, _Var]:
-    skid = await server.nodes.objects.add_folder(ua.NodeId("PumpSkid", idx), "PumpSkid")
+    skid = await server.nodes.objects.add_folder(
+        ua.NodeId("PumpSkid", idx), ua.QualifiedName("PumpSkid", idx)
+    )
     folders = {
-        False: await skid.add_folder(ua.NodeId("PumpSkid.Measurements", idx), "Measurements"),
-        True: await skid.add_folder(ua.NodeId("PumpSkid.Setpoints", idx), "Setpoints"),
+        False: await skid.add_folder(
+            ua.NodeId("PumpSkid.Measurements", idx), ua.QualifiedName("Measurements", idx)
+        ),
+        True: await skid.add_folder(
+            ua.NodeId("PumpSkid.Setpoints", idx), ua.QualifiedName("Setpoints", idx)
+        ),
     }
     variables: dict[str, _Var] = {}
     for e in entries:

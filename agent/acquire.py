@@ -335,7 +335,7 @@ class Acquirer:
         try:
             done, _ = await asyncio.wait({task}, timeout=min(guard, stale_s))
             if not done:  # slow device: say so before the guard gives up
-                self._mark_stale(g, ts_ns)
+                self._mark_stale(g, time.time_ns())
                 done, _ = await asyncio.wait({task}, timeout=max(0.0, guard - stale_s))
             if not done:
                 task.cancel()

@@ -241,7 +241,7 @@ async def test_hung_read_turns_stale_then_comm_lost() -> None:
 
 
 async def test_on_frame_errors_do_not_stop_acquisition() -> None:
-    compiled, fakes = make()
+    compiled, _ = make()
     calls = 0
 
     def boom(group, ts):

@@ -235,7 +235,9 @@ def random_faults(
                 spec["sigma"] = round(rng.uniform(0.02, 0.08) * span, 4)
         else:
             base = PROCESS_DEFAULT_MAGNITUDE[kind]
-            spec["magnitude"] = round(base * rng.uniform(0.6, 1.2), 4)
+            # cavitation only shows above ~0.6 (NPSH margin), the others scale smoothly
+            lo, hi = (0.95, 1.15) if kind == "cavitation" else (0.6, 1.2)
+            spec["magnitude"] = round(base * rng.uniform(lo, hi), 4)
             if kind in ("outlet_valve", "inlet_valve", "leak", "cavitation", "element_degradation"):
                 spec["magnitude"] = min(spec["magnitude"], 0.95)
             spec["profile"] = rng.choice(("step", "ramp", "exponential"))
@@ -470,11 +472,7 @@ def _generate(args: argparse.Namespace) -> int:
         "description": "Random faults for detection benchmarks (python -m hw_sim.faults generate)",
         "seed": args.seed,
         "duration_s": duration,
-        "faults": [
-            f.model_dump(exclude_none=True, exclude_defaults=True)
-            | {"kind": f.kind, "at_s": f.at_s}
-            for f in faults
-        ],
+        "faults": [f.model_dump(exclude_none=True, exclude_defaults=True) for f in faults],
     }
     text = yaml.safe_dump(doc, sort_keys=False)
     if args.output == "-":

@@ -390,6 +390,23 @@ class ModbusDriver:
             )
         return resp.registers
 
+    async def read_raw(
+        self, table: str, address: int, count: int, unit_id: int | None = None
+    ) -> list[int]:
+        """One checked read of raw registers (or 0/1 bits) outside any plan; for `probe`."""
+        limit = 2000 if table in ("coil", "discrete") else 125
+        if table not in _READ_METHOD or not 1 <= count <= limit or address + count > 65536:
+            raise ReadError(
+                f"cannot read {count} from {table} (max {limit} per request)",
+                device=self.name,
+                address=address,
+            )
+        unit = self.cfg.unit_id if unit_id is None else unit_id
+        req = ReadRequest(unit, table, address, count, 0, np.zeros(0, np.intp), ())
+        async with self._lock:
+            data = await self._read_request(req)
+        return [int(v) for v in data[:count]]
+
     async def read(self, plan: ModbusPlan) -> ReadResult:
         """Read a group: every request of the plan, then one decode over all of them."""
         quality = np.zeros(plan.size, dtype=np.uint8)

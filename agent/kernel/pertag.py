@@ -67,7 +67,10 @@ S_STUCK_REF = 7
 S_MOVE = 8  # EWMA of "the value changed" per sample
 S_MOVE_AT_RUN = 9  # S_MOVE when the current no-change run started
 S_SCORE = 10  # last score, held over invalid samples
-NS = 11
+S_ZPREV = 11  # previous clipped standardised residual
+S_ZVAR = 12  # EWMA of z^2
+S_ZCOV = 13  # EWMA of z * z_prev (lag-1 autocovariance)
+NS = 14
 
 # --- integer state columns (int64 [n, NI]) ---------------------------------------------------
 I_NSEEN = 0  # valid samples used so far
@@ -83,6 +86,7 @@ NI = 8
 MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution -> its standard deviation
 MEANABS_TO_SIGMA = 1.2533  # mean |x - mu| of a normal distribution -> its standard deviation
 MOVE_BETA = 0.02  # EWMA weight of the "moves normally" estimate used by the stuck check
+RHO_MAX = 0.95  # cap of the lag-1 autocorrelation used to widen the CUSUM (factor <= 6.2)
 BAD_FOR_ALARM = STUCK | DRIFT | OUT_OF_RANGE  # a spike is rejected, not alarmed
 
 
@@ -310,16 +314,25 @@ def _update_tag(
         if scale < P[i, P_FLOOR]:
             scale = P[i, P_FLOOR]
         thr = P[i, P_THR]
+        z = r / scale
+        score = abs(z)
+        if z > thr:
+            z = thr
+        elif z < -thr:
+            z = -thr
+        # lag-1 autocorrelation of z: process signals wander, and a CUSUM that assumes
+        # independent samples false-alarms on them; widen z by sqrt((1+rho)/(1-rho))
+        zvar = S[i, S_ZVAR]
+        rho = S[i, S_ZCOV] / zvar if zvar > 0.0 else 0.0
+        if rho < 0.0:
+            rho = 0.0
+        elif rho > RHO_MAX:
+            rho = RHO_MAX
         if n >= P[i, P_WARMUP]:
-            z = r / scale
-            score = abs(z)
-            if z > thr:
-                z = thr
-            elif z < -thr:
-                z = -thr
+            zc = z / math.sqrt((1.0 + rho) / (1.0 - rho))
             ck = P[i, P_CUSUM_K]
-            cp = S[i, S_CPOS] + z - ck
-            cm = S[i, S_CNEG] - z - ck
+            cp = S[i, S_CPOS] + zc - ck
+            cm = S[i, S_CNEG] - zc - ck
             S[i, S_CPOS] = cp if cp > 0.0 else 0.0
             S[i, S_CNEG] = cm if cm > 0.0 else 0.0
             if S[i, S_CPOS] > P[i, P_CUSUM_H] or S[i, S_CNEG] > P[i, P_CUSUM_H]:
@@ -337,6 +350,10 @@ def _update_tag(
             a = 1.0 / (n + 1.0)
             if a < P[i, P_BASE_ALPHA]:
                 a = P[i, P_BASE_ALPHA]
+        if n > 0:
+            S[i, S_ZVAR] += a * (z * z - S[i, S_ZVAR])
+            S[i, S_ZCOV] += a * (z * S[i, S_ZPREV] - S[i, S_ZCOV])
+        S[i, S_ZPREV] = z
         S[i, S_BASE] += a * rc
         S[i, S_SCALE] += a * (abs(rc) * MEANABS_TO_SIGMA - S[i, S_SCALE])
         S[i, S_SCORE] = score

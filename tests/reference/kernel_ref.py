@@ -48,6 +48,9 @@ class RefTag:
     move: float = 0.0
     move_at_run: float = 0.0
     last_score: float = 0.0
+    zprev: float = 0.0
+    zvar: float = 0.0
+    zcov: float = 0.0
     n: int = 0
     on_run: int = 0
     off_run: int = 0
@@ -121,12 +124,15 @@ class RefTag:
             r = xc - self.base
             scale = max(self.scale, p.noise_floor)
             thr = p.score_threshold
+            z = r / scale
+            score = abs(z)
+            z = min(max(z, -thr), thr)
+            rho = self.zcov / self.zvar if self.zvar > 0.0 else 0.0
+            rho = min(max(rho, 0.0), 0.95)
             if n >= p.warmup_samples:
-                z = r / scale
-                score = abs(z)
-                z = min(max(z, -thr), thr)
-                self.cpos = max(0.0, self.cpos + z - p.cusum_k)
-                self.cneg = max(0.0, self.cneg - z - p.cusum_k)
+                zc = z / math.sqrt((1.0 + rho) / (1.0 - rho))
+                self.cpos = max(0.0, self.cpos + zc - p.cusum_k)
+                self.cneg = max(0.0, self.cneg - zc - p.cusum_k)
                 if self.cpos > p.cusum_h or self.cneg > p.cusum_h:
                     f |= F.DRIFT
                 rc = min(max(r, -thr * scale), thr * scale)
@@ -135,6 +141,10 @@ class RefTag:
                 score = 0.0
                 rc = r
                 a = max(1.0 / (n + 1.0), p.baseline_alpha)
+            if n > 0:
+                self.zvar += a * (z * z - self.zvar)
+                self.zcov += a * (z * self.zprev - self.zcov)
+            self.zprev = z
             self.base += a * rc
             self.scale += a * (abs(rc) * MEANABS_TO_SIGMA - self.scale)
             self.last_score = score

@@ -28,8 +28,8 @@ def sim_config(tmp_path: Path, modbus_port: int, opcua_endpoint: str) -> Path:
     return path
 
 
-async def wait_for(pred, timeout: float, step: float = 0.02) -> bool:
-    end = time.monotonic() + timeout
+async def wait_for(pred, within_s: float, step: float = 0.02) -> bool:
+    end = time.monotonic() + within_s
     while time.monotonic() < end:
         if pred():
             return True

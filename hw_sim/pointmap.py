@@ -543,3 +543,31 @@ def _check_layout() -> None:
 
 
 _check_layout()
+
+
+def map_markdown() -> str:
+    """The register map as Markdown tables (docs/hw_sim.md embeds it; a test keeps it in sync)."""
+    lines = [
+        "| name | unit id | table | address | type | order (byte/word) | unit | range | rw |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p in modbus_points():
+        typ = p.type
+        if p.type == "bit":
+            typ = f"bit {p.bit}"
+        elif p.type == "string":
+            typ = f"string ({p.length_registers} regs)"
+        elif p.scale != 1.0:
+            typ = f"{p.type} x{p.scale:g}"
+        rng = "" if p.min is None else f"{p.min:g} .. {p.max:g}"
+        lines.append(
+            f"| {p.name} | {p.unit_id} | {p.table} | {p.address} | {typ} | "
+            f"{p.byte_order}/{p.word_order} | {p.unit} | {rng} | {'rw' if p.writable else 'r'} |"
+        )
+    lines += ["", "| name | OPC UA node | unit | range | rw |", "|---|---|---|---|---|"]
+    for p in opcua_points():
+        lines.append(
+            f"| {p.name} | `{p.node}` | {p.unit} | {p.min:g} .. {p.max:g} | "
+            f"{'rw' if p.writable else 'r'} |"
+        )
+    return "\n".join(lines) + "\n"

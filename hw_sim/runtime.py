@@ -184,15 +184,19 @@ class SimPlant:
             self._fire_events()
             self._check_watchdog()
             self._apply_power()
+            health = self.heater.element_health
+            p = self.heater.power_pct  # applied during this step
             self.heater.step(dt_s)
             self.pump.step(dt_s)
             self.t_s += dt_s
             h = self.heater.outputs()
-            health = self.heater.element_health
-            p = self.heater.power_pct
             self._energy_kwh += self.heater.params.rated_power_kw * p / 100.0 * health * dt_s / 3600
             self._flow_total_m3 += max(h["inlet_flow"], 0.0) * dt_s / 60.0 / 1000.0
-            self._element_current = ELEMENT_RATED_A * p / 100.0 * health
+            # PLC scan at the end of the step, so served status reflects this instant
+            self._check_watchdog()
+            self._apply_power()
+            h = self.heater.outputs()
+            self._element_current = ELEMENT_RATED_A * self.heater.power_pct / 100.0 * health
             signals = self._signals_raw(h)
             self._process_inputs = self.faults.update(self.t_s, signals)
             self._apply_process_faults()
@@ -313,6 +317,8 @@ class SimPlant:
                 self._wd_last_change = self._wd_clock()
             self._check_watchdog()
             self._apply_power()
+            health = self.heater.element_health
+            self._element_current = ELEMENT_RATED_A * self.heater.power_pct / 100.0 * health
             self._cache = None
 
     def inject(self, spec: FaultSpec | dict[str, Any]) -> None:

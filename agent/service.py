@@ -58,7 +58,9 @@ def load_and_compile(path: str | Path) -> Any:
 class Pipeline:
     """The components built from one compiled config, started and stopped as a unit."""
 
-    def __init__(self, compiled: Any, metrics: Metrics, watchdog: Watchdog) -> None:
+    def __init__(
+        self, compiled: Any, metrics: Metrics, watchdog: Watchdog, config_dir: Path | None = None
+    ) -> None:
         from agent.acquire import Acquirer
         from agent.kernel import KernelRuntime
         from agent.store.history import HistoryStore
@@ -68,6 +70,7 @@ class Pipeline:
         self.table = compiled.table
         self.metrics = metrics
         self.watchdog = watchdog
+        self.config_dir = config_dir
         self.kernel = KernelRuntime(self.cfg.kernel, self.table, metrics)
         self.store = HistoryStore(self.cfg.store, self.table, metrics) if self._store_on() else None
         self.publisher = self._make_publisher()
@@ -237,7 +240,7 @@ class Service:
         loop.add_signal_handler(signal.SIGHUP, self._reload.set)
         self.metrics.set("edgeloop_up", 1)
         try:
-            self.pipeline = Pipeline(compiled, self.metrics, self.watchdog)
+            self.pipeline = Pipeline(compiled, self.metrics, self.watchdog, self.config_path.parent)
             await self.pipeline.start()
         except Exception as exc:
             log.critical("start-up failed: %s", exc, exc_info=log.isEnabledFor(logging.DEBUG))
@@ -286,7 +289,7 @@ class Service:
         log.info("SIGHUP: reloading %s", self.config_path)
         try:
             compiled = await asyncio.to_thread(load_and_compile, self.config_path)
-            new = Pipeline(compiled, self.metrics, self.watchdog)
+            new = Pipeline(compiled, self.metrics, self.watchdog, self.config_path.parent)
         except ConfigRefused as exc:
             for line in exc.lines:
                 log.error("reload refused: %s", line)
@@ -310,7 +313,9 @@ class Service:
             await new.stop()
             self.metrics.inc("edgeloop_config_reloads_total", result="refused")
             assert old is not None
-            self.pipeline = Pipeline(old.compiled, self.metrics, self.watchdog)
+            self.pipeline = Pipeline(
+                old.compiled, self.metrics, self.watchdog, self.config_path.parent
+            )
             await self.pipeline.start()
             sdnotify.ready("reload failed; previous configuration restored")
             return

@@ -1,0 +1,51 @@
+"""`edgeloop train`: regenerate the heater policy from a seed (needs the `train` extra)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from agent.control.policy import MODELS_DIR
+
+HELP = "train the heater policy by imitating the MPC expert (needs tensorflow-cpu)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=int, default=1, help="seed of data, exploration and weights")
+    p.add_argument("--out", type=Path, default=MODELS_DIR, help="output directory")
+    p.add_argument("--episodes", type=int, default=120, help="expert episodes (300 s each)")
+    p.add_argument("--dagger-episodes", type=int, default=60, help="student-in-the-loop round")
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument(
+        "--no-accept",
+        action="store_true",
+        help="keep the model even if closed-loop validation misses the targets",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError:
+        print("edgeloop train needs TensorFlow: pip install 'edgeloop[train]'", file=sys.stderr)
+        return 69  # EX_UNAVAILABLE
+    from agent.control.training import train
+
+    try:
+        card = train(
+            args.seed,
+            args.out,
+            episodes=args.episodes,
+            dagger_episodes=args.dagger_episodes,
+            epochs=args.epochs,
+            accept=not args.no_accept,
+        )
+    except RuntimeError as e:
+        print(f"edgeloop train: {e}", file=sys.stderr)
+        return 1
+    print(
+        f"wrote {args.out / 'heater_policy.tflite'} (+ model card), "
+        f"IAE {card['validation']['iae_vs_pid']}x PID"
+    )
+    return 0

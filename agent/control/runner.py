@@ -1,0 +1,444 @@
+"""`ControlRunner`: the thin asyncio shell around the pure loop step.
+
+One task per loop, scheduled on absolute deadlines (`start + k * period`, so jitter never
+accumulates into drift); a period that is missed entirely is skipped, never replayed.  Each
+period reads the loop's inputs from the tag table (kernel-filtered value, quality, flags,
+timestamp), calls `agent.control.loop.step`, writes the command through `write(tag, value)`
+(the Acquirer's: it refuses non-writable or out-of-bounds writes itself, a second fence),
+and writes the heartbeat register.  Nothing is queued: a setpoint or output decided for a
+period that has passed is dropped, so a stale command is never sent after a stall.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent import names
+from agent.control import loop as loopmod
+from agent.control.pid import Pid
+from agent.control.policy import ModelError, Policy, resolve_model_path
+from agent.control.safety import READBACK_MISMATCH, WRITE_FAILED, Envelope
+from agent.control.settings import (
+    ControlConfig,
+    FixedFallback,
+    HoldFallback,
+    LoopConfig,
+    Mode,
+    PidFallback,
+)
+
+log = logging.getLogger("edgeloop.control")
+
+MODES: tuple[Mode, ...] = ("off", "manual", "shadow", "auto")
+
+
+class ControlError(Exception):
+    """A loop cannot be set up against this tag table / model (raised at start-up)."""
+
+
+@dataclass
+class _ShadowStats:
+    n: int = 0
+    abs_sum: float = 0.0
+    sq_sum: float = 0.0
+    max_abs: float = 0.0
+
+    def add(self, diff: float) -> None:
+        self.n += 1
+        self.abs_sum += abs(diff)
+        self.sq_sum += diff * diff
+        self.max_abs = max(self.max_abs, abs(diff))
+
+    def as_dict(self) -> dict[str, float]:
+        if not self.n:
+            return {"periods": 0}
+        return {
+            "periods": self.n,
+            "mean_abs_diff": self.abs_sum / self.n,
+            "rms_diff": math.sqrt(self.sq_sum / self.n),
+            "max_abs_diff": self.max_abs,
+        }
+
+
+@dataclass
+class _Loop:
+    cfg: LoopConfig
+    spec: loopmod.LoopSpec
+    policy: Policy | None
+    state: loopmod.LoopState
+    role_idx: list[int]
+    out_idx: int
+    sp_idx: int | None
+    hb_idx: int | None
+    sp_override: float | None = None
+    sp_last: float = math.nan
+    write_ok: bool = True
+    readback_ok: bool = True
+    written: float = math.nan
+    written_ns: int = 0
+    heartbeat: int = 0
+    period_no: int = 0
+    last: loopmod.Decision | None = None
+    logged: set[str] = field(default_factory=set)
+    shadow: _ShadowStats = field(default_factory=_ShadowStats)
+    step_s: float = 0.0
+    skipped: int = 0
+
+
+def _bound(table: Any, idx: int, attr: str) -> float:
+    arr = getattr(table, attr, None)
+    return float(arr[idx]) if arr is not None else math.nan
+
+
+def _writable(table: Any, idx: int) -> bool | None:
+    points = getattr(table, "points", None)
+    if points is None:
+        return None
+    w = getattr(points[idx], "writable", None)
+    return None if w is None else bool(w)
+
+
+class ControlRunner:
+    """Runs every configured loop; see the module docstring."""
+
+    def __init__(
+        self,
+        control_cfg: ControlConfig,
+        table: Any,
+        write: Callable[[str, float], Awaitable[None]],
+        metrics: Any,
+        emit_event: Callable[[str, dict[str, Any]], None] | None = None,
+        config_dir: str | Path | None = None,
+    ) -> None:
+        self.cfg = control_cfg
+        self.table = table
+        self._write = write
+        self.metrics = metrics
+        self._emit = emit_event or (lambda kind, payload: None)
+        self.loops: dict[str, _Loop] = {}
+        for lc in control_cfg.loops:
+            self.loops[lc.name] = self._compile(lc, config_dir)
+
+    # -- set-up ---------------------------------------------------------------------------
+    def _compile(self, lc: LoopConfig, config_dir: str | Path | None) -> _Loop:
+        t = self.table
+        where = f"control loop {lc.name!r}"
+
+        def idx(tag: str, what: str) -> int:
+            try:
+                return int(t.index[tag])
+            except KeyError:
+                raise ControlError(f"{where}: {what} tag {tag!r} is not in the tag table") from None
+
+        roles = ["pv"] + [r for r in lc.inputs if r != "pv"]
+        role_idx = [idx(lc.inputs[r], f"input {r}") for r in roles]
+        out_idx = idx(lc.output, "output")
+        if _writable(t, out_idx) is False:
+            raise ControlError(f"{where}: output tag {lc.output!r} is not writable")
+        hb_idx = None
+        if lc.heartbeat is not None:
+            hb_idx = idx(lc.heartbeat.tag, "heartbeat")
+            if _writable(t, hb_idx) is False:
+                raise ControlError(f"{where}: heartbeat tag {lc.heartbeat.tag!r} is not writable")
+        sp_idx = idx(lc.setpoint.tag, "setpoint") if lc.setpoint.tag else None
+        lo = [
+            v
+            for v in (_bound(t, out_idx, "min"), lc.output_min)
+            if v is not None and math.isfinite(v)
+        ]
+        hi = [
+            v
+            for v in (_bound(t, out_idx, "max"), lc.output_max)
+            if v is not None and math.isfinite(v)
+        ]
+        if not lo or not hi:
+            raise ControlError(
+                f"{where}: output {lc.output!r} needs finite bounds (tag min/max "
+                "or the loop's output_min/output_max)"
+            )
+        lo_v, hi_v = max(lo), min(hi)
+        if lo_v >= hi_v:
+            raise ControlError(f"{where}: output bounds are empty ({lo_v} .. {hi_v})")
+        rate = lc.max_rate_per_s
+        if rate is None:
+            points = getattr(t, "points", None)
+            rate = getattr(points[out_idx], "max_rate_per_s", None) if points is not None else None
+        max_step = rate * lc.period_s if rate else math.inf
+        policy = None
+        if lc.model is not None:
+            try:
+                path = resolve_model_path(lc.model, config_dir)
+                policy = Policy(path, signals=roles, period_ms=lc.period_ms)
+            except ModelError as e:
+                raise ControlError(f"{where}: {e}") from e
+        fb = lc.fallback
+        pid = None
+        if isinstance(fb, PidFallback):
+            pid = Pid(
+                kp=fb.kp,
+                ti_s=fb.ti_s,
+                td_s=fb.td_s,
+                derivative_filter=fb.derivative_filter,
+                tt_s=fb.tt_s,
+                out_min=lo_v,
+                out_max=hi_v,
+                direct_acting=fb.direct_acting,
+            )
+        elif isinstance(fb, FixedFallback) and not lo_v <= fb.value <= hi_v:
+            raise ControlError(f"{where}: fixed fallback {fb.value} outside {lo_v} .. {hi_v}")
+        il = lc.interlocks
+        spec = loopmod.LoopSpec(
+            name=lc.name,
+            period_s=lc.period_s,
+            roles=tuple(roles),
+            envelope=Envelope(lo_v, hi_v, max_step),
+            fallback=fb.kind,
+            pid=pid,
+            fixed_value=fb.value if isinstance(fb, FixedFallback) else 0.0,
+            max_input_age_s=il.max_input_age_periods * lc.period_s,
+            healthy_s=il.healthy_s,
+            check_quality=il.on_bad_quality,
+            check_anomaly=il.on_anomaly,
+            on_write_failure=il.on_write_failure,
+            policy_roles=tuple(roles.index(s) for s in policy.signals) if policy else (),
+        )
+        state = loopmod.LoopState(mode=lc.mode)
+        if lc.manual_output is not None:
+            state.manual_u = min(max(lc.manual_output, lo_v), hi_v)
+        if policy is not None:
+            state.fs = policy.new_state()
+        _ = HoldFallback  # documented alternative, nothing to compile
+        return _Loop(lc, spec, policy, state, role_idx, out_idx, sp_idx, hb_idx)
+
+    # -- runtime commands -----------------------------------------------------------------
+    def _get(self, name: str) -> _Loop:
+        try:
+            return self.loops[name]
+        except KeyError:
+            raise KeyError(f"no control loop {name!r} (have {sorted(self.loops)})") from None
+
+    def set_setpoint(self, loop: str, value: float | None) -> None:
+        """Run-time setpoint (None returns to the configured source); bounds are enforced."""
+        lp = self._get(loop)
+        if value is None:
+            lp.sp_override = None
+            return
+        v = float(value)
+        sc = lp.cfg.setpoint
+        if not math.isfinite(v):
+            raise ValueError("setpoint must be a finite number")
+        if (sc.min is not None and v < sc.min) or (sc.max is not None and v > sc.max):
+            raise ValueError(f"setpoint {v} outside {sc.min} .. {sc.max} of loop {loop!r}")
+        lp.sp_override = v
+        self._emit(names.EVENT_CONTROL_MODE, {"loop": loop, "setpoint": v})
+
+    def set_mode(self, loop: str, mode: str) -> None:
+        """Switch mode; auto starts on the fallback until inputs prove healthy (bumpless)."""
+        lp = self._get(loop)
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}")
+        if mode in ("shadow", "auto") and lp.policy is None:
+            raise ValueError(f"loop {loop!r} has no model: {mode} is not available")
+        st = lp.state
+        if mode == st.mode:
+            return
+        if mode == "manual":
+            st.manual_u = st.last_u
+        if mode == "auto":
+            st.in_fallback = True
+        previous, st.mode = st.mode, mode
+        log.info("control loop %s: mode %s -> %s", loop, previous, mode)
+        self._emit(names.EVENT_CONTROL_MODE, {"loop": loop, "from": previous, "to": mode})
+
+    def set_output(self, loop: str, value: float) -> None:
+        """Manual output (only used in manual mode; still clamped and rate-limited)."""
+        lp = self._get(loop)
+        if not math.isfinite(value):
+            raise ValueError("output must be a finite number")
+        lp.state.manual_u = float(value)
+
+    def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, lp in self.loops.items():
+            d, st = lp.last, lp.state
+            out[name] = {
+                "mode": st.mode,
+                "active": d.active if d else None,
+                "setpoint": lp.sp_last,
+                "pv": float(self.table.value[lp.role_idx[0]]),
+                "output": st.last_u,
+                "model_output": d.model_u if d else math.nan,
+                "reasons": list(d.reasons) if d else [],
+                "in_fallback": st.in_fallback,
+                "healthy_s": st.healthy_s,
+                "step_us": lp.step_s * 1e6,
+                "periods": lp.period_no,
+                "skipped_periods": lp.skipped,
+                "shadow": lp.shadow.as_dict(),
+            }
+        return out
+
+    # -- the period -----------------------------------------------------------------------
+    def _setpoint(self, lp: _Loop, now_ns: int) -> float:
+        if lp.sp_override is not None:
+            return lp.sp_override
+        sc = lp.cfg.setpoint
+        if lp.sp_idx is None:
+            return float(sc.value)  # type: ignore[arg-type]
+        t, i = self.table, lp.sp_idx
+        age = now_ns - int(t.ts_ns[i])
+        v = float(t.value[i])
+        max_age = lp.spec.max_input_age_s * 1e9
+        if int(t.quality[i]) == 0 and age <= max_age and math.isfinite(v):
+            lo = sc.min if sc.min is not None else -math.inf
+            hi = sc.max if sc.max is not None else math.inf
+            lp.sp_last = min(max(v, lo), hi)
+        return lp.sp_last  # a stale tag keeps the last good setpoint (NaN if none yet)
+
+    def compute(self, lp: _Loop, now_ns: int) -> loopmod.Decision:
+        """One period's decision from the tag table (no I/O)."""
+        t = self.table
+        ri = lp.role_idx
+        sp = self._setpoint(lp, now_ns)
+        lp.sp_last = sp
+        if (
+            lp.cfg.readback
+            and math.isfinite(lp.written)
+            and int(t.ts_ns[lp.out_idx]) > lp.written_ns
+        ):
+            rb = float(t.raw[lp.out_idx])
+            lp.readback_ok = abs(rb - lp.written) <= 1e-3 * max(1.0, abs(lp.written))
+        inp = loopmod.LoopInputs(
+            now_ns=now_ns,
+            sp=sp,
+            values=[float(t.value[i]) for i in ri],
+            quality=[int(t.quality[i]) for i in ri],
+            flags=[int(t.flags[i]) for i in ri],
+            ts_ns=[int(t.ts_ns[i]) for i in ri],
+            write_ok=lp.write_ok,
+            readback_ok=lp.readback_ok,
+        )
+        t0 = time.perf_counter()
+        d = loopmod.step(lp.spec, lp.policy, lp.state, inp)
+        lp.step_s = time.perf_counter() - t0
+        return d
+
+    def _account(self, lp: _Loop, d: loopmod.Decision, prev: loopmod.Decision | None) -> None:
+        name = lp.cfg.name
+        m = self.metrics
+        m.observe("edgeloop_control_step_seconds", lp.step_s, loop=name)
+        m.set("edgeloop_control_mode", loopmod.ACTIVE_CODES[d.active], loop=name)
+        if d.refused:
+            m.inc("edgeloop_control_refused_total", loop=name)
+        if d.entered_fallback:
+            for r in d.reasons:
+                m.inc("edgeloop_control_fallbacks_total", loop=name, reason=r)
+            log.warning(
+                "control loop %s: model -> fallback (%s): %s",
+                name,
+                lp.spec.fallback,
+                ", ".join(d.reasons),
+            )
+            self._emit(
+                names.EVENT_CONTROL_FALLBACK,
+                {"loop": name, "reasons": list(d.reasons), "fallback": lp.spec.fallback},
+            )
+        new = set(d.reasons) - lp.logged
+        if new and not d.entered_fallback:
+            log.warning("control loop %s (%s): %s", name, d.active, ", ".join(sorted(new)))
+        lp.logged = set(d.reasons)
+        if prev is not None and prev.active != d.active:
+            log.info("control loop %s: active controller %s -> %s", name, prev.active, d.active)
+            self._emit(
+                names.EVENT_CONTROL_MODE, {"loop": name, "active": d.active, "from": prev.active}
+            )
+        if lp.state.mode == "shadow" and math.isfinite(d.model_u) and d.command is not None:
+            would = lp.spec.envelope.apply(d.model_u, d.command)[0]
+            lp.shadow.add(would - d.command)
+            self._emit(
+                names.EVENT_CONTROL_SHADOW,
+                {
+                    "loop": name,
+                    "sp": lp.sp_last,
+                    "pv": float(self.table.value[lp.role_idx[0]]),
+                    "active": d.command,
+                    "model": would,
+                },
+            )
+
+    async def _send(self, lp: _Loop, tag: str, value: float) -> bool:
+        try:
+            await asyncio.wait_for(self._write(tag, value), timeout=lp.cfg.period_s)
+        except Exception as e:  # any failure is an interlock reason; the loop runs on
+            self.metrics.inc("edgeloop_control_write_errors_total", loop=lp.cfg.name)
+            if type(e).__name__ == "WriteRefused":
+                self.metrics.inc("edgeloop_control_refused_total", loop=lp.cfg.name)
+            if WRITE_FAILED not in lp.logged:
+                log.warning("control loop %s: write %s=%r failed: %s", lp.cfg.name, tag, value, e)
+            return False
+        self.metrics.inc("edgeloop_control_writes_total", loop=lp.cfg.name)
+        return True
+
+    async def period(self, lp: _Loop) -> None:
+        """One period: decide, write, heartbeat (public for tests that drive time)."""
+        prev = lp.last
+        d = self.compute(lp, time.time_ns())
+        lp.last = d
+        lp.period_no += 1
+        self._account(lp, d, prev)
+        if d.command is not None:
+            lp.write_ok = await self._send(lp, lp.cfg.output, d.command)
+            if lp.write_ok:
+                lp.written, lp.written_ns = d.command, time.time_ns()
+        else:
+            lp.write_ok = True
+        if not lp.readback_ok and READBACK_MISMATCH not in lp.logged:
+            log.warning("control loop %s: read-back differs from the written value", lp.cfg.name)
+        hb = lp.cfg.heartbeat
+        if hb is not None and lp.period_no % hb.every_periods == 0:
+            lp.heartbeat = (lp.heartbeat + 1) % hb.modulo
+            await self._send(lp, hb.tag, float(lp.heartbeat))
+
+    async def _run_loop(self, lp: _Loop) -> None:
+        ev = asyncio.get_running_loop()
+        period = lp.cfg.period_s
+        start = ev.time()
+        k = 0
+        while True:
+            await self.period(lp)
+            k += 1
+            now = ev.time()
+            due = start + k * period
+            if now > due + period:  # missed whole periods: skip them, never catch up
+                missed = int((now - due) // period)
+                lp.skipped += missed
+                k += missed
+                due = start + k * period
+            await asyncio.sleep(max(0.0, due - now))
+
+    async def run(self) -> None:
+        """Run every loop until cancelled (or `stop()`)."""
+        if not self.loops:
+            return
+        self._stopping = asyncio.Event()
+        async with asyncio.TaskGroup() as tg:
+            tasks = [
+                tg.create_task(self._run_loop(lp), name=f"control:{lp.cfg.name}")
+                for lp in self.loops.values()
+            ]
+            await self._stopping.wait()
+            for t in tasks:
+                t.cancel()
+
+    async def stop(self) -> None:
+        """Ask `run()` to end; a write in flight finishes or times out within one period."""
+        ev = getattr(self, "_stopping", None)
+        if ev is not None:
+            ev.set()

@@ -1,0 +1,85 @@
+"""The safety envelope between every controller and the write, and the input interlocks.
+
+`Envelope.apply` clamps to the output's bounds (the tag's min/max, narrowed by the loop's
+`output_min/max`) and limits the rate of change per period; a non-finite command is never
+written (the last output is held).  `input_problems` turns the tag table's view of one input
+(age, quality, kernel flags, value) into interlock reasons.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+try:  # the kernel owns the flag bits; fall back to the documented value until it lands
+    from agent.kernel.flags import ANOMALOUS
+except ImportError:  # pragma: no cover - only before agent/kernel/flags.py exists
+    ANOMALOUS = 64
+
+QUALITY_GOOD = 0
+QUALITY_COMM_LOST = 3
+
+# Interlock reasons (label values of edgeloop_control_fallbacks_total{reason}).
+STALE_INPUT = "stale_input"
+BAD_QUALITY = "bad_quality"
+COMM_LOST = "comm_lost"
+ANOMALY = "anomaly"
+MODEL_ERROR = "model_error"
+MODEL_NAN = "model_nan"
+WRITE_FAILED = "write_failed"
+READBACK_MISMATCH = "readback_mismatch"
+NO_SETPOINT = "no_setpoint"
+REASONS = (
+    STALE_INPUT,
+    BAD_QUALITY,
+    COMM_LOST,
+    ANOMALY,
+    MODEL_ERROR,
+    MODEL_NAN,
+    WRITE_FAILED,
+    READBACK_MISMATCH,
+    NO_SETPOINT,
+)
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """Output bounds and rate limit; `max_step` is the largest change per period (inf = none)."""
+
+    lo: float
+    hi: float
+    max_step: float = math.inf
+
+    def apply(self, u: float, last: float) -> tuple[float, bool]:
+        """(safe output, whether the controller asked for something outside the bounds)."""
+        if not math.isfinite(u):
+            u = last if math.isfinite(last) else self.lo
+            return min(max(u, self.lo), self.hi), True
+        refused = u < self.lo or u > self.hi
+        if math.isfinite(last):
+            u = min(max(u, last - self.max_step), last + self.max_step)
+        return min(max(u, self.lo), self.hi), refused
+
+
+def input_problem(
+    value: float,
+    quality: int,
+    flags: int,
+    age_ns: int,
+    max_age_ns: int,
+    *,
+    check_quality: bool = True,
+    check_anomaly: bool = True,
+) -> str | None:
+    """The first interlock reason one input trips, or None when it is usable."""
+    if age_ns > max_age_ns:
+        return STALE_INPUT
+    if quality == QUALITY_COMM_LOST:
+        return COMM_LOST
+    if not math.isfinite(value):
+        return BAD_QUALITY
+    if check_quality and quality != QUALITY_GOOD:
+        return BAD_QUALITY
+    if check_anomaly and flags & ANOMALOUS:
+        return ANOMALY
+    return None

@@ -252,9 +252,11 @@ async def start_opcua_server(
     else:
         await server.set_application_uri(_certs.SERVER_URI)
     server.set_security_policy(policies)
-    tokens: list[type] = [ua.UserNameIdentityToken]
-    if allow_anonymous:
-        tokens.insert(0, ua.AnonymousIdentityToken)
+    tokens: list[type] = [ua.AnonymousIdentityToken] if allow_anonymous else []
+    if users:
+        tokens.append(ua.UserNameIdentityToken)
+    if not tokens:
+        raise ValueError("allow_anonymous=False needs at least one user")
     server.set_identity_tokens(tokens)
 
     idx = await server.register_namespace(NAMESPACE_URI)

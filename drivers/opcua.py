@@ -1,0 +1,667 @@
+"""OPC UA driver (asyncua): batched Reads, subscriptions, typed writes, pinned security.
+
+* Poll groups: one Read service call per chunk of at most MaxNodesPerRead nodes (the device's
+  `max_nodes_per_read`, or the server's OperationLimits value when that is 0).  A server that
+  answers Bad_TooManyOperations anyway gets half-size chunks from then on.
+* Subscribe groups: one subscription per group (publishing interval = `interval_ms`), one
+  monitored item per tag with the group's sampling interval and absolute deadband.  The publish
+  loop only puts notifications into a bounded queue (`queue_size`, drop-oldest, every drop
+  counted); `read(plan)` drains it into the latest value per node, so the scheduler reads both
+  kinds of group the same way.  Values are seeded by one Read at connect.  If no publish
+  response (data or keep-alive) arrived within `stale_after_ms`, the group reads as STALE.
+* Writes: the node's DataType is read once and cached; the engineering value is converted
+  back (`(value - offset) / scale`) into exactly that type and range-checked before sending.
+* Security: see `drivers.opcua_security`; an unknown server certificate is always refused.
+* Reconnect: `connect()` always builds a fresh `asyncua.Client` (re-using one after a loss
+  can hang) and re-creates the subscriptions; asyncua's own auto-reconnect stays off so
+  backoff and health live in one place, the acquirer.  A lost connection makes `read`
+  raise ConnectError, so the scheduler marks the group COMM_LOST and reconnects.
+
+At most one service call is in flight per connection (a lock), as the Driver contract asks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+from asyncua import Client, ua
+from asyncua.common.subscription import DataChangeEvent, StatusChangeEvent, Subscription
+from asyncua.common.subscription import OverflowPolicy as _Overflow
+from asyncua.common.ua_utils import data_type_to_variant_type
+from asyncua.common.utils import ServiceError
+from asyncua.crypto import security_policies
+from asyncua.crypto.uacrypto import CertProperties
+
+from drivers import opcua_codec as codec
+from drivers import opcua_security as sec
+from drivers.base import (
+    ConnectError,
+    DriverError,
+    GroupSpec,
+    PlannedRequest,
+    Point,
+    Quality,
+    ReadError,
+    ReadResult,
+    WriteError,
+    WriteRefused,
+)
+from drivers.opcua_codec import OpcUaPlan
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+_CLIENT_NAME = "edgeloop gateway"
+_DEFAULT_CLIENT_URI = "urn:edgeloop:gateway"
+_MAX_NODES_PER_READ = ua.NodeId(
+    ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead
+)
+# Errors meaning "the session is gone", as opposed to a Bad status for a request.
+_LINK_ERRORS = (ConnectionError, OSError, asyncio.TimeoutError, TimeoutError)
+_SESSION_GONE = (
+    ua.StatusCodes.BadSessionIdInvalid,
+    ua.StatusCodes.BadSessionClosed,
+    ua.StatusCodes.BadSecureChannelClosed,
+    ua.StatusCodes.BadSecureChannelIdInvalid,
+    ua.StatusCodes.BadConnectionClosed,
+    ua.StatusCodes.BadServerNotConnected,
+    ua.StatusCodes.BadShutdown,
+    ua.StatusCodes.BadCommunicationError,
+    ua.StatusCodes.BadTimeout,
+)
+_AUTH_FAILED = (
+    ua.StatusCodes.BadUserAccessDenied,
+    ua.StatusCodes.BadIdentityTokenRejected,
+    ua.StatusCodes.BadIdentityTokenInvalid,
+)
+
+
+class _CountingSubscription(Subscription):
+    """asyncua Subscription in iterator mode whose drop-oldest overflows are counted."""
+
+    dropped: int = 0
+
+    def _handle_overflow(self, event: Any) -> None:
+        self.dropped += 1
+        super()._handle_overflow(event)
+
+
+@dataclass(slots=True)
+class _SubState:
+    """Latest value per node of one subscribe group (raw, before scale/offset)."""
+
+    plan: OpcUaPlan
+    sub: _CountingSubscription
+    raw: np.ndarray
+    quality: np.ndarray
+    texts: dict[int, str] = field(default_factory=dict)
+    seeded_at: float = 0.0  # monotonic time of the seeding Read
+    dead: str | None = None  # set by a Bad StatusChangeNotification
+    notifications: int = 0
+
+    def alive_at(self) -> float:
+        last = self.sub.last_publish_at
+        return max(self.seeded_at, last) if last is not None else self.seeded_at
+
+
+def _status_of(exc: BaseException) -> str | None:
+    code = getattr(exc, "code", None)
+    if isinstance(code, int):
+        return codec.status_name(code)
+    return None
+
+
+def _code_of(exc: BaseException) -> int | None:
+    code = getattr(exc, "code", None)
+    return code if isinstance(code, int) else None
+
+
+class OpcUaDriver:
+    """One OPC UA server endpoint (see the module docstring)."""
+
+    def __init__(self, cfg: Any, groups: Sequence[GroupSpec]) -> None:
+        self.name: str = cfg.name
+        self._cfg = cfg
+        self._plans: dict[str, OpcUaPlan] = {}
+        for g in groups:
+            self.plan(g)
+        self._client: Client | None = None
+        self._lost: BaseException | None = None
+        self._lock = asyncio.Lock()
+        self._server_max_nodes = 0  # from OperationLimits, 0 = unknown / unlimited
+        self._max_nodes = int(getattr(cfg, "max_nodes_per_read", 0) or 0)
+        self._subs: dict[str, _SubState] = {}
+        self._vtypes: dict[ua.NodeId, ua.VariantType] = {}
+        self.metrics: Any = None  # optional agent.metrics.Metrics for queue-drop counting
+        self.stats: dict[str, int] = {
+            "connects": 0,
+            "read_calls": 0,
+            "notifications": 0,
+            "notifications_dropped": 0,
+        }
+
+    # --- planning (pure) ---------------------------------------------------------------
+
+    def plan(self, group: GroupSpec) -> OpcUaPlan:
+        """Compile a group once; the plan of a subscribe group is subscribed at connect."""
+        known = self._plans.get(group.name)
+        if known is not None and known.group == group:
+            return known
+        plan = codec.compile_plan(self.name, group)
+        self._plans[group.name] = plan
+        return plan
+
+    def describe(self, plan: OpcUaPlan) -> list[PlannedRequest]:
+        return codec.describe_plan(plan, self.max_nodes_per_read)
+
+    @property
+    def max_nodes_per_read(self) -> int:
+        """The chunk size in use: configured, else the server's (after connect), else 0."""
+        return self._max_nodes or self._server_max_nodes
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and self._lost is None
+
+    # --- connection --------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Open a session on a fresh Client, then (re)create the subscriptions."""
+        await self.close()
+        cfg = self._cfg
+        timeout = float(getattr(cfg, "timeout_s", 5.0))
+        client = Client(cfg.endpoint, timeout=timeout, watchdog_intervall=min(1.0, timeout))
+        client.name = client.description = _CLIENT_NAME
+        client.application_uri = _DEFAULT_CLIENT_URI
+        try:
+            await self._setup_security(client, timeout)
+            self._setup_user(client)
+            await asyncio.wait_for(client.connect(), timeout=3 * timeout)
+        except DriverError:
+            await self._drop(client)
+            raise
+        except Exception as exc:
+            await self._drop(client)
+            raise self._connect_error(exc) from exc
+        client.connection_lost_callback = self._on_lost
+        self._client = client
+        self._lost = None
+        self.stats["connects"] += 1
+        try:
+            await self._after_connect(client)
+        except Exception as exc:
+            await self.close()
+            if isinstance(exc, DriverError):
+                raise
+            raise ConnectError(f"session setup failed: {exc!r}", device=self.name) from exc
+
+    def _connect_error(self, exc: BaseException) -> ConnectError:
+        code = _code_of(exc)
+        status = _status_of(exc)
+        if code in _AUTH_FAILED:
+            user = getattr(self._cfg, "username", None)
+            who = f"user {user!r}" if user else "anonymous login"
+            return ConnectError(
+                f"server refused {who}: wrong user name or password, or the user is not "
+                f"allowed on {self._cfg.endpoint}",
+                device=self.name,
+                status=status,
+            )
+        if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+            return ConnectError(f"no answer from {self._cfg.endpoint}", device=self.name)
+        if isinstance(exc, OSError):
+            return ConnectError(f"cannot reach {self._cfg.endpoint}: {exc}", device=self.name)
+        return ConnectError(
+            f"connect to {self._cfg.endpoint} failed: {exc}", device=self.name, status=status
+        )
+
+    async def _setup_security(self, client: Client, timeout_s: float) -> None:
+        cfg = self._cfg
+        policy = getattr(cfg, "security_policy", "None") or "None"
+        if policy == "None":
+            return
+        mode_name = getattr(cfg, "security_mode", "SignAndEncrypt")
+        try:
+            policy_cls = getattr(security_policies, f"SecurityPolicy{policy}")
+            mode = getattr(ua.MessageSecurityMode, mode_name)
+        except AttributeError as exc:
+            raise ConnectError(
+                f"unsupported security {policy}/{mode_name}", device=self.name
+            ) from exc
+        if mode == ua.MessageSecurityMode.None_:
+            raise ConnectError(
+                f"security_policy {policy} needs security_mode Sign or SignAndEncrypt",
+                device=self.name,
+            )
+        if not (cfg.client_certificate and cfg.client_private_key):
+            raise ConnectError(
+                "client_certificate and client_private_key are required", device=self.name
+            )
+        pinned = getattr(cfg, "server_certificate", None)
+        trust_dir = getattr(cfg, "trust_dir", None)
+        if not (pinned or trust_dir):
+            raise ConnectError(
+                "security is on but neither server_certificate nor trust_dir is set: "
+                "an unknown server certificate is never trusted",
+                device=self.name,
+            )
+        try:
+            ident = sec.load_client_identity(cfg.client_certificate, cfg.client_private_key)
+        except (OSError, ValueError) as exc:
+            raise ConnectError(
+                f"cannot load the client certificate/key: {exc}", device=self.name
+            ) from exc
+        if ident.application_uri:
+            client.application_uri = ident.application_uri
+
+        # The endpoint list is public (GetEndpoints needs no security); use it only to learn
+        # which certificate the server will present, then decide before any secure channel.
+        try:
+            endpoints = await asyncio.wait_for(
+                client.connect_and_get_server_endpoints(), timeout=2 * timeout_s
+            )
+        except Exception as exc:
+            raise self._connect_error(exc) from exc
+        offered = [
+            e for e in endpoints if e.SecurityPolicyUri == policy_cls.URI and e.SecurityMode == mode
+        ]
+        if not offered:
+            have = sorted(
+                {
+                    f"{e.SecurityPolicyUri.rsplit('#', 1)[-1]}/{e.SecurityMode.name}"
+                    for e in endpoints
+                }
+            )
+            raise ConnectError(
+                f"server offers no {policy}/{mode_name} endpoint (it offers: {', '.join(have)})",
+                device=self.name,
+            )
+        presented = offered[0].ServerCertificate or b""
+        try:
+            if not presented:
+                raise sec.CertificateRefused("server endpoint carries no certificate")
+            approved = (
+                sec.check_pinned(presented, pinned)
+                if pinned
+                else sec.check_trusted(presented, trust_dir)
+            )
+        except (sec.CertificateRefused, OSError, ValueError) as exc:
+            raise ConnectError(
+                str(exc), device=self.name, status="BadCertificateUntrusted"
+            ) from exc
+
+        async def validate(cert: Any, _app: Any) -> None:
+            # CreateSession's certificate must be the approved one (asyncua checks it too).
+            if sec.der(cert) != approved:
+                raise ServiceError(ua.StatusCodes.BadCertificateUntrusted)
+
+        client.certificate_validator = validate
+        await client.set_security(
+            policy_cls,
+            CertProperties(ident.cert_der, extension="der"),
+            CertProperties(ident.key_bytes, extension="pem" if ident.key_is_pem else "der"),
+            server_certificate=CertProperties(approved, extension="der"),
+            mode=mode,
+        )
+
+    def _setup_user(self, client: Client) -> None:
+        cfg = self._cfg
+        user = getattr(cfg, "username", None)
+        if not user:
+            return
+        password = self._password()
+        client.set_user(user)
+        if password is not None:
+            client.set_password(password)
+
+    def _password(self) -> str | None:
+        cfg = self._cfg
+        env = getattr(cfg, "password_env", None)
+        path = getattr(cfg, "password_file", None)
+        if env:
+            value = os.environ.get(env)
+            if value is None:
+                raise ConnectError(
+                    f"password_env: environment variable {env} is not set", device=self.name
+                )
+            return value
+        if path:
+            try:
+                return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+            except OSError as exc:
+                raise ConnectError(
+                    f"password_file {path}: {exc.strerror}", device=self.name
+                ) from exc
+        return None
+
+    async def _on_lost(self, exc: Exception) -> None:
+        # Called by asyncua's supervisor task: remember, do nothing blocking.
+        if self._lost is None:
+            log.info("%s: OPC UA connection lost: %r", self.name, exc)
+            self._lost = exc
+
+    async def _after_connect(self, client: Client) -> None:
+        if self._max_nodes == 0:
+            try:
+                dv = (
+                    await client.uaclient.read_attributes(
+                        [_MAX_NODES_PER_READ], ua.AttributeIds.Value
+                    )
+                )[0]
+                value = dv.Value.Value if dv.Value is not None else 0
+                self._server_max_nodes = (
+                    int(value or 0) if codec.status_quality(dv.StatusCode) == Quality.GOOD else 0
+                )
+            except ua.UaStatusCodeError:
+                self._server_max_nodes = 0
+        for plan in self._plans.values():
+            if plan.mode == "subscribe":
+                self._subs[plan.group.name] = await self._subscribe(client, plan)
+
+    async def _subscribe(self, client: Client, plan: OpcUaPlan) -> _SubState:
+        interval = float(plan.group.interval_ms)
+        # keep-alives at least twice per staleness window, so silence really means trouble
+        keepalive = max(1, int(plan.stale_after_s * 1000 / interval / 2))
+        params = ua.CreateSubscriptionParameters()
+        params.RequestedPublishingInterval = interval
+        params.RequestedMaxKeepAliveCount = keepalive
+        params.RequestedLifetimeCount = max(3 * keepalive, math.ceil(60_000 / interval))
+        params.MaxNotificationsPerPublish = 0
+        params.PublishingEnabled = True
+        params.Priority = 0
+        sub = _CountingSubscription(
+            client.uaclient.session,
+            params,
+            None,
+            queue_maxsize=plan.queue_size,
+            overflow=_Overflow.DROP_OLDEST,
+        )
+        await sub.init()
+        mfilter = None
+        if plan.deadband_abs > 0:
+            mfilter = ua.DataChangeFilter()
+            mfilter.Trigger = ua.DataChangeTrigger.StatusValue
+            mfilter.DeadbandType = ua.DeadbandType.Absolute
+            mfilter.DeadbandValue = plan.deadband_abs
+        requests = []
+        for i, nid in enumerate(plan.node_ids):
+            item = ua.ReadValueId()
+            item.NodeId = nid
+            item.AttributeId = ua.AttributeIds.Value
+            mp = ua.MonitoringParameters()
+            mp.ClientHandle = i + 1
+            mp.SamplingInterval = plan.sampling_interval_ms
+            mp.QueueSize = 1
+            mp.DiscardOldest = True
+            if mfilter is not None:
+                mp.Filter = mfilter
+            req = ua.MonitoredItemCreateRequest()
+            req.ItemToMonitor = item
+            req.MonitoringMode = ua.MonitoringMode.Reporting
+            req.RequestedParameters = mp
+            requests.append(req)
+        results = await sub.create_monitored_items(requests)
+        n = plan.size
+        state = _SubState(
+            plan=plan,
+            sub=sub,
+            raw=np.full(n, np.nan),
+            quality=np.full(n, np.uint8(Quality.STALE), dtype=np.uint8),
+        )
+        # seed with one batched Read so the first read() has values, not "no data yet"
+        await self._read_into(client, plan, state.raw, state.quality, state.texts)
+        for i, r in enumerate(results):
+            if isinstance(r, ua.StatusCode):  # this item could not be monitored
+                log.warning(
+                    "%s: cannot monitor %s: %s", self.name, plan.node_ids[i], codec.status_name(r)
+                )
+                state.quality[i] = Quality.BAD
+                state.raw[i] = np.nan
+        state.seeded_at = time.monotonic()
+        return state
+
+    async def close(self) -> None:
+        """Drop the session (best effort, bounded in time); subscriptions die with it."""
+        client, self._client = self._client, None
+        self._subs.clear()
+        if client is not None:
+            await self._drop(client)
+
+    async def _drop(self, client: Client) -> None:
+        timeout = float(getattr(self._cfg, "timeout_s", 5.0))
+        client.connection_lost_callback = None
+        try:
+            await asyncio.wait_for(client.disconnect(), timeout=timeout)
+        except Exception as exc:  # the peer may be gone already; the socket is closed anyway
+            log.debug("%s: disconnect: %r", self.name, exc)
+            with contextlib.suppress(Exception):
+                client.disconnect_socket()
+
+    # --- reading -----------------------------------------------------------------------
+
+    def _require_client(self) -> Client:
+        if self._client is None:
+            raise ConnectError("not connected", device=self.name)
+        if self._lost is not None:
+            raise ConnectError(f"connection lost: {self._lost!r}", device=self.name) from self._lost
+        return self._client
+
+    async def _call(self, what: str, fn: Callable[[], Awaitable[_T]]) -> _T:
+        """One service call under the lock; link errors mark the connection lost."""
+        async with self._lock:
+            try:
+                return await fn()
+            except _LINK_ERRORS as exc:
+                self._lost = self._lost or exc
+                raise ConnectError(f"{what}: connection lost ({exc!r})", device=self.name) from exc
+            except ua.UaStatusCodeError as exc:
+                if _code_of(exc) in _SESSION_GONE:
+                    self._lost = self._lost or exc
+                    raise ConnectError(
+                        f"{what}: session lost", device=self.name, status=_status_of(exc)
+                    ) from exc
+                raise
+
+    async def read(self, plan: OpcUaPlan) -> ReadResult:
+        client = self._require_client()
+        if plan.mode == "subscribe":
+            return self._read_subscription(plan)
+        n = plan.size
+        raw = np.full(n, np.nan)
+        quality = np.empty(n, dtype=np.uint8)
+        texts: dict[int, str] = {}
+        await self._read_into(client, plan, raw, quality, texts)
+        return codec.engineering(plan, raw, quality, texts)
+
+    async def _read_into(
+        self,
+        client: Client,
+        plan: OpcUaPlan,
+        raw: np.ndarray,
+        quality: np.ndarray,
+        texts: dict[int, str],
+    ) -> None:
+        start = 0
+        while start < plan.size:
+            stop = min(start + (self.max_nodes_per_read or codec.DEFAULT_MAX_NODES), plan.size)
+            ids = list(plan.node_ids[start:stop])
+            try:
+                dvs = await self._call(
+                    "Read",
+                    lambda ids=ids: client.uaclient.read_attributes(ids, ua.AttributeIds.Value),
+                )
+            except ua.UaStatusCodeError as exc:
+                if _code_of(exc) == ua.StatusCodes.BadTooManyOperations and stop - start > 1:
+                    # the server's real limit is lower than we were told: halve and retry
+                    self._max_nodes = max(1, (stop - start) // 2)
+                    log.warning(
+                        "%s: server refused %d nodes per Read; using %d",
+                        self.name,
+                        stop - start,
+                        self._max_nodes,
+                    )
+                    continue
+                raise ReadError(
+                    f"Read of group {plan.group.name!r} refused",
+                    device=self.name,
+                    status=_status_of(exc),
+                ) from exc
+            self.stats["read_calls"] += 1
+            if len(dvs) != len(ids):
+                raise ReadError(
+                    f"Read returned {len(dvs)} results for {len(ids)} nodes",
+                    device=self.name,
+                    status="BadUnexpectedError",
+                )
+            codec.decode_into(plan, dvs, start, raw, quality, texts)
+            start = stop
+
+    def _read_subscription(self, plan: OpcUaPlan) -> ReadResult:
+        state = self._subs.get(plan.group.name)
+        if state is None:
+            raise ReadError(f"group {plan.group.name!r} is not subscribed", device=self.name)
+        self._drain(state)
+        if state.dead is not None:
+            self._lost = self._lost or RuntimeError(state.dead)
+            raise ConnectError(
+                f"subscription of group {plan.group.name!r} ended",
+                device=self.name,
+                status=state.dead,
+            )
+        quality = state.quality.copy()
+        if time.monotonic() - state.alive_at() > plan.stale_after_s:
+            quality[quality != Quality.BAD] = Quality.STALE
+        return codec.engineering(plan, state.raw.copy(), quality, dict(state.texts))
+
+    def _drain(self, state: _SubState) -> None:
+        """Apply every queued notification (in order, so the newest value wins)."""
+        queue = state.sub._event_queue
+        if queue is None:
+            return
+        index = state.plan.index
+        is_text = state.plan.is_text
+        count = 0
+        while True:
+            try:
+                ev = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+            if isinstance(ev, DataChangeEvent):
+                i = index.get(ev.node.nodeid)
+                if i is None:
+                    continue
+                value, q, text = codec.decode_value(ev.data.monitored_item.Value, bool(is_text[i]))
+                state.raw[i] = value
+                state.quality[i] = q
+                if text is not None:
+                    state.texts[i] = text
+                else:
+                    state.texts.pop(i, None)
+                count += 1
+            elif isinstance(ev, StatusChangeEvent) and ev.notification.Status.is_bad():
+                state.dead = codec.status_name(ev.notification.Status)
+        state.notifications += count
+        self.stats["notifications"] += count
+        dropped = state.sub.dropped
+        if dropped:
+            state.sub.dropped = 0
+            self.stats["notifications_dropped"] += dropped
+            if self.metrics is not None:
+                self.metrics.inc(
+                    "edgeloop_queue_dropped_total",
+                    dropped,
+                    queue=f"opcua:{self.name}/{state.plan.group.name}",
+                )
+
+    # --- writing -----------------------------------------------------------------------
+
+    async def write(self, points: Sequence[tuple[Point, float | int | bool | str]]) -> None:
+        """Write engineering values in the nodes' own data types, in one Write call."""
+        if not points:
+            return
+        for p, _v in points:
+            if not p.writable:
+                raise WriteRefused(f"tag {p.name!r} is not writable", device=self.name)
+            if not p.node:
+                raise WriteRefused(f"tag {p.name!r} has no OPC UA node", device=self.name)
+        client = self._require_client()
+        ids = [codec.parse_node_id(p.node or "", device=self.name, tag=p.name) for p, _ in points]
+        await self._load_types(client, [i for i in ids if i not in self._vtypes])
+        dvs = []
+        for (p, v), nid in zip(points, ids, strict=True):
+            try:
+                variant = codec.encode_write(p, v, self._vtypes[nid])
+            except codec.EncodeError as exc:
+                raise WriteRefused(str(exc), device=self.name) from exc
+            dvs.append(
+                ua.DataValue(variant, StatusCode=None)
+            )  # no status/timestamps: many servers refuse them
+        try:
+            results = await self._call(
+                "Write", lambda: client.uaclient.write_attributes(ids, dvs, ua.AttributeIds.Value)
+            )
+        except ua.UaStatusCodeError as exc:
+            raise WriteError("Write refused", device=self.name, status=_status_of(exc)) from exc
+        except ConnectError as exc:
+            raise WriteError(str(exc), device=self.name) from exc
+        bad = [(p.name, r) for (p, _), r in zip(points, results, strict=True) if not r.is_good()]
+        if bad:
+            first = bad[0]
+            names = ", ".join(f"{n}: {codec.status_name(r)}" for n, r in bad)
+            raise WriteError(
+                f"server refused the write ({names})",
+                device=self.name,
+                status=codec.status_name(first[1]),
+            )
+
+    async def _load_types(self, client: Client, ids: list[ua.NodeId]) -> None:
+        """Read the DataType attribute of uncached nodes (one Read) and resolve built-in types."""
+        if not ids:
+            return
+        ids = list(dict.fromkeys(ids))
+        try:
+            dvs = await self._call(
+                "Read DataType",
+                lambda: client.uaclient.read_attributes(ids, ua.AttributeIds.DataType),
+            )
+        except ua.UaStatusCodeError as exc:
+            raise WriteError(
+                "cannot read the nodes' DataType", device=self.name, status=_status_of(exc)
+            ) from exc
+        for nid, dv in zip(ids, dvs, strict=True):
+            if codec.status_quality(dv.StatusCode) != Quality.GOOD or dv.Value is None:
+                raise WriteError(
+                    f"node {nid.to_string()}: DataType unreadable",
+                    device=self.name,
+                    status=codec.status_name(dv.StatusCode),
+                )
+            dtype: ua.NodeId = dv.Value.Value
+            if (
+                dtype.NamespaceIndex == 0
+                and isinstance(dtype.Identifier, int)
+                and 1 <= dtype.Identifier <= 25
+            ):
+                self._vtypes[nid] = ua.VariantType(dtype.Identifier)
+                continue
+            try:  # subtypes (enumerations, UtcTime, ...) resolve to their built-in base type
+                vtype = await data_type_to_variant_type(client.get_node(dtype))
+            except Exception as exc:
+                raise WriteError(
+                    f"node {nid.to_string()}: cannot resolve DataType {dtype}", device=self.name
+                ) from exc
+            self._vtypes[nid] = vtype
+
+
+def create(device_cfg: Any, groups: Sequence[GroupSpec]) -> OpcUaDriver:
+    """Driver factory for `driver: opcua` (see drivers.base registry)."""
+    return OpcUaDriver(device_cfg, groups)

@@ -81,6 +81,9 @@ def exception_status(code: int) -> str:
 class ResponseTimeout(ConnectError):
     """No (complete) answer within timeout_s after all retries."""
 
+    def __init__(self, message: str, **ctx: Any) -> None:
+        super().__init__(message, status="timeout", **ctx)
+
 
 class ProtocolError(ReadError):
     """An answer that does not match the request (function code, unit, count, echo)."""
@@ -205,6 +208,8 @@ class ModbusDriver:
         self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
         self.counters: Counter[str] = Counter()
         self.last_errors: list[DriverError] = []
+        # request keys in an error episode -> failures; logged on the first and on recovery
+        self._episodes: dict[tuple[int, str, int], int] = {}
 
     # --- plans ----------------------------------------------------------------------
 
@@ -438,12 +443,16 @@ class ModbusDriver:
                     errors.append(exc)
                     continue
                 answered += 1
+                if self._episodes:
+                    self._recovered(req)
                 o = req.buffer_offset
                 if req.is_bits:
                     bits[o : o + req.count] = data[: req.count]
                 else:
                     regs[o : o + req.count] = data
         self.last_errors = errors
+        for e in errors:
+            self._failed(e)
         if errors and not answered:
             raise errors[0]  # the whole group failed: the caller marks it and backs off
         texts: dict[int, str] = {}
@@ -454,6 +463,25 @@ class ModbusDriver:
             for i in np.flatnonzero(bad):
                 texts.pop(int(i), None)
         return ReadResult(values=values, quality=quality, texts=texts)
+
+    def _failed(self, e: DriverError) -> None:
+        """Log a request's failure once per episode (a dead unit at 5 Hz is one line)."""
+        key = (e.unit_id or 0, type(e).__name__, e.address or 0)
+        n = self._episodes.get(key, 0)
+        self._episodes[key] = n + 1
+        if n == 0:
+            log.warning("%s", e)
+
+    def _recovered(self, req: ReadRequest) -> None:
+        for key in [k for k in self._episodes if k[0] == req.unit_id and k[2] == req.start]:
+            n = self._episodes.pop(key)
+            log.info(
+                "device=%s unit=%s address=%s: answering again after %d failed reads",
+                self.name,
+                req.unit_id,
+                req.start,
+                n,
+            )
 
     # --- writes ---------------------------------------------------------------------
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from agent.config import ModbusDevice
+
 
 @dataclass
 class Unit:
@@ -167,29 +169,18 @@ async def test_peer_answers_a_raw_read() -> None:
     await peer.stop()
 
 
-@dataclass(frozen=True)
-class DeviceCfg:
-    """Stand-in for agent.config's Modbus device model (same field names, YAML defaults)."""
+def DeviceCfg(**fields: object) -> ModbusDevice:
+    """A validated `agent.config.ModbusDevice` (the YAML model) with test defaults.
 
-    name: str = "plc"
-    driver: str = "modbus"
-    transport: str = "tcp"
-    host: str = "127.0.0.1"
-    port: int = 502
-    serial_port: str | None = None
-    baudrate: int = 19200
-    parity: str = "N"
-    stopbits: int = 1
-    bytesize: int = 8
-    unit_id: int = 1
-    byte_order: str = "big"
-    word_order: str = "big"
-    timeout_s: float = 1.0
-    retries: int = 1
-    max_read_registers: int = 125
-    max_read_bits: int = 2000
-    max_gap_registers: int = 8
-    max_gap_bits: int = 32
-    backoff_initial_s: float = 0.5
-    backoff_max_s: float = 30.0
-    enabled: bool = True
+    The driver is handed the device model as start-up does; the poll group here only
+    satisfies the model (the tests give the driver their own GroupSpecs).
+    """
+    base: dict[str, object] = {"name": "plc", "driver": "modbus", "host": "127.0.0.1"}
+    if fields.get("transport") == "rtu":
+        base.pop("host")
+    placeholder = {
+        "name": "cfg",
+        "interval_ms": 600_000,
+        "tags": [{"name": "placeholder", "table": "holding", "address": 0, "type": "uint16"}],
+    }
+    return ModbusDevice.model_validate({**base, **fields, "poll_groups": [placeholder]})

@@ -194,3 +194,17 @@ async def test_sustained_misbehaviour_never_crashes(drv, peer) -> None:
     peer.faults.clear()
     await read_ok(drv)
     assert {Quality.GOOD, Quality.BAD, Quality.COMM_LOST} <= seen
+
+
+async def test_a_failing_request_is_logged_once_per_episode(drv, peer, caplog) -> None:
+    caplog.set_level("INFO", logger="drivers.modbus")
+    for _ in range(3):
+        peer.misbehave("exception", 2)
+        peer.misbehave("ok", times=2)
+    for _ in range(3):
+        res = await drv.read(drv.plan(GROUP))
+        assert res.quality[0] == Quality.BAD
+    await read_ok(drv)
+    lines = [r.getMessage() for r in caplog.records if r.name == "drivers.modbus"]
+    assert len(lines) == 2, lines
+    assert "ILLEGAL_DATA_ADDRESS" in lines[0] and "answering again after 3" in lines[1]

@@ -410,6 +410,14 @@ class ModbusDevice(_DeviceCommon):
                     continue
                 if not t.dtype or t.width <= 0:
                     continue
+                limit = self.max_read_bits if t.table in BIT_TABLES else self.max_read_registers
+                if t.width > limit:
+                    out.append(
+                        (
+                            (*path, "length_registers"),
+                            f"{t.width} registers do not fit one read (max_read_registers {limit})",
+                        )
+                    )
                 lo, hi = t.address, t.address + t.width - 1
                 span = words.setdefault((unit, t.table), [])
                 for olo, ohi, oname, _ in span:
@@ -737,8 +745,11 @@ class _Positions:
             p = p[:-1]
         return self.lines.get((), 1)
 
-    def clean(self, loc: Sequence[str | int]) -> Path_:
-        """Drop pydantic's union-member/tag entries that are not keys of the YAML."""
+    def clean(self, loc: Sequence[str | int], missing: bool = False) -> Path_:
+        """Drop pydantic's union-member/tag entries that are not keys of the YAML.
+
+        Only the last entry of a `missing` error may name a key that is not in the file.
+        """
         out: list[str | int] = []
         for i, part in enumerate(loc):
             node = self.nodes.get(tuple(out))
@@ -746,7 +757,7 @@ class _Positions:
             if isinstance(part, str):
                 if isinstance(node, yaml.MappingNode):
                     keys = {str(k.value) for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
-                    if part not in keys and not last:
+                    if part not in keys and not (last and missing):
                         continue
                 elif node is not None:  # below a scalar: a union member name
                     continue
@@ -816,9 +827,9 @@ def _literal_values(info: Any) -> list[str]:
     if info is None:
         return []
     tp = _unwrap(info.annotation)
-    args = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
+    members = [tp] if typing.get_origin(tp) is Literal else typing.get_args(tp)
     vals: list[str] = []
-    for a in args:
+    for a in members:
         a = _unwrap(a)
         if typing.get_origin(a) is Literal:
             vals += [str(v) for v in typing.get_args(a)]
@@ -847,6 +858,17 @@ _SIMPLE = {
 }
 
 
+_MB = "is a Modbus key; OPC UA tags are addressed by node"
+_UA = "is an OPC UA key; Modbus tags are addressed by table and address"
+_OTHER_DRIVER: dict[Any, tuple[type, str]] = {
+    OpcUaTag: (ModbusTag, _MB),
+    ModbusTag: (OpcUaTag, _UA),
+    OpcUaDevice: (ModbusDevice, "is a Modbus key, not one of an OPC UA device"),
+    ModbusDevice: (OpcUaDevice, "is an OPC UA key, not one of a Modbus device"),
+    ModbusPollGroup: (OpcUaPollGroup, "is for OPC UA subscriptions; Modbus groups are polled"),
+}
+
+
 def _friendly(err: dict[str, Any], loc: Path_, model: type) -> list[tuple[Path_, str]]:
     kind = err["type"]
     ctx = err.get("ctx") or {}
@@ -869,8 +891,11 @@ def _friendly(err: dict[str, Any], loc: Path_, model: type) -> list[tuple[Path_,
                 )
             ]
         _, tp = _resolve(model, raw_loc[:-1])
+        other = _OTHER_DRIVER.get(tp)
+        if other is not None and key in other[0].model_fields:
+            return [(loc, other[1])]
         candidates = list(getattr(tp, "model_fields", {}))
-        hint = difflib.get_close_matches(key, candidates, n=1, cutoff=0.7)
+        hint = difflib.get_close_matches(key, candidates, n=1, cutoff=0.75)
         return [(loc, "unknown key" + (f" (did you mean {hint[0]!r}?)" if hint else ""))]
     if kind == "union_tag_invalid":
         got = ctx.get("tag", err.get("input"))
@@ -890,6 +915,8 @@ def _friendly(err: dict[str, Any], loc: Path_, model: type) -> list[tuple[Path_,
         return [(loc, f"must be <= {_num(ctx['le'])}")]
     if kind == "literal_error":
         vals = _literal_values(_field_at(model, raw_loc))
+        if vals == ["poll"] and err.get("input") == "subscribe":
+            return [(loc, "subscribe is OPC UA only; Modbus groups are polled")]
         if vals:
             return [(loc, f"must be one of {' | '.join(vals)} (got {err.get('input')!r})")]
         return [(loc, f"must be {ctx.get('expected')}")]
@@ -947,7 +974,7 @@ def parse_config(text: str, filename: str = "<config>") -> Config:
         cfg = Config.model_validate(data)
     except ValidationError as e:
         for err in e.errors(include_url=False):
-            loc = pos.clean(err["loc"])
+            loc = pos.clean(err["loc"], missing=err["type"] != "edgeloop_checks")
             problems += _friendly(err, loc, Config)
     if cfg is not None:
         problems += _global_checks(cfg)

@@ -34,6 +34,7 @@ OVERTEMP_RESET_C = 90.0
 LOW_FLOW_LPM = 2.0
 ELEMENT_RATED_A = 35.0  # element current at 100 % power, healthy
 DEFAULT_WATCHDOG_MS = 3000
+_MIRRORS = tuple((p.name, p.source) for p in pointmap.POINTS if p.source is not None)
 
 
 class SimWriteError(ValueError):
@@ -257,9 +258,8 @@ class SimPlant:
                 "pump_valve_position": self.pump.valve_position_pct,
             }
         )
-        for p in pointmap.POINTS:
-            if p.source is not None:
-                v[p.name] = v[p.source]
+        for name, source in _MIRRORS:
+            v[name] = v[source]
         return v
 
     def texts(self) -> dict[str, str]:

@@ -29,6 +29,8 @@ import math
 import random
 from dataclasses import dataclass
 
+import numpy as np
+
 SQRT3 = math.sqrt(3.0)
 
 
@@ -81,6 +83,9 @@ class PumpSkid:
         self.params = params or PumpParams()
         self.seed = seed
         self._rng = random.Random(seed * 15485863 + 3)
+        # measurement noise drawn in blocks (one numpy call per 512 steps, not 11 per step)
+        self._noise_rng = np.random.default_rng(seed * 15485863 + 4)
+        self._noise_block: list[list[float]] = []
         self.t_s = 0.0
         # commands (what the PLC / OPC UA client writes)
         self.speed_setpoint_pct = 80.0
@@ -199,29 +204,31 @@ class PumpSkid:
 
     def _measure(self) -> None:
         p = self.params
-        g = self._rng.gauss
+        if not self._noise_block:
+            self._noise_block = self._noise_rng.standard_normal((512, 10)).tolist()
+        z = self._noise_block.pop()
         n = self._speed
         off_bep = abs(self._q_tot / self._q_bep - 1.0) if n > 0.05 else 0.0
         base = p.base_vibration_mm_s * n * n + p.off_bep_vibration_mm_s * off_bep * n * n
         imb = self.imbalance_mm_s * n * n
         cav = 3.0 * self._cav
         # cavitation is broadband and erratic: its share fluctuates strongly sample to sample
-        cav_x = cav * max(1.0 + 0.5 * g(0.0, 1.0), 0.0)
-        cav_y = cav * max(1.0 + 0.5 * g(0.0, 1.0), 0.0)
+        cav_x = cav * max(1.0 + 0.5 * z[8], 0.0)
+        cav_y = cav * max(1.0 + 0.5 * z[9], 0.0)
         vib_x = math.sqrt(base**2 + imb**2 + cav_x**2)
         vib_y = math.sqrt((0.8 * base) ** 2 + (0.55 * imb) ** 2 + cav_y**2)
         rel = p.noise_vibration_rel
         pressure_noise = p.noise_pressure_bar * (1.0 + 8.0 * self._cav)
         flow_noise = p.noise_flow_m3h * (1.0 + 5.0 * self._cav)
         self._meas = {
-            "pump_motor_current": max(self._current() + g(0.0, p.noise_current_a), 0.0),
-            "pump_motor_voltage": max(self._voltage() + g(0.0, p.noise_voltage_v), 0.0),
-            "pump_vibration_x": max(vib_x * (1.0 + g(0.0, rel)), 0.0),
-            "pump_vibration_y": max(vib_y * (1.0 + g(0.0, rel)), 0.0),
-            "pump_motor_temp": self._motor_temp + g(0.0, p.noise_temp_c),
-            "pump_discharge_pressure": max(self._head + g(0.0, pressure_noise), 0.0),
-            "pump_flow": max(self._q_meter + g(0.0, flow_noise), 0.0),
-            "pump_fluid_temp": self._fluid_temp + g(0.0, p.noise_temp_c),
+            "pump_motor_current": max(self._current() + p.noise_current_a * z[0], 0.0),
+            "pump_motor_voltage": max(self._voltage() + p.noise_voltage_v * z[1], 0.0),
+            "pump_vibration_x": max(vib_x * (1.0 + rel * z[2]), 0.0),
+            "pump_vibration_y": max(vib_y * (1.0 + rel * z[3]), 0.0),
+            "pump_motor_temp": self._motor_temp + p.noise_temp_c * z[4],
+            "pump_discharge_pressure": max(self._head + pressure_noise * z[5], 0.0),
+            "pump_flow": max(self._q_meter + flow_noise * z[6], 0.0),
+            "pump_fluid_temp": self._fluid_temp + p.noise_temp_c * z[7],
             "pump_speed_setpoint": self.speed_setpoint_pct,
             "pump_valve_position": self.valve_position_pct,
         }

@@ -334,11 +334,11 @@ class _DeviceCommon(StrictModel):
             else:
                 seen[g.name] = i
             timeout_s: float = self.timeout_s  # type: ignore[attr-defined]
-            if g.mode == "poll" and timeout_s * 1000 >= g.interval_ms:
+            if g.mode == "poll" and timeout_s * 1000 > g.interval_ms:
                 out.append(
                     (
                         ("poll_groups", i, "interval_ms"),
-                        f"{g.interval_ms} ms is not longer than the device timeout_s "
+                        f"{g.interval_ms} ms is shorter than the device timeout_s "
                         f"({_num(timeout_s)} s): lower timeout_s or raise interval_ms",
                     )
                 )

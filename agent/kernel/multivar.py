@@ -206,7 +206,7 @@ def fit_group(settings: GroupSettings, idx: np.ndarray, X: np.ndarray) -> GroupM
     )
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _group_update(
     vals: np.ndarray,
     flags: np.ndarray,

@@ -163,64 +163,75 @@ class TagState:
         return int(self.P.shape[0])
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _median_mad(srt: np.ndarray, i: int, cnt: int) -> tuple[float, float]:
-    """Median of srt[i, :cnt] (sorted) and the median of |srt - median|, by a merge walk."""
+    """Median of srt[i, :cnt] (sorted) and the median of |srt - median|, by a merge walk.
+
+    Deviations left of the middle grow as l falls, right of it as r rises; merging the two
+    runs gives the sorted deviations.  Written with selects, not branches: which side wins
+    is a coin flip on noisy data, and mispredicted branches were most of the kernel's time.
+    """
     half = cnt // 2
     med = srt[i, half] if cnt % 2 == 1 else 0.5 * (srt[i, half - 1] + srt[i, half])
-    # deviations left of the middle grow as l falls, right of it as r rises: merge them.
-    lo = (cnt - 1) // 2
-    r = lo + 1
-    l = lo  # noqa: E741
-    k_hi = half  # we need order statistics k_hi (odd) or k_hi-1 and k_hi (even)
+    l = (cnt - 1) // 2  # noqa: E741
+    r = l + 1
     prev = 0.0
     cur = 0.0
-    for k in range(k_hi + 1):
-        if l >= 0 and (r >= cnt or med - srt[i, l] <= srt[i, r] - med):
-            d = med - srt[i, l]
-            l -= 1  # noqa: E741
-        else:
-            d = srt[i, r] - med
-            r += 1
+    for _ in range(half + 1):
+        dl = med - srt[i, l if l >= 0 else 0]
+        dr = srt[i, r if r < cnt else cnt - 1] - med
+        dl = dl if l >= 0 else math.inf
+        dr = dr if r < cnt else math.inf
+        left = dl <= dr
         prev = cur
-        cur = d
-        if k == k_hi:
-            break
+        cur = dl if left else dr
+        l -= 1 if left else 0  # noqa: E741
+        r += 0 if left else 1
     if cnt % 2 == 1:
         return med, cur
     return med, 0.5 * (prev + cur)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _window_push(ring: np.ndarray, srt: np.ndarray, I: np.ndarray, i: int, w: int, x: float) -> int:  # noqa: E741
-    """Add x to tag i's Hampel window (dropping the oldest when full); returns the count."""
+    """Add x to tag i's Hampel window (dropping the oldest when full); returns the count.
+
+    Positions are found by fixed-length counting loops (branch-free, vectorisable); only the
+    shift between the removed and the inserted position is a variable-length loop.
+    """
     cnt = I[i, I_CNT]
     pos = I[i, I_POS]
     if cnt == w:
         old = ring[i, pos]
-        j = 0
-        while j < cnt - 1 and srt[i, j] != old:
-            j += 1
-        while j < cnt - 1:
-            srt[i, j] = srt[i, j + 1]
-            j += 1
-        cnt -= 1
+        p = 0  # index of (the first copy of) old in the sorted window
+        c = 0  # elements <= x
+        for j in range(w):
+            p += 1 if srt[i, j] < old else 0
+            c += 1 if srt[i, j] <= x else 0
+        q = c - (1 if old <= x else 0)  # insert position once old is removed
+        if q >= p:
+            for j in range(p, q):
+                srt[i, j] = srt[i, j + 1]
+        else:
+            for j in range(p, q, -1):
+                srt[i, j] = srt[i, j - 1]
+        srt[i, q] = x
+    else:
+        q = 0
+        for j in range(cnt):
+            q += 1 if srt[i, j] <= x else 0
+        for j in range(cnt, q, -1):
+            srt[i, j] = srt[i, j - 1]
+        srt[i, q] = x
+        cnt += 1
+        I[i, I_CNT] = cnt
     ring[i, pos] = x
     pos += 1
-    if pos == w:
-        pos = 0
-    I[i, I_POS] = pos
-    j = cnt
-    while j > 0 and srt[i, j - 1] > x:
-        srt[i, j] = srt[i, j - 1]
-        j -= 1
-    srt[i, j] = x
-    cnt += 1
-    I[i, I_CNT] = cnt
+    I[i, I_POS] = pos if pos < w else 0
     return cnt
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _update_tag(
     i: int,
     x: float,

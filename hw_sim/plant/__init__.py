@@ -1,0 +1,1 @@
+"""Pure, seeded plant models, steppable at any dt: `heater.HeaterPlant`, `pump.PumpSkid`."""

@@ -875,6 +875,8 @@ def _friendly(err: dict[str, Any], loc: Path_, model: type) -> list[tuple[Path_,
     raw_loc = err["loc"]
     if kind == "edgeloop_checks":
         return [((*loc, *rel), msg) for rel, msg in ctx["problems"]]
+    if kind == "string_type" and isinstance(err.get("input"), bool):
+        return [(loc, "must be a string (YAML reads yes/no/on/off as true/false: quote it)")]
     if kind in _SIMPLE:
         msg = _SIMPLE[kind]
         if kind == "union_tag_not_found":

@@ -161,7 +161,7 @@ class Watchdog:
         if self.healthy():
             self._fed_count = self._count
             if self._stalled:
-                log.warning("pipeline progressing again; feeding the watchdog")
+                log.info("pipeline progressing again; feeding the watchdog")
                 self._stalled = False
             self._notify("WATCHDOG=1")
             self.feeds += 1

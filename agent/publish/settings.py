@@ -1,9 +1,85 @@
-"""YAML section model for this component (placeholder; the component's owner fills it in)."""
+"""The `publish:` YAML section: broker, credentials, TLS, outbox budget, encoding."""
 
 from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
 
 from agent.configbase import StrictModel
 
 
+class TlsConfig(StrictModel):
+    """TLS to the broker; the CA pins who we talk to, a client cert/key authenticates us."""
+
+    ca_file: str | None = None  # None: the system trust store
+    cert_file: str | None = None
+    key_file: str | None = None
+    verify_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("tls: cert_file and key_file go together")
+        return self
+
+
+class MqttConfig(StrictModel):
+    """Broker connection. Secrets never sit in YAML: use password_env or password_file."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    topic_prefix: str = "edgeloop"
+    # Store-and-forward needs the broker's PUBACK, so QoS 1 is the only supported level.
+    qos: Literal[1] = 1
+    client_id: str | None = None  # default: edgeloop-<site>
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    username: str | None = None
+    password_env: str | None = None
+    password_file: str | None = None
+    tls: TlsConfig | None = None
+    connect_timeout_s: float = Field(10.0, gt=0)
+    publish_timeout_s: float = Field(30.0, gt=0)  # for a whole in-flight window to be acked
+    backoff_initial_s: float = Field(0.5, gt=0)
+    backoff_max_s: float = Field(30.0, gt=0)
+    max_inflight: int = Field(200, ge=1, le=65535)  # messages awaiting PUBACK at once
+
+    @model_validator(mode="after")
+    def _secrets(self) -> MqttConfig:
+        if self.password_env and self.password_file:
+            raise ValueError("mqtt: give password_env or password_file, not both")
+        if (self.password_env or self.password_file) and not self.username:
+            raise ValueError("mqtt: a password needs a username")
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise ValueError("mqtt: backoff_max_s must be >= backoff_initial_s")
+        return self
+
+
+class OutboxConfig(StrictModel):
+    """The durable outbox: every message is committed here before it is sent."""
+
+    path: str = "/var/lib/edgeloop/outbox.db"
+    # Disk budget for queued messages (payload + topic + row overhead); beyond it the
+    # oldest messages are dropped and counted in edgeloop_outbox_dropped_total.
+    max_mb: float = Field(512.0, gt=0)
+    # normal: survives kill -9 of the agent; full: also survives power loss (fsync per commit).
+    synchronous: Literal["normal", "full"] = "normal"
+
+
+class SparkplugConfig(StrictModel):
+    """Sparkplug B naming: spBv1.0/<group_id>/<type>/<edge_node_id = site>[/<device>]."""
+
+    group_id: str = "edgeloop"
+
+
 class PublishConfig(StrictModel):
-    """Settings of this component; every default lives here."""
+    """Northbound MQTT. Every default of the publisher lives here."""
+
+    enabled: bool = True
+    encoding: Literal["json", "sparkplug_b"] = "json"
+    # 0: one message per poll-group frame; > 0: frames of a group collected for this long
+    # go out as one message (fewer, larger messages; frames in an open window are in memory).
+    batch_window_ms: int = Field(0, ge=0, le=600_000)
+    mqtt: MqttConfig = MqttConfig()
+    outbox: OutboxConfig = OutboxConfig()
+    sparkplug: SparkplugConfig = SparkplugConfig()

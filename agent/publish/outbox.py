@@ -1,0 +1,170 @@
+"""The durable outbox: an SQLite queue of MQTT messages, committed before they are sent.
+
+A row is `(id, topic, seq, spb, payload, size)`. `id` is the global send order (so order per
+topic holds); `seq` is the per-topic sequence number, persisted in `topic_seq` across
+restarts so a consumer sees gaps (dropped by the budget) and duplicates (re-sent after a
+lost PUBACK). A row is deleted only after its PUBACK. When the queued bytes exceed the
+budget, the oldest rows are deleted and counted: a long outage keeps the newest data.
+
+All operations are short transactions on one connection (WAL, synchronous=NORMAL by
+default: no fsync per commit, a kill -9 of the agent loses nothing committed).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+ROW_OVERHEAD = 48  # bytes counted per row on top of topic + payload (ids, seq, index entry)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    spb INTEGER NOT NULL DEFAULT 0,     -- 1: Sparkplug payload, append the session seq on send
+    payload BLOB NOT NULL,
+    size INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS topic_seq (topic TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+"""
+
+
+class OutboxError(Exception):
+    """The outbox database cannot be opened or written."""
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    id: int
+    topic: str
+    seq: int
+    spb: bool
+    payload: bytes
+
+
+class Outbox:
+    """Durable FIFO of messages with per-topic sequence numbers and a byte budget."""
+
+    def __init__(self, path: str, max_bytes: int, synchronous: str = "normal") -> None:
+        self.path = path
+        self.max_bytes = int(max_bytes)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        try:
+            con = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            con.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute(f"PRAGMA synchronous={synchronous.upper()}")
+            con.executescript(_SCHEMA)
+            self._seqs: dict[str, int] = dict(con.execute("SELECT topic, seq FROM topic_seq"))
+            depth, nbytes = con.execute(
+                "SELECT count(*), coalesce(sum(size), 0) FROM outbox"
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise OutboxError(f"cannot open outbox {path}: {exc}") from exc
+        self._con = con
+        self.depth = int(depth)
+        self.bytes = int(nbytes)
+        self.dropped = 0  # since open
+
+    def close(self) -> None:
+        self._con.close()
+
+    def last_seq(self, topic: str) -> int:
+        return self._seqs.get(topic, 0)
+
+    def append(self, items: Sequence[tuple[str, Callable[[int], bytes], bool]]) -> int:
+        """Commit messages [(topic, build, spb)]; `build(seq)` makes the payload.
+
+        The payload is built once its per-topic seq is known (JSON carries it inside).
+        One transaction for the whole list; returns rows dropped by the budget.
+        """
+        con = self._con
+        rows = []
+        seqs: dict[str, int] = {}
+        added = 0
+        for topic, build, spb in items:
+            seq = seqs.get(topic, self._seqs.get(topic, 0)) + 1
+            seqs[topic] = seq
+            payload = build(seq)
+            size = len(payload) + len(topic) + ROW_OVERHEAD
+            rows.append((topic, seq, 1 if spb else 0, payload, size))
+            added += size
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            con.executemany(
+                "INSERT INTO outbox(topic, seq, spb, payload, size) VALUES (?,?,?,?,?)", rows
+            )
+            con.executemany(
+                "INSERT INTO topic_seq(topic, seq) VALUES (?, ?) "
+                "ON CONFLICT(topic) DO UPDATE SET seq=excluded.seq",
+                list(seqs.items()),
+            )
+            dropped, freed = self._enforce_budget(self.bytes + added)
+            con.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise OutboxError(f"outbox write failed: {exc}") from exc
+        self._seqs.update(seqs)
+        self.depth += len(rows) - dropped
+        self.bytes += added - freed
+        self.dropped += dropped
+        return dropped
+
+    def _enforce_budget(self, nbytes: int) -> tuple[int, int]:
+        """Delete the oldest rows until `nbytes` fits; inside the caller's transaction."""
+        excess = nbytes - self.max_bytes
+        if excess <= 0:
+            return 0, 0
+        dropped = freed = 0
+        last_id = None
+        cur = self._con.execute("SELECT id, size FROM outbox ORDER BY id")
+        for rid, size in cur:
+            last_id = rid
+            dropped += 1
+            freed += size
+            if freed >= excess:
+                break
+        cur.close()
+        if last_id is not None:
+            self._con.execute("DELETE FROM outbox WHERE id <= ?", (last_id,))
+        return dropped, freed
+
+    def peek(self, limit: int) -> list[Row]:
+        """The oldest `limit` messages, in send order."""
+        cur = self._con.execute(
+            "SELECT id, topic, seq, spb, payload FROM outbox ORDER BY id LIMIT ?", (limit,)
+        )
+        return [Row(i, t, s, bool(b), p) for i, t, s, b, p in cur]
+
+    def ack(self, first_id: int, last_id: int) -> int:
+        """Delete acknowledged rows first_id..last_id (a contiguous prefix of a peek)."""
+        con = self._con
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            n, size = con.execute(
+                "SELECT count(*), coalesce(sum(size), 0) FROM outbox WHERE id BETWEEN ? AND ?",
+                (first_id, last_id),
+            ).fetchone()
+            con.execute("DELETE FROM outbox WHERE id BETWEEN ? AND ?", (first_id, last_id))
+            con.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise OutboxError(f"outbox delete failed: {exc}") from exc
+        self.depth -= n
+        self.bytes -= size
+        if self.depth == 0:
+            # give the pages of a drained backlog back to the file system
+            self._con.executescript("PRAGMA incremental_vacuum;")
+        return int(n)
+
+    def file_bytes(self) -> int:
+        total = 0
+        for p in (self.path, self.path + "-wal"):
+            if os.path.exists(p):
+                total += os.path.getsize(p)
+        return total

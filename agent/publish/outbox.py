@@ -94,6 +94,8 @@ class Outbox:
             added += size
         try:
             con.execute("BEGIN IMMEDIATE")
+            # room is made among the older rows first: what this call commits is never dropped
+            dropped, freed = self._enforce_budget(self.bytes + added)
             con.executemany(
                 "INSERT INTO outbox(topic, seq, spb, payload, size) VALUES (?,?,?,?,?)", rows
             )
@@ -102,7 +104,6 @@ class Outbox:
                 "ON CONFLICT(topic) DO UPDATE SET seq=excluded.seq",
                 list(seqs.items()),
             )
-            dropped, freed = self._enforce_budget(self.bytes + added)
             con.execute("COMMIT")
         except sqlite3.Error as exc:
             if con.in_transaction:

@@ -412,3 +412,22 @@ async def test_sparkplug_b_birth_data_death(mqtt_broker: Broker, tmp_path: Path)
     assert [m["alias"] for m in first] == [0, 1, 2]
     assert first[0]["double_value"] == 0.0 and first[1]["properties"] == {"Quality": 0}
     assert any("/DDEATH/site/heater_plc" in t for t in topics)
+
+
+async def test_batch_window_groups_frames_into_fewer_messages(
+    mqtt_broker: Broker, tmp_path: Path
+) -> None:
+    col = Collector(mqtt_broker)
+    table = Table(TABLE_NAMES)
+    pub = Publisher(cfg(mqtt_broker, tmp_path, batch_window_ms=300), "site", table, Metrics())
+    await pub.start()
+    for k in range(20):
+        frame(pub, table, k)
+        await asyncio.sleep(0.05)
+    await pub.close()  # commits the open window, then drains
+    col.close()
+    msgs = [json.loads(p) for _, p in col.on("edgeloop/site/heater_plc/fast")]
+    assert 2 <= len(msgs) <= 8  # ~1 s of frames in 300 ms windows
+    assert [m["seq"] for m in msgs] == list(range(1, len(msgs) + 1))
+    raws = [f["raw"][0] for m in msgs for f in m["frames"]]
+    assert raws == [float(k) for k in range(20)]  # every frame once, in order

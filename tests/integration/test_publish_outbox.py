@@ -1,0 +1,69 @@
+"""The durable outbox on a real SQLite file: order, per-topic seqs across restarts, budget."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.publish.outbox import ROW_OVERHEAD, Outbox
+
+
+def put(ob: Outbox, topic: str, n: int, size: int = 10) -> int:
+    return ob.append([(topic, lambda s: str(s).encode().ljust(size, b"."), False)] * n)
+
+
+def test_order_and_per_topic_seq_survive_reopen(tmp_path: Path) -> None:
+    p = str(tmp_path / "o.db")
+    ob = Outbox(p, 10**6)
+    put(ob, "a", 3)
+    put(ob, "b", 2)
+    put(ob, "a", 1)
+    rows = ob.peek(100)
+    assert [(r.topic, r.seq) for r in rows] == [
+        ("a", 1),
+        ("a", 2),
+        ("a", 3),
+        ("b", 1),
+        ("b", 2),
+        ("a", 4),
+    ]
+    assert rows[0].payload.startswith(b"1.") and ob.depth == 6
+    ob.ack(rows[0].id, rows[3].id)  # a1..a3, b1 acknowledged
+    ob.close()
+    ob = Outbox(p, 10**6)  # a restart: depth, bytes and counters come back from disk
+    assert ob.depth == 2 and [(r.topic, r.seq) for r in ob.peek(10)] == [("b", 2), ("a", 4)]
+    put(ob, "a", 1)
+    put(ob, "b", 1)
+    assert ob.last_seq("a") == 5 and ob.last_seq("b") == 3
+    ob.ack(ob.peek(10)[0].id, ob.peek(10)[-1].id)
+    assert ob.depth == 0 and ob.bytes == 0
+    # seqs never restart, even with an empty outbox
+    put(ob, "a", 1)
+    assert ob.peek(1)[0].seq == 6
+
+
+def test_budget_drops_oldest_and_counts(tmp_path: Path) -> None:
+    row = 100 + 1 + ROW_OVERHEAD
+    ob = Outbox(str(tmp_path / "o.db"), 10 * row)
+    assert put(ob, "t", 10, size=100) == 0
+    assert ob.bytes == 10 * row
+    assert put(ob, "t", 3, size=100) == 3  # three oldest go
+    assert ob.dropped == 3 and ob.depth == 10 and ob.bytes == 10 * row
+    assert [r.seq for r in ob.peek(100)] == list(range(4, 14))
+
+
+def test_a_message_larger_than_the_budget_is_kept_alone(tmp_path: Path) -> None:
+    """The newest message is never dropped for its own sake; everything older goes."""
+    ob = Outbox(str(tmp_path / "o.db"), 500)
+    put(ob, "t", 2, size=100)
+    assert put(ob, "t", 1, size=1000) == 2
+    assert [r.seq for r in ob.peek(10)] == [3]
+
+
+def test_unwritable_path_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("")
+    from agent.publish.outbox import OutboxError
+
+    with pytest.raises((OutboxError, OSError)):
+        Outbox(str(tmp_path / "f" / "o.db"), 1000)

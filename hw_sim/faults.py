@@ -366,7 +366,7 @@ class FaultInjector:
             "end_s": None,
             "start_wall": time.time(),
             "end_wall": None,
-            "params": spec.model_dump(exclude_none=True),
+            "params": spec.model_dump(exclude_none=True, exclude_defaults=True),
         }
         a = _Active(spec, fid, random.Random(self.seed * 1000003 + fid), record)
         if spec.kind == "stuck" and spec.signal is not None:

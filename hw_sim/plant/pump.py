@@ -100,6 +100,7 @@ class PumpSkid:
         self._speed = self.speed_setpoint_pct / 100.0
         self._valve = self.valve_position_pct / 100.0
         self._wander_v = 0.0
+        self._fluid_temp = self.params.fluid_temp_c
         self._solve()
         self._motor_temp = self._motor_temp_target()
         self._fluid_temp = self._fluid_temp_target()
@@ -126,7 +127,7 @@ class PumpSkid:
             p.npsh_available_m
             - 0.0025 * (q_tot / inlet) ** 2 * (1.0 - inlet) * 4.0
             - 10.0 * self.cavitation
-            - max(self._fluid_temp_or(p.fluid_temp_c) - 40.0, 0.0) * 0.08
+            - max(self._fluid_temp - 40.0, 0.0) * 0.08
         )
         npsh_r = p.npsh_required_m_at_bep * (q_tot / max(p.bep_flow_m3h, 1e-6)) ** 2 + 1.0
         cav = min(max(npsh_r - npsh_a, 0.0) / 2.0, 1.0)  # 0..1 cavitation intensity
@@ -148,9 +149,6 @@ class PumpSkid:
         self._p_shaft_kw = p_shaft_kw
         self._p_el_kw = p_el_kw
         self._q_bep = q_bep
-
-    def _fluid_temp_or(self, default: float) -> float:
-        return getattr(self, "_fluid_temp", default)
 
     def _voltage(self) -> float:
         p = self.params

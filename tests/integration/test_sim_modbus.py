@@ -299,3 +299,18 @@ def test_faults_appear_in_served_values(sim_faults_log) -> None:
     truth = read_ground_truth(sim_faults_log)
     assert [t["kind"] for t in truth] == ["dropout", "dropout"]
     assert truth[0]["signals"] == ["tank_temp"] and truth[0]["end_s"] is not None
+
+
+def test_rtu_misbehaviour(rtu_sim: SimHandle) -> None:
+    client = ModbusSerialClient(rtu_sim.serial_port, baudrate=19200, timeout=0.5, retries=0)
+    assert client.connect()
+    rtu_sim.misbehave("exception", code=6)
+    rr = client.read_input_registers(0, count=2, device_id=1)
+    assert rr.isError() and rr.exception_code == 6
+    rtu_sim.misbehave("garbage", count=1)  # bad CRC: the client must not accept it
+    with pytest.raises(ModbusIOException):
+        client.read_input_registers(0, count=2, device_id=1)
+    time.sleep(0.2)
+    rr = client.read_input_registers(0, count=2, device_id=1)
+    assert not rr.isError()
+    client.close()

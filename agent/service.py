@@ -80,6 +80,7 @@ class Pipeline:
         self.frames = 0
         self.polled: set[tuple[str, str]] = set()
         self.active_alarms: set[str] = set()
+        self._attempts = 0.0
         self._tasks: list[asyncio.Task[Any]] = []
 
     # -- construction helpers
@@ -154,6 +155,25 @@ class Pipeline:
     def devices_up(self) -> bool:
         h = self.acquirer.health()
         return bool(h) and all(_is_up(d) for d in h.values())
+
+    def check_progress(self) -> None:
+        """Feed the watchdog's progress counter from the acquisition counters.
+
+        Frames count (see `_on_frame`); so do failed polls and reconnect attempts, because a
+        pipeline that handles a dead PLC is working.  A device waiting out its backoff makes
+        no attempts for a while; when no device is up that wait is the expected state, so it
+        counts too.  What does not count: devices up but no poll completing (a wedged loop).
+        """
+        attempts = (
+            self.metrics.total("edgeloop_poll_errors_total")
+            + self.metrics.total("edgeloop_reconnects_total")
+            + self.metrics.total("edgeloop_polls_total")
+        )
+        if attempts != self._attempts:
+            self._attempts = attempts
+            self.watchdog.progress()
+        elif not any(_is_up(d) for d in self.acquirer.health().values()):
+            self.watchdog.progress()
 
     def first_cycle_done(self) -> bool:
         return {(g.device, g.name) for g in self.compiled.groups} <= self.polled
@@ -275,6 +295,7 @@ class Service:
                 await self._do_reload()
             p = self.pipeline
             assert p is not None
+            p.check_progress()
             now = time.monotonic()
             if not self._ready_sent and (p.first_cycle_done() or now - started > READY_TIMEOUT_S):
                 self._ready_sent = True

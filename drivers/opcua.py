@@ -67,7 +67,7 @@ _MAX_NODES_PER_READ = ua.NodeId(
     ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead
 )
 # Errors meaning "the session is gone", as opposed to a Bad status for a request.
-_LINK_ERRORS = (ConnectionError, OSError, asyncio.TimeoutError, TimeoutError)
+_SESSION_TIMEOUT_MS = 60_000
 _SESSION_GONE = (
     ua.StatusCodes.BadSessionIdInvalid,
     ua.StatusCodes.BadSessionClosed,
@@ -77,7 +77,6 @@ _SESSION_GONE = (
     ua.StatusCodes.BadServerNotConnected,
     ua.StatusCodes.BadShutdown,
     ua.StatusCodes.BadCommunicationError,
-    ua.StatusCodes.BadTimeout,
 )
 _AUTH_FAILED = (
     ua.StatusCodes.BadUserAccessDenied,
@@ -176,34 +175,36 @@ class OpcUaDriver:
     # --- connection --------------------------------------------------------------------
 
     async def connect(self) -> None:
-        """Open a session on a fresh Client, then (re)create the subscriptions."""
+        """Open a session on a fresh Client, then (re)create the subscriptions.
+
+        Every request is bounded by `timeout_s`; no extra waits are added, so the acquirer's
+        guard around connect() holds.  If connect fails or is cancelled, the half-built
+        client is torn down synchronously (closing its socket), never left running.
+        """
         await self.close()
         cfg = self._cfg
         timeout = float(getattr(cfg, "timeout_s", 5.0))
         client = Client(cfg.endpoint, timeout=timeout, watchdog_intervall=min(1.0, timeout))
         client.name = client.description = _CLIENT_NAME
         client.application_uri = _DEFAULT_CLIENT_URI
+        # A PLC has few session slots: if the gateway dies, let the server free ours soon.
+        client.session_timeout = _SESSION_TIMEOUT_MS
         try:
-            await self._setup_security(client, timeout)
+            await self._setup_security(client)
             self._setup_user(client)
-            await asyncio.wait_for(client.connect(), timeout=3 * timeout)
-        except DriverError:
-            await self._drop(client)
-            raise
-        except Exception as exc:
-            await self._drop(client)
-            raise self._connect_error(exc) from exc
-        client.connection_lost_callback = self._on_lost
-        self._client = client
-        self._lost = None
-        self.stats["connects"] += 1
-        try:
+            await client.connect()
+            client.connection_lost_callback = self._on_lost
+            self._client = client
+            self._lost = None
             await self._after_connect(client)
-        except Exception as exc:
-            await self.close()
-            if isinstance(exc, DriverError):
-                raise
-            raise ConnectError(f"session setup failed: {exc!r}", device=self.name) from exc
+        except BaseException as exc:
+            self._client = None
+            self._subs.clear()
+            _abort(client)
+            if isinstance(exc, DriverError) or not isinstance(exc, Exception):
+                raise  # our own clear error, or a cancellation
+            raise self._connect_error(exc) from exc
+        self.stats["connects"] += 1
 
     def _connect_error(self, exc: BaseException) -> ConnectError:
         code = _code_of(exc)
@@ -225,7 +226,7 @@ class OpcUaDriver:
             f"connect to {self._cfg.endpoint} failed: {exc}", device=self.name, status=status
         )
 
-    async def _setup_security(self, client: Client, timeout_s: float) -> None:
+    async def _setup_security(self, client: Client) -> None:
         cfg = self._cfg
         policy = getattr(cfg, "security_policy", "None") or "None"
         if policy == "None":
@@ -267,9 +268,7 @@ class OpcUaDriver:
         # The endpoint list is public (GetEndpoints needs no security); use it only to learn
         # which certificate the server will present, then decide before any secure channel.
         try:
-            endpoints = await asyncio.wait_for(
-                client.connect_and_get_server_endpoints(), timeout=2 * timeout_s
-            )
+            endpoints = await client.connect_and_get_server_endpoints()
         except Exception as exc:
             raise self._connect_error(exc) from exc
         offered = [
@@ -461,7 +460,11 @@ class OpcUaDriver:
         async with self._lock:
             try:
                 return await fn()
-            except _LINK_ERRORS as exc:
+            except TimeoutError as exc:
+                # No answer in timeout_s.  The session may still be fine (a slow server), so
+                # only this call fails; asyncua's watchdog reports a really dead link.
+                raise ConnectError(f"{what}: no answer", device=self.name) from exc
+            except (ConnectionError, OSError) as exc:
                 self._lost = self._lost or exc
                 raise ConnectError(f"{what}: connection lost ({exc!r})", device=self.name) from exc
             except ua.UaStatusCodeError as exc:
@@ -660,6 +663,17 @@ class OpcUaDriver:
                     f"node {nid.to_string()}: cannot resolve DataType {dtype}", device=self.name
                 ) from exc
             self._vtypes[nid] = vtype
+
+
+def _abort(client: Client) -> None:
+    """Synchronous teardown of a client whose connect failed or was cancelled."""
+    client.connection_lost_callback = None
+    for attr in ("_supervisor_task", "_stale_watchdog_task", "_renew_channel_task"):
+        task = getattr(client, attr, None)  # asyncua 2.1 internals; absent ones are skipped
+        if isinstance(task, asyncio.Task) and not task.done():
+            task.cancel()
+    with contextlib.suppress(Exception):
+        client.disconnect_socket()
 
 
 def create(device_cfg: Any, groups: Sequence[GroupSpec]) -> OpcUaDriver:

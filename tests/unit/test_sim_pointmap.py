@@ -113,3 +113,40 @@ def test_docs_register_map_in_sync() -> None:
     assert pointmap.map_markdown() in doc, (
         "regenerate: python -c 'from hw_sim.pointmap import map_markdown; print(map_markdown())'"
     )
+
+
+def test_default_config_addresses_the_simulator_as_mapped() -> None:
+    """config/edgeloop.yaml (the embedded default) must read the simulator where it serves."""
+    import yaml
+
+    path = ROOT / "config" / "edgeloop.yaml"
+    if not path.exists():
+        pytest.skip("config/edgeloop.yaml not written yet")
+    cfg = yaml.safe_load(path.read_text())
+    checked = 0
+    for dev in cfg.get("devices", []):
+        for group in dev.get("poll_groups", []):
+            for tag in group.get("tags", []):
+                p = pointmap.BY_NAME.get(tag["name"])
+                assert p is not None, f"{dev['name']}.{tag['name']} is not in the point map"
+                if p.protocol == "opcua":
+                    assert tag.get("node") == p.node, tag["name"]
+                else:
+                    got = (
+                        tag.get("table"),
+                        tag.get("address"),
+                        tag.get(
+                            "type", "bool" if tag.get("table") in ("coil", "discrete") else None
+                        ),
+                        tag.get("unit_id", dev.get("unit_id", 1)),
+                        tag.get("byte_order", dev.get("byte_order", "big")),
+                        tag.get("word_order", dev.get("word_order", "big")),
+                    )
+                    want = (p.table, p.address, p.type, p.unit_id, p.byte_order, p.word_order)
+                    assert got == want, tag["name"]
+                    if p.type == "bit":
+                        assert tag.get("bit") == p.bit
+                if tag.get("writable"):
+                    assert p.writable, tag["name"]
+                checked += 1
+    assert checked > 0

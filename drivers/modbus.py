@@ -33,6 +33,10 @@ import numpy as np
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.framer import FramerType
+from pymodbus.pdu.register_message import (
+    ReadHoldingRegistersResponse,
+    ReadInputRegistersResponse,
+)
 
 from drivers.base import (
     ConnectError,
@@ -95,6 +99,43 @@ class DeviceException(ReadError):
     def __init__(self, message: str, *, code: int, **ctx: Any) -> None:
         self.code = code
         super().__init__(message, status=exception_status(code), **ctx)
+
+
+class _FastRegisters:
+    """Register-read responses decoded with one numpy call instead of a struct.unpack and
+    list.append per register (pymodbus 3.16), and a short __str__ (pymodbus formats every
+    PDU for a debug log line even when debug is off).  Registered per client through the
+    documented `client.register()`; about 40 % of the client CPU of a 124-register read.
+    `registers` is a big-endian uint16 numpy view."""
+
+    registers: Any
+    malformed: str = ""
+    function_code: int
+    dev_id: int
+
+    def decode(self, data: bytes) -> None:
+        # never raise here: pymodbus raises out of data_received, and asyncio then closes
+        # the connection; a flagged PDU lets the driver reject just this answer
+        n = int(data[0])
+        self.malformed = ""
+        if n >= len(data) or n % 2:
+            self.malformed = f"byte count {n} in a frame of {len(data)} bytes"
+            n = min(n, len(data) - 1) & ~1
+        self.registers = np.frombuffer(data, ">u2", count=n // 2, offset=1)
+
+    def __str__(self) -> str:
+        return (
+            f"{type(self).__name__}(dev_id={self.dev_id}, fc={self.function_code}, "
+            f"{len(self.registers)} registers)"
+        )
+
+
+class _FastHoldingResponse(_FastRegisters, ReadHoldingRegistersResponse):
+    pass
+
+
+class _FastInputResponse(_FastRegisters, ReadInputRegistersResponse):
+    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,7 +278,7 @@ class ModbusDriver:
         backstop = self.timeout_s + 1.0
         if self.transport == "rtu":
             c = self.cfg
-            return AsyncModbusSerialClient(
+            client: AsyncModbusTcpClient | AsyncModbusSerialClient = AsyncModbusSerialClient(
                 c.serial_port,
                 framer=FramerType.RTU,
                 baudrate=c.baudrate,
@@ -249,23 +290,28 @@ class ModbusDriver:
                 reconnect_delay=0,
                 trace_connect=self._on_connection_change,
             )
-        return AsyncModbusTcpClient(
-            self.cfg.host,
-            port=int(self.cfg.port),
-            timeout=backstop,
-            retries=0,
-            reconnect_delay=0,
-            trace_connect=self._on_connection_change,
-        )
+        else:
+            client = AsyncModbusTcpClient(
+                self.cfg.host,
+                port=int(self.cfg.port),
+                timeout=backstop,
+                retries=0,
+                reconnect_delay=0,
+                trace_connect=self._on_connection_change,
+            )
+        client.register(_FastHoldingResponse)
+        client.register(_FastInputResponse)
+        return client
 
     def _on_connection_change(self, connected: bool) -> None:
-        """pymodbus leaves a pending request waiting for its timeout when the peer closes;
-        fail it at once so a dropped connection is seen as one, not as a timeout."""
+        """pymodbus leaves a pending request waiting for its timeout when the connection
+        closes (the peer closed it, or asyncio did after pymodbus raised on an undecodable
+        frame); fail it at once so a lost connection is seen as one, not as a timeout."""
         if connected or self._client is None:
             return
         fut = getattr(self._client.ctx, "response_future", None)
         if fut is not None and not fut.done():
-            fut.set_exception(ConnectionResetError("connection closed by the device"))
+            fut.set_exception(ConnectionResetError("connection lost"))
 
     def _where(self) -> str:
         if self.transport == "rtu":
@@ -386,6 +432,10 @@ class ModbusDriver:
                 self.counters["protocol_errors"] += 1
                 raise ProtocolError(f"{n} bits answer a read of {req.count}", status="count", **ctx)
             return resp.bits
+        if getattr(resp, "malformed", ""):
+            self._drop()
+            self.counters["protocol_errors"] += 1
+            raise ProtocolError(f"malformed answer: {resp.malformed}", status="malformed", **ctx)
         n = len(resp.registers)
         if n != req.count:
             self._drop()

@@ -97,6 +97,8 @@ class Peer:
             body = bytes([int(arg)]) + body[1:]  # type: ignore[arg-type]
         elif mode == "short":  # one register / byte fewer than asked, byte count consistent
             body = bytes([fc, body[1] - 2]) + body[2:-2] if fc in (3, 4) else body
+        elif mode == "odd_bytes":  # a byte count no register read can have
+            body = bytes([fc, body[1] - 1]) + body[2:-1] if fc in (3, 4) else body
         if mode == "wrong_unit":
             unit = int(arg)  # type: ignore[arg-type]
         if mode == "wrong_tid":

@@ -79,6 +79,7 @@ async def test_every_request_refused_raises(drv, peer: Peer) -> None:
     ("mode", "arg", "error", "quality"),
     [
         ("wrong_fc", 4, ProtocolError, Quality.BAD),
+        ("odd_bytes", None, ProtocolError, Quality.BAD),
         ("short", None, ProtocolError, Quality.BAD),
         # pymodbus' framer discards a frame of another unit or transaction: no answer
         ("wrong_unit", 9, ResponseTimeout, Quality.COMM_LOST),

@@ -177,6 +177,7 @@ async def test_sustained_misbehaviour_never_crashes(drv, peer) -> None:
         "garbage",
         "drop",
         "late",
+        "odd_bytes",
         "ok",
     ]
     args = {"exception": 3, "wrong_fc": 1, "wrong_unit": 5, "late": 0.3}

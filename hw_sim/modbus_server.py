@@ -18,7 +18,9 @@ mangling, and to capture each request before awaiting (pymodbus keeps only the l
 Misbehaviour (`Misbehaviour.set(mode, ...)`, settable at run time from any thread):
 `delay` (responses `delay_s` late), `exception` (exception `code` to every request),
 `drop` (accept then close at once; TCP), `no_response`, `garbage` (header kept, payload
-random), `truncate` (half a frame), `wrong_transaction_id`, `wrong_unit_id`.  `units`
+random), `truncate` (half a frame), `wrong_transaction_id`, `wrong_unit_id`,
+`wrong_function` (a register read answered with the other register function code),
+`short_response` (a well-formed read response one register short).  `units`
 restricts a mode to some unit ids and `count` to the next N requests.  Server stop and
 restart on the same port: `await server.stop()` / `await server.start()`.
 """
@@ -57,6 +59,16 @@ MODES = (
     "truncate",
     "wrong_transaction_id",
     "wrong_unit_id",
+    "wrong_function",
+    "short_response",
+)
+_WIRE_MODES = (
+    "garbage",
+    "truncate",
+    "wrong_transaction_id",
+    "wrong_unit_id",
+    "wrong_function",
+    "short_response",
 )
 _FC_TABLE = {1: "coil", 5: "coil", 15: "coil", 2: "discrete", 4: "input"}
 _FC_TABLE.update(dict.fromkeys((3, 6, 16, 22, 23), "holding"))
@@ -319,10 +331,15 @@ class _Handler(ServerRequestHandler):
         response.dev_id = pdu.dev_id
         if not self.transport:
             return
-        mode = mis.take(
-            pdu.dev_id, ("garbage", "truncate", "wrong_transaction_id", "wrong_unit_id")
-        )
-        if mode == "wrong_transaction_id":
+        mode = mis.take(pdu.dev_id, _WIRE_MODES)
+        if mode == "wrong_function" and response.function_code in (3, 4):
+            # FC4 data answering FC3 and vice versa: a well-formed frame of the wrong kind
+            response.function_code = 7 - response.function_code
+        elif mode == "short_response" and getattr(response, "registers", None):
+            response.registers = response.registers[:-1]  # consistent frame, one word short
+        elif mode == "short_response" and getattr(response, "bits", None):
+            response.bits = response.bits[:-8] or []
+        elif mode == "wrong_transaction_id":
             response.transaction_id = (pdu.transaction_id + 1) & 0xFFFF
         elif mode == "wrong_unit_id":
             response.dev_id = (pdu.dev_id % 247) + 1

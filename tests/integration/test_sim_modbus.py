@@ -237,6 +237,12 @@ def test_misbehaviour_on_the_wire(modbus_sim_shared: SimHandle) -> None:
     assert len(_raw_request(sim.port, unit=1)) == 13
     exc = _raw_request(sim.port, unit=2)
     assert exc[7] == 0x84 and exc[8] == 4
+    sim.misbehave("wrong_function")  # FC4 request answered as FC3: well formed, wrong kind
+    wrong = _raw_request(sim.port)
+    assert wrong[7] == 3 and wrong[8:] == good[8:]
+    sim.misbehave("short_response")  # consistent frame, one register short
+    short = _raw_request(sim.port, timeout=0.5)
+    assert short[8] == 2 and len(short) == 11
     sim.misbehave("garbage", count=1)  # only the next request
     assert _raw_request(sim.port)[7:] != good[7:]
     assert _raw_request(sim.port)[7] == 4

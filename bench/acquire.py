@@ -114,18 +114,31 @@ def free_ports(n: int) -> list[int]:
 # --- measurements -----------------------------------------------------------------------------
 
 
-async def throughput(port: int, n: int, seconds: float, max_regs: int) -> dict[str, float]:
+def child_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of the simulator process, from /proc (Linux)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def throughput(
+    port: int, n: int, seconds: float, max_regs: int, sim_pid: int = 0
+) -> dict[str, float]:
     group = bench_group(n)
     drv = create(Dev("plc", port, max_read_registers=max_regs), [group])
     plan = drv.plan(group)
     await drv.connect()
     await drv.read(plan)  # warm up
     reads = 0
+    sim0 = child_cpu_s(sim_pid)
     cpu0, t0 = time.process_time(), time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         res = await drv.read(plan)
         reads += 1
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    sim_cpu = child_cpu_s(sim_pid) - sim0
     assert (res.quality == 0).all() and np.isfinite(res.values).all()
     await drv.close()
     tags = reads * n
@@ -135,6 +148,8 @@ async def throughput(port: int, n: int, seconds: float, max_regs: int) -> dict[s
         "cpu_us_per_tag": cpu / tags * 1e6,
         "cpu_us_per_request": cpu / (reads * len(plan.requests)) * 1e6,
         "cpu_share": cpu / wall,
+        "sim_us_per_request": sim_cpu / (reads * len(plan.requests)) * 1e6,
+        "wall_us_per_request": wall / (reads * len(plan.requests)) * 1e6,
     }
 
 
@@ -217,12 +232,14 @@ def main() -> int:
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     )
     print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    load = os.getloadavg()
+    print(f"load average before the run: {load[0]:.2f} (other work shares these cores)")
     ports = free_ports(max(1, args.devices))
     sim = start_sim(ports)
     try:
-        batched = asyncio.run(throughput(ports[0], args.tags, args.seconds, 125))
+        batched = asyncio.run(throughput(ports[0], args.tags, args.seconds, 125, sim.pid))
         n_single = min(args.tags, 200)
-        single = asyncio.run(throughput(ports[0], n_single, args.seconds, 2))
+        single = asyncio.run(throughput(ports[0], n_single, args.seconds, 2, sim.pid))
         dec = decode_only(args.tags)
         fleet = (
             asyncio.run(many_devices(ports, args.device_tags, args.seconds))
@@ -234,17 +251,21 @@ def main() -> int:
         sim.wait(5)
 
     print()
-    print("| case | tags | requests/read | tags/s | agent CPU µs/tag | CPU µs/request |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print(
+        "| case | tags | requests/read | tags/s | agent CPU µs/tag | agent CPU µs/request "
+        "| simulator CPU µs/request | wall µs/request |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, n, r in (
         ("batched (planner)", args.tags, batched),
         ("one read per tag", n_single, single),
     ):
         print(
             f"| {name} | {n} | {r['requests']} | {r['tags_per_s']:,.0f} | "
-            f"{r['cpu_us_per_tag']:.2f} | {r['cpu_us_per_request']:.0f} |"
+            f"{r['cpu_us_per_tag']:.2f} | {r['cpu_us_per_request']:.0f} | "
+            f"{r['sim_us_per_request']:.0f} | {r['wall_us_per_request']:.0f} |"
         )
-    print(f"| decode only (numpy) | {args.tags} | - | - | {dec:.4f} | - |")
+    print(f"| decode only (numpy) | {args.tags} | - | - | {dec:.4f} | - | - | - |")
     print()
     print(
         f"batched vs one read per tag: {batched['tags_per_s'] / single['tags_per_s']:.0f}x tags/s, "

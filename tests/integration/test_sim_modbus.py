@@ -239,7 +239,7 @@ def test_misbehaviour_on_the_wire(modbus_sim_shared: SimHandle) -> None:
     assert exc[7] == 0x84 and exc[8] == 4
     sim.misbehave("wrong_function")  # FC4 request answered as FC3: well formed, wrong kind
     wrong = _raw_request(sim.port)
-    assert wrong[7] == 3 and wrong[8:] == good[8:]
+    assert wrong[7] == 3 and wrong[8] == 4 and len(wrong) == 13  # same 2 registers
     sim.misbehave("short_response")  # consistent frame, one register short
     short = _raw_request(sim.port, timeout=0.5)
     assert short[8] == 2 and len(short) == 11

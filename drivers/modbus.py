@@ -507,6 +507,10 @@ class ModbusDriver:
             raise errors[0]  # the whole group failed: the caller marks it and backs off
         texts: dict[int, str] = {}
         decode_into(plan.classes, regs, bits, values, texts)
+        # a NaN/inf float from the device (a failed sensor) is a bad value, not a good one
+        nonfinite = ~np.isfinite(values)
+        nonfinite[plan.text_positions] = False
+        quality[nonfinite & (quality == Quality.GOOD)] = Quality.BAD
         if errors:
             bad = quality != Quality.GOOD
             values[bad] = np.nan

@@ -112,6 +112,7 @@ class ModbusPlan:
     n_registers: int  # length of the flat register buffer
     n_bits: int
     point_names: tuple[str, ...] = field(default=())
+    text_positions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.intp))
 
     @property
     def total_registers(self) -> int:
@@ -220,4 +221,7 @@ def plan_points(
         n_registers=reg_off,
         n_bits=bit_off,
         point_names=tuple(p.name for p in points),
+        text_positions=np.array(
+            [i for i, p in enumerate(points) if p.dtype == "string"], dtype=np.intp
+        ),
     )

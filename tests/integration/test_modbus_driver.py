@@ -202,3 +202,17 @@ async def test_unsafe_writes_are_refused_and_never_sent(peer: Peer, point, value
         peer.requests == [] and peer.units[1].holding[50] == 0
     )  # the good one was not sent either
     await drv.close()
+
+
+async def test_nan_from_the_device_is_bad_quality(peer: Peer) -> None:
+    peer.units[1].input[0:2] = np.array([np.nan], ">f4").view(">u2")
+    peer.units[1].input[2:4] = np.array([np.inf], ">f4").view(">u2")
+    peer.units[1].input[4:6] = np.array([3.5], ">f4").view(">u2")
+    peer.units[1].input[6:8] = encode_registers("string", "OK", length_registers=2)
+    pts = [Point(f"f{i}", i, "float32", table="input", address=2 * i) for i in range(3)]
+    pts.append(Point("s", 3, "string", table="input", address=6, length_registers=2))
+    drv = create_driver(DeviceCfg(port=peer.port), [group(pts)])
+    res = await drv.read(drv.plan(group(pts)))
+    assert res.quality.tolist() == [Quality.BAD, Quality.BAD, Quality.GOOD, Quality.GOOD]
+    assert res.values[2] == 3.5 and res.texts == {3: "OK"}
+    await drv.close()

@@ -1,0 +1,212 @@
+"""Publisher throughput, outage drain rate and payload size against a local mosquitto.
+
+1,000 tags in 10 poll groups of 100, one message per group frame. Measured:
+- sustained: frames committed while connected, timed until the outbox is empty again
+  (encode + commit + send + PUBACK + delete);
+- drain after an outage: the backlog of a 10-minute outage at 1 Hz (600 frames x 10 groups)
+  committed with the broker down, then the broker started and the drain timed;
+- bytes per tag-value of JSON and Sparkplug B payloads (one frame, and a 10-frame window).
+A collecting subscriber is connected, so the broker really fans out every message.
+
+    .venv/bin/python bench/publish.py [--outage-s 600]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from agent.metrics import Metrics
+from agent.publish import PublishConfig, Publisher
+from tests.fixtures.mqtt import Broker, Collector
+
+N_TAGS, N_GROUPS = 1000, 10
+
+
+class Table:
+    def __init__(self, n: int) -> None:
+        self.names = [f"tag{i:04d}" for i in range(n)]
+        self.raw = np.zeros(n)
+        self.value = np.zeros(n)
+        self.score = np.zeros(n)
+        self.flags = np.zeros(n, np.uint16)
+        self.quality = np.zeros(n, np.uint8)
+        self.texts: dict[int, str] = {}
+
+
+class Group:
+    def __init__(self, i: int, size: int) -> None:
+        self.device, self.name = f"plc{i // 5}", f"g{i}"
+        self.start, self.stop = i * size, (i + 1) * size
+
+
+GROUPS = [Group(i, N_TAGS // N_GROUPS) for i in range(N_GROUPS)]
+RNG = np.random.default_rng(1)
+
+
+def fill(table: Table) -> None:
+    table.raw[:] = np.round(20 + RNG.normal(size=N_TAGS), 4)  # 4 decimals, like real sensors
+    table.value[:] = np.round(table.raw * 0.9, 4)
+    table.score[:] = np.round(RNG.random(N_TAGS), 3)
+
+
+def config(broker: Broker, tmp: str, name: str, **over: object) -> PublishConfig:
+    return PublishConfig.model_validate(
+        {
+            "mqtt": {
+                "host": broker.host,
+                "port": broker.port,
+                "backoff_initial_s": 0.05,
+                "backoff_max_s": 0.2,
+            },
+            "outbox": {"path": f"{tmp}/{name}.db", "max_mb": 4096},
+            **over,
+        }
+    )
+
+
+async def drained(pub: Publisher, metrics: Metrics, timeout_s: float = 600) -> None:
+    end = time.monotonic() + timeout_s
+    while metrics.get("edgeloop_outbox_depth") > 0 and time.monotonic() < end:  # noqa: ASYNC110
+        await asyncio.sleep(0.005)
+
+
+async def sustained(broker: Broker, tmp: str, frames: int, **over: object) -> tuple[float, float]:
+    table, metrics = Table(N_TAGS), Metrics()
+    pub = Publisher(config(broker, tmp, "sus" + str(over), **over), "bench", table, metrics)
+    await pub.start()
+    while not pub.connected:  # noqa: ASYNC110 (a bench polls; the service never does)
+        await asyncio.sleep(0.01)
+    t0 = time.perf_counter()
+    commit_s = 0.0
+    for k in range(frames):
+        fill(table)
+        a = time.perf_counter()
+        for g in GROUPS:
+            pub.publish_frame(g, 1_700_000_000_000_000_000 + k * 10**9)
+        commit_s += time.perf_counter() - a
+        if k % 20 == 0:
+            await asyncio.sleep(0)  # let the drain run, as the event loop would
+    await drained(pub, metrics)
+    wall = time.perf_counter() - t0
+    await pub.close()
+    return frames * N_GROUPS / wall, commit_s / (frames * N_GROUPS) * 1e6
+
+
+async def outage_drain(broker: Broker, tmp: str, outage_s: int, **over: object) -> dict:
+    table, metrics = Table(N_TAGS), Metrics()
+    broker.stop()
+    pub = Publisher(config(broker, tmp, "drain" + str(over), **over), "bench", table, metrics)
+    await pub.start()
+    t0 = time.perf_counter()
+    for k in range(outage_s):  # 1 Hz: one frame per group per second of outage
+        fill(table)
+        for g in GROUPS:
+            pub.publish_frame(g, 1_700_000_000_000_000_000 + k * 10**9)
+    fill_s = time.perf_counter() - t0
+    depth = metrics.get("edgeloop_outbox_depth")
+    nbytes = metrics.get("edgeloop_outbox_bytes")
+    broker.start()
+    t1 = time.perf_counter()
+    while not pub.connected:  # noqa: ASYNC110
+        await asyncio.sleep(0.005)
+    t2 = time.perf_counter()
+    await drained(pub, metrics)
+    t3 = time.perf_counter()
+    await pub.close()
+    return {
+        "messages": depth,
+        "mb": nbytes / 1e6,
+        "fill_s": fill_s,
+        "reconnect_s": t2 - t1,
+        "drain_s": t3 - t2,
+        "x_realtime": outage_s / (t3 - t2),
+    }
+
+
+def payload_sizes(tmp: str) -> dict[str, float]:
+    """Bytes per tag-value of the payloads the publisher commits (read back from the outbox)."""
+    from agent.publish.outbox import Outbox
+
+    out = {}
+    for enc in ("json", "sparkplug_b"):
+        for window in (0, 1):
+            table = Table(N_TAGS)
+            cfg = PublishConfig.model_validate(
+                {
+                    "encoding": enc,
+                    "batch_window_ms": 1000 if window else 0,
+                    "outbox": {"path": f"{tmp}/size-{enc}-{window}.db"},
+                }
+            )
+            pub = Publisher(cfg, "bench", table, Metrics())
+            pub._outbox = Outbox(cfg.outbox.path, 10**9)  # commit only; no connection needed
+            g = GROUPS[0]
+            frames = 10 if window else 1
+            for k in range(frames):
+                fill(table)
+                pub.publish_frame(g, 1_700_000_000_000_000_000 + k * 10**9)
+            if window:
+                pub._commit_windows()
+            row = pub._outbox.peek(1)[0]
+            pub._outbox.close()
+            values = frames * (g.stop - g.start)
+            out[f"{enc}, {'10-frame window' if window else '1 frame'}"] = len(row.payload) / values
+    return out
+
+
+async def amain(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.CRITICAL)
+    with tempfile.TemporaryDirectory() as tmp:
+        broker = Broker(Path(tmp) / "broker")
+        broker.start()
+        col = Collector(broker, topic="edgeloop/#")
+        try:
+            rows = []
+            for enc in ("json", "sparkplug_b"):
+                msg_s, commit_us = await sustained(broker, tmp, args.frames, encoding=enc)
+                rows.append((enc, msg_s, commit_us))
+            drain = await outage_drain(broker, tmp, args.outage_s)
+        finally:
+            col.close()
+            broker.stop()
+        sizes = payload_sizes(tmp)
+    tags = N_TAGS // N_GROUPS
+    print(
+        f"publish: {N_TAGS} tags in {N_GROUPS} groups of {tags}, QoS 1, local mosquitto 2.0, "
+        f"one subscriber"
+    )
+    print(f"{'encoding':12} {'messages/s':>11} {'tag-values/s':>13} {'commit us/msg':>14}")
+    for enc, msg_s, commit_us in rows:
+        print(f"{enc:12} {msg_s:11,.0f} {msg_s * tags:13,.0f} {commit_us:14.1f}")
+    d = drain
+    print(
+        f"outage {args.outage_s} s at 1 Hz: {d['messages']:.0f} messages ({d['mb']:.1f} MB) "
+        f"committed in {d['fill_s']:.2f} s; reconnect {d['reconnect_s']:.2f} s; drain "
+        f"{d['drain_s']:.2f} s = {d['x_realtime']:.0f}x real time "
+        f"({d['messages'] / d['drain_s']:,.0f} messages/s)"
+    )
+    print(f"{'payload':28} {'bytes/tag-value':>15}")
+    for k, v in sizes.items():
+        print(f"{k:28} {v:15.1f}")
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--outage-s", type=int, default=600)
+    ap.add_argument("--frames", type=int, default=300, help="frames per encoding, sustained")
+    return asyncio.run(amain(ap.parse_args()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

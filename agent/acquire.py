@@ -143,7 +143,7 @@ class Acquirer:
         await asyncio.gather(*tasks, return_exceptions=True)
         for name in self._run:
             await self._close(name, self.compiled.drivers[name])
-            self._set_state(name, "stopped", None)
+            self._set_state(name, "stopped", self._health[name].last_error)
             self.metrics.set("edgeloop_device_up", 0, device=name)
 
     async def __aenter__(self) -> Acquirer:

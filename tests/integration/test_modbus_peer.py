@@ -108,6 +108,8 @@ class Peer:
             frame = frame[: max(8, len(frame) // 2)]
         elif mode == "garbage":
             frame = bytes(range(200, 256)) * 2
+        elif mode == "trailing":  # a valid answer followed by junk bytes
+            frame += b"\xde\xad\xbe\xef\x00"
         elif mode == "late":
             await asyncio.sleep(float(arg))  # type: ignore[arg-type]
         writer.write(frame)

@@ -210,3 +210,10 @@ async def test_a_failing_request_is_logged_once_per_episode(drv, peer, caplog) -
     lines = [r.getMessage() for r in caplog.records if r.name == "drivers.modbus"]
     assert len(lines) == 2, lines
     assert "ILLEGAL_DATA_ADDRESS" in lines[0] and "answering again after 3" in lines[1]
+
+
+async def test_trailing_junk_after_a_valid_answer_does_not_desync(drv, peer) -> None:
+    # pymodbus drops bytes after a complete frame; the next answers must still line up
+    peer.misbehave("trailing", times=3)
+    await read_ok(drv)
+    await read_ok(drv)

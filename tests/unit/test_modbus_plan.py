@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from drivers.base import Point
 from drivers.modbus_plan import PlanError, PlanLimits, plan_points
@@ -149,3 +151,66 @@ def test_limits_are_validated() -> None:
         PlanLimits(max_read_registers=126)
     with pytest.raises(PlanError):
         PlanLimits(max_read_bits=0)
+
+
+_TYPES = ["bool", "uint16", "float32", "float64", "string", "bit"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    spec=st.lists(
+        st.tuples(
+            st.sampled_from(["holding", "input", "coil"]),
+            st.integers(0, 400),
+            st.sampled_from(_TYPES),
+            st.integers(1, 2),
+        ),
+        min_size=1,
+        max_size=60,
+    ),
+    max_regs=st.integers(4, 125),
+    max_gap=st.integers(0, 20),
+)
+def test_plan_invariants(spec, max_regs: int, max_gap: int) -> None:
+    """Every point in exactly one request that contains it whole; limits and gaps kept."""
+    pts = []
+    for i, (table, address, dtype, unit) in enumerate(spec):
+        if table == "coil":
+            dtype = "bool"
+        elif dtype == "bool":
+            dtype = "uint16"
+        kw = {"bit": 3} if dtype == "bit" else {}
+        if dtype == "string":
+            kw = {"length_registers": 3}
+        pts.append(pt(i, address, dtype, table, unit_id=unit, **kw))
+    limits = PlanLimits(
+        max_read_registers=max_regs,
+        max_gap_registers=max_gap,
+        max_read_bits=max_regs * 8,
+        max_gap_bits=max_gap,
+    )
+    plan = plan_points(pts, limits)
+    seen: list[int] = []
+    for r in plan.requests:
+        cap = limits.max_read_bits if r.is_bits else limits.max_read_registers
+        gap = limits.max_gap_bits if r.is_bits else limits.max_gap_registers
+        assert 1 <= r.count <= cap
+        spans = []
+        for pos in r.points:
+            p = pts[pos]
+            assert (p.unit_id, p.table) == (r.unit_id, r.table)
+            w = (
+                1
+                if p.table == "coil"
+                else {"float32": 2, "float64": 4, "string": 3}.get(p.dtype, 1)
+            )
+            assert r.start <= p.address and p.address + w <= r.start + r.count
+            spans.append((p.address, p.address + w))
+            seen.append(int(pos))
+        spans.sort()
+        assert spans[0][0] == r.start and max(e for _, e in spans) == r.start + r.count
+        end = spans[0][1]
+        for a, e in spans[1:]:
+            assert a - end <= gap  # never reads through a hole wider than allowed
+            end = max(end, e)
+    assert sorted(seen) == list(range(len(pts)))

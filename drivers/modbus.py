@@ -371,6 +371,11 @@ class ModbusDriver:
                     resp = await getattr(self._client, method)(
                         address=address, device_id=unit, **kw
                     )
+            except asyncio.CancelledError:
+                # the caller gave up mid-request: its answer may still come and must not
+                # be taken for the next request's (RTU has no transaction id)
+                self._drop()
+                raise
             except TimeoutError as exc:
                 self.counters["timeouts"] += 1
                 self._drop()  # a late reply must not answer the next request

@@ -217,3 +217,15 @@ async def test_trailing_junk_after_a_valid_answer_does_not_desync(drv, peer) -> 
     peer.misbehave("trailing", times=3)
     await read_ok(drv)
     await read_ok(drv)
+
+
+async def test_a_cancelled_read_does_not_leave_its_answer_for_the_next(drv, peer) -> None:
+    # the poll scheduler cancels a read that outlives its guard
+    peer.misbehave("late", 0.15)
+    task = asyncio.ensure_future(drv.read(drv.plan(GROUP)))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not drv.connected
+    await read_ok(drv)

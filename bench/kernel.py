@@ -191,11 +191,12 @@ def numpy_run(P: np.ndarray, raw: np.ndarray, quality: np.ndarray, ts: np.ndarra
 
 
 def best_of(fn, repeat: int) -> float:
+    """Best CPU time of this process (the machine is shared: wall time counts other jobs)."""
     best = math.inf
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         fn()
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, time.process_time() - t0)
     return best
 
 
@@ -256,11 +257,11 @@ def main() -> None:
     r_rows, r_tags = (200, 20) if q else (1_000, 20)
     sub = raw[:r_rows, :r_tags]
     sub_list = sub.tolist()
-    t0 = time.perf_counter()
-    ref_v, ref_f, _ = run_reference(params[:r_tags], sub_list, None, ts[:r_rows].tolist())
-    t_ref = time.perf_counter() - t0
+    t0 = time.process_time()
+    _, ref_f, _ = run_reference(params[:r_tags], sub_list, None, ts[:r_rows].tolist())
+    t_ref = time.process_time() - t0
     ref_rate = r_rows * r_tags / t_ref
-    vj, fj, _ = pt.run(pt.TagState.new(P[:r_tags]), sub, None, ts[:r_rows])
+    _, fj, _ = pt.run(pt.TagState.new(P[:r_tags]), sub, None, ts[:r_rows])
     assert np.array_equal(fj, np.array(ref_f)), "reference disagrees"
 
     # one live frame of 1,000 tags

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, create_model, model_validator
+from pydantic import Field, create_model, field_validator, model_validator
 
 from agent.configbase import StrictModel
 
@@ -24,7 +24,7 @@ class TagParams(StrictModel):
     ewma_alpha: Annotated[float, Field(gt=0.0, le=1.0)] = 0.3
     kalman_q: Annotated[float, Field(ge=0.0)] = 1e-3  # process noise variance per sample, unit^2
     kalman_r: Annotated[float, Field(gt=0.0)] = 1e-2  # measurement noise variance, unit^2
-    hampel_window: Annotated[int, Field(ge=0, le=MAX_HAMPEL_WINDOW)] = 11  # < 3 disables
+    hampel_window: Annotated[int, Field(ge=0, le=MAX_HAMPEL_WINDOW)] = 11  # odd; 0 disables
     hampel_k: Annotated[float, Field(gt=0.0)] = 5.0  # spike if |x - median| > k * 1.4826 * MAD
     spike_min_dev: Annotated[float, Field(ge=0.0)] = 0.0  # and |x - median| > this (unit)
     rate_limit_per_s: Annotated[float, Field(gt=0.0)] | None = None  # unit/s; None = off
@@ -40,6 +40,13 @@ class TagParams(StrictModel):
     alarm_off_samples: Annotated[int, Field(ge=1)] = 10
     warmup_samples: Annotated[int, Field(ge=1)] = 30
     check_range: bool = True  # use the tag table's min/max as the engineering range
+
+    @field_validator("hampel_window")
+    @classmethod
+    def _odd_window(cls, v: int) -> int:
+        if v != 0 and (v < 3 or v % 2 == 0):
+            raise ValueError("hampel_window must be 0 (off) or odd and >= 3, centred on a median")
+        return v
 
 
 def _optional_fields() -> dict[str, Any]:

@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{'tag':<{w}}  {'value':>14}  {'unit':<8} {'quality':<10} device")
         for name, v, u, q, dev in rows:
             print(f"{name:<{w}}  {_text(v):>14}  {u:<8} {q:<10} {dev}")
-        for dev, h in sorted(health.items()):
-            if h["last_error"]:
-                print(f"{dev}: {h['last_error']}", file=sys.stderr)
+    for dev, h in sorted(health.items()):
+        if h["last_error"]:
+            print(f"{dev}: {h['last_error']}", file=sys.stderr)
     return 0 if all(r[3] == "good" for r in rows) else 1

@@ -432,19 +432,26 @@ class OpcUaDriver:
     async def close(self) -> None:
         """Drop the session (best effort, bounded in time); subscriptions die with it."""
         client, self._client = self._client, None
+        lost, self._lost = self._lost, None
         self._subs.clear()
         if client is not None:
-            await self._drop(client)
+            await self._drop(client, graceful=lost is None)
 
-    async def _drop(self, client: Client) -> None:
-        timeout = float(getattr(self._cfg, "timeout_s", 5.0))
+    async def _drop(self, client: Client, *, graceful: bool) -> None:
+        """CloseSession politely when the link is up (within 1.5 s, inside the scheduler's
+        close guard); otherwise, or if that fails or is cancelled, just cut the socket."""
         client.connection_lost_callback = None
+        if not graceful:
+            _abort(client)
+            return
+        timeout = min(float(getattr(self._cfg, "timeout_s", 5.0)), 1.5)
         try:
             await asyncio.wait_for(client.disconnect(), timeout=timeout)
-        except Exception as exc:  # the peer may be gone already; the socket is closed anyway
+        except BaseException as exc:
+            _abort(client)
+            if not isinstance(exc, Exception):
+                raise  # cancelled: the socket is closed, let the cancellation through
             log.debug("%s: disconnect: %r", self.name, exc)
-            with contextlib.suppress(Exception):
-                client.disconnect_socket()
 
     # --- reading -----------------------------------------------------------------------
 

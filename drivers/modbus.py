@@ -244,7 +244,9 @@ class ModbusDriver:
         self.timeout_s: float = float(device_cfg.timeout_s)
         self.retries: int = int(device_cfg.retries)
         self.limits = PlanLimits.from_device(device_cfg)
-        self._plans: dict[str, ModbusPlan] = {g.name: self.plan(g) for g in groups}
+        self._plans: dict[str, tuple[tuple[Point, ...], ModbusPlan]] = {}
+        for g in groups:
+            self._plans[g.name] = (g.points, self.plan(g))
         self._lock = asyncio.Lock()
         self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
         self.counters: Counter[str] = Counter()
@@ -257,12 +259,13 @@ class ModbusDriver:
     def plan(self, group: GroupSpec) -> ModbusPlan:
         """Compile a poll group into its read plan (pure; raises PlanError on bad points)."""
         cached = getattr(self, "_plans", {}).get(group.name)
-        if cached is not None and cached.point_names == tuple(p.name for p in group.points):
-            return cached
+        if cached is not None and cached[0] == group.points:
+            return cached[1]
         return plan_points(group.points, self.limits, device=self.name, group=group.name)
 
     def plans(self) -> dict[str, ModbusPlan]:
-        return dict(self._plans)
+        """The plans compiled by `create`, by group name."""
+        return {name: plan for name, (_, plan) in self._plans.items()}
 
     def describe(self, plan: ModbusPlan) -> list[PlannedRequest]:
         return [
@@ -276,6 +279,12 @@ class ModbusDriver:
         # pymodbus' timeout is a backstop; ours (asyncio.timeout) fires first.  retries=0
         # and reconnect_delay=0: retries and reconnects are done here, visibly.
         backstop = self.timeout_s + 1.0
+        holder: list[Any] = []
+
+        def on_change(connected: bool) -> None:
+            if holder:
+                self._on_connection_change(holder[0], connected)
+
         if self.transport == "rtu":
             c = self.cfg
             client: AsyncModbusTcpClient | AsyncModbusSerialClient = AsyncModbusSerialClient(
@@ -288,7 +297,7 @@ class ModbusDriver:
                 timeout=backstop,
                 retries=0,
                 reconnect_delay=0,
-                trace_connect=self._on_connection_change,
+                trace_connect=on_change,
             )
         else:
             client = AsyncModbusTcpClient(
@@ -297,19 +306,21 @@ class ModbusDriver:
                 timeout=backstop,
                 retries=0,
                 reconnect_delay=0,
-                trace_connect=self._on_connection_change,
+                trace_connect=on_change,
             )
+        holder.append(client)
         client.register(_FastHoldingResponse)
         client.register(_FastInputResponse)
         return client
 
-    def _on_connection_change(self, connected: bool) -> None:
+    @staticmethod
+    def _on_connection_change(client: Any, connected: bool) -> None:
         """pymodbus leaves a pending request waiting for its timeout when the connection
         closes (the peer closed it, or asyncio did after pymodbus raised on an undecodable
         frame); fail it at once so a lost connection is seen as one, not as a timeout."""
-        if connected or self._client is None:
+        if connected:
             return
-        fut = getattr(self._client.ctx, "response_future", None)
+        fut = getattr(client.ctx, "response_future", None)
         if fut is not None and not fut.done():
             fut.set_exception(ConnectionResetError("connection lost"))
 

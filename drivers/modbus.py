@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import weakref
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -234,6 +236,38 @@ def compile_writes(
     return ops
 
 
+class _Link:
+    """One connection (TCP socket or serial port) and the lock that keeps one request in
+    flight on it.  A TCP device has its own; devices configured on the same serial port
+    share one, so two slaves on one RS-485 line never interleave frames."""
+
+    def __init__(self, serial_params: tuple | None = None) -> None:
+        self.client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
+        self.lock = asyncio.Lock()
+        self.serial_params = serial_params
+
+
+# serial port (resolved path) -> its link, for as long as a driver holds it
+_SERIAL_LINKS: weakref.WeakValueDictionary[str, _Link] = weakref.WeakValueDictionary()
+_MAX_TIMEOUT_S = 60.0  # the config's upper bound of timeout_s
+
+
+def _serial_link(cfg: Any) -> _Link:
+    params = (cfg.baudrate, cfg.parity, cfg.stopbits, cfg.bytesize)
+    key = os.path.realpath(cfg.serial_port)
+    link = _SERIAL_LINKS.get(key)
+    if link is None:
+        link = _Link(params)
+        _SERIAL_LINKS[key] = link
+    elif link.serial_params != params:
+        raise ConnectError(
+            f"{cfg.serial_port} is already used by another device with other serial "
+            f"settings {link.serial_params} (baudrate, parity, stopbits, bytesize)",
+            device=cfg.name,
+        )
+    return link
+
+
 class ModbusDriver:
     """`drivers.base.Driver` for one Modbus device (one TCP connection or serial line)."""
 
@@ -247,12 +281,20 @@ class ModbusDriver:
         self._plans: dict[str, tuple[tuple[Point, ...], ModbusPlan]] = {}
         for g in groups:
             self._plans[g.name] = (g.points, self.plan(g))
-        self._lock = asyncio.Lock()
-        self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
+        self._link = _serial_link(device_cfg) if self.transport == "rtu" else _Link()
+        self._lock = self._link.lock
         self.counters: Counter[str] = Counter()
         self.last_errors: list[DriverError] = []
         # request keys in an error episode -> failures; logged on the first and on recovery
         self._episodes: dict[tuple[int, str, int], int] = {}
+
+    @property
+    def _client(self) -> AsyncModbusTcpClient | AsyncModbusSerialClient | None:
+        return self._link.client
+
+    @_client.setter
+    def _client(self, client: AsyncModbusTcpClient | AsyncModbusSerialClient | None) -> None:
+        self._link.client = client
 
     # --- plans ----------------------------------------------------------------------
 
@@ -278,7 +320,8 @@ class ModbusDriver:
     def _new_client(self) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
         # pymodbus' timeout is a backstop; ours (asyncio.timeout) fires first.  retries=0
         # and reconnect_delay=0: retries and reconnects are done here, visibly.
-        backstop = self.timeout_s + 1.0
+        # a serial link is shared by devices that may have different timeouts
+        backstop = (_MAX_TIMEOUT_S if self.transport == "rtu" else self.timeout_s) + 1.0
         holder: list[Any] = []
 
         def on_change(connected: bool) -> None:

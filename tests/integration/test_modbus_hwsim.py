@@ -278,3 +278,36 @@ async def test_rtu_over_a_socat_pty(pty_pair: tuple[str, str]) -> None:
     finally:
         await server.stop()
         plant.close()
+
+
+async def test_two_devices_on_one_serial_line_share_it(pty_pair: tuple[str, str]) -> None:
+    """Two YAML devices on one RS-485 line (units 1 and 2) polled concurrently: one port,
+    one request at a time, no interleaved frames."""
+    plc_end, agent_end = pty_pair
+    plant = SimPlant(seed=4)
+    server = SimModbusServer(plant, serial_port=plc_end, baudrate=115200)
+    await server.start()
+    try:
+        rtu = {"transport": "rtu", "serial_port": agent_end, "baudrate": 115200, "timeout_s": 0.5}
+        heater_g = GroupSpec("heater", "g", 1000, "poll", 0, len(HEATER), HEATER)
+        pump_pts = tuple(Point(**{**_fields(p), "index": i}) for i, p in enumerate(PUMP))
+        pump_g = GroupSpec("pump", "g", 1000, "poll", 0, len(pump_pts), pump_pts)
+        heater = create_driver(DeviceCfg(name="heater", **rtu), [heater_g])
+        pump = create_driver(DeviceCfg(name="pump", unit_id=2, **rtu), [pump_g])
+        with pytest.raises(ConnectError, match="other serial settings"):
+            create_driver(DeviceCfg(name="odd", **{**rtu, "baudrate": 9600}), [])
+        for _ in range(5):
+            a, b = await asyncio.gather(
+                heater.read(heater.plan(heater_g)), pump.read(pump.plan(pump_g))
+            )
+            assert (a.quality == Quality.GOOD).all() and (b.quality == Quality.GOOD).all()
+        assert heater.counters["connects"] + pump.counters["connects"] == 1
+        await heater.close()
+        await pump.close()
+    finally:
+        await server.stop()
+        plant.close()
+
+
+def _fields(p: Point) -> dict:
+    return {f: getattr(p, f) for f in Point.__slots__}

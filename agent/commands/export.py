@@ -49,6 +49,8 @@ def _db_path(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    import yaml
+
     from agent.store.history import StoreError, open_reader, to_ns
 
     tags = [t.strip() for t in args.tags.split(",") if t.strip()] if args.tags else None
@@ -58,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         if t_to <= t_from:
             raise StoreError("--to must be after --from")
         reader = open_reader(path)
-    except (OSError, ValueError, StoreError) as exc:
+    except (OSError, ValueError, StoreError, yaml.YAMLError) as exc:
         print(f"edgeloop export: {exc}", file=sys.stderr)
         return 1
     tmp = None

@@ -12,6 +12,7 @@ default: no fsync per commit, a kill -9 of the agent loses nothing committed).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -30,6 +31,12 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE TABLE IF NOT EXISTS topic_seq (topic TEXT PRIMARY KEY, seq INTEGER NOT NULL);
 """
+
+
+def _rollback(con: sqlite3.Connection) -> None:
+    with contextlib.suppress(sqlite3.Error):
+        if con.in_transaction:
+            con.execute("ROLLBACK")
 
 
 class OutboxError(Exception):
@@ -106,8 +113,7 @@ class Outbox:
             )
             con.execute("COMMIT")
         except sqlite3.Error as exc:
-            if con.in_transaction:
-                con.execute("ROLLBACK")
+            _rollback(con)
             raise OutboxError(f"outbox write failed: {exc}") from exc
         self._seqs.update(seqs)
         self.depth += len(rows) - dropped
@@ -153,8 +159,7 @@ class Outbox:
             con.execute("DELETE FROM outbox WHERE id BETWEEN ? AND ?", (first_id, last_id))
             con.execute("COMMIT")
         except sqlite3.Error as exc:
-            if con.in_transaction:
-                con.execute("ROLLBACK")
+            _rollback(con)
             raise OutboxError(f"outbox delete failed: {exc}") from exc
         self.depth -= n
         self.bytes -= size

@@ -29,7 +29,7 @@ from aiomqtt.exceptions import MqttConnectError
 
 from agent.metrics import Metrics
 from agent.publish import sparkplug as spb
-from agent.publish.outbox import Outbox
+from agent.publish.outbox import Outbox, OutboxError
 from agent.publish.settings import PublishConfig
 
 log = logging.getLogger("edgeloop.publish")
@@ -112,6 +112,7 @@ class Publisher:
         self._pending: dict[tuple[str, str, int, int], list[tuple]] = {}
         self._flusher: asyncio.Task[None] | None = None
         self._groups: dict[str, list[Any]] = {}  # device -> groups (Sparkplug DBIRTH)
+        self._outbox_failing = False
         self._born: set[str] = set()  # devices with a DBIRTH in the current session
         for g in groups:
             self._learn(g)
@@ -237,7 +238,18 @@ class Publisher:
     def _append(self, items: list) -> None:
         if self._outbox is None:
             raise PublishError("publisher not started")
-        dropped = self._outbox.append(items)
+        try:
+            dropped = self._outbox.append(items)
+        except OutboxError as exc:
+            # disk full or I/O error: the frame cannot be kept; count it, log once, go on
+            self.metrics.inc("edgeloop_queue_dropped_total", len(items), queue="outbox")
+            if self._outbox_failing is False:
+                log.error("%s; messages are being dropped until the outbox can be written", exc)
+            self._outbox_failing = True
+            return
+        if self._outbox_failing:
+            log.info("outbox writes recovered")
+            self._outbox_failing = False
         if dropped:
             self.metrics.inc("edgeloop_outbox_dropped_total", dropped)
         self._gauges()
@@ -332,6 +344,11 @@ class Publisher:
             except (OSError, ssl.SSLError) as exc:  # paho raises these from connect()
                 self._set_connected(False)
                 self._report(aiomqtt.MqttError(str(exc)))
+            except OutboxError as exc:  # reading/deleting failed: keep the rows, retry later
+                self._set_connected(False)
+                if self._episode != "outbox":
+                    log.error("%s; sending paused, retrying with backoff", exc)
+                    self._episode = "outbox"
             delay = backoff_delay(
                 attempt, self.cfg.mqtt.backoff_initial_s, self.cfg.mqtt.backoff_max_s
             )

@@ -67,3 +67,40 @@ def test_unwritable_path_is_a_clear_error(tmp_path: Path) -> None:
 
     with pytest.raises((OutboxError, OSError)):
         Outbox(str(tmp_path / "f" / "o.db"), 1000)
+
+
+async def test_outbox_write_failure_is_logged_once_and_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    import numpy as np
+
+    from agent.metrics import Metrics
+    from agent.publish import PublishConfig, Publisher
+    from tests.fixtures.ports import free_port
+
+    class T:
+        names = ("a",)
+        raw = value = score = np.zeros(1)
+        flags = np.zeros(1, np.uint16)
+        quality = np.zeros(1, np.uint8)
+
+    class G:
+        device, name, start, stop = "d", "g", 0, 1
+
+    cfg = PublishConfig.model_validate(
+        {"mqtt": {"port": free_port()}, "outbox": {"path": str(tmp_path / "o.db")}}
+    )
+    metrics = Metrics()
+    pub = Publisher(cfg, "s", T(), metrics)
+    await pub.start()
+    pub.publish_frame(G, 1)
+    assert pub._outbox is not None
+    pub._outbox._con.close()  # the database becomes unusable under the publisher
+    caplog.set_level(logging.ERROR, logger="edgeloop.publish")
+    for k in range(5):
+        pub.publish_frame(G, k)  # never raises into the acquisition callback
+    assert metrics.get("edgeloop_queue_dropped_total", queue="outbox") == 5
+    assert len([r for r in caplog.records if "outbox" in r.getMessage()]) == 1
+    pub._task.cancel()  # type: ignore[union-attr]

@@ -574,6 +574,13 @@ class Config(StrictModel):
         """File and line numbers, so later stages (compile) can report file:line too."""
         return self._source
 
+    @property
+    def config_dir(self) -> Path | None:
+        """Directory of the YAML file: relative paths in it (models, certificates) start here."""
+        if self._source is None or self._source.file.startswith("<"):
+            return None
+        return Path(self._source.file).resolve().parent
+
 
 SECTION_MODULES = {
     "kernel": "agent.kernel.settings",

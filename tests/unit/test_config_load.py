@@ -51,6 +51,13 @@ def test_minimal_file_gets_the_documented_defaults() -> None:
     assert cfg.site == "edgeloop"
 
 
+def test_config_dir_is_the_files_directory(tmp_path: Path) -> None:
+    path = tmp_path / "plant.yaml"
+    path.write_text(MINIMAL)
+    assert load_config(path).config_dir == tmp_path.resolve()
+    assert parse_config(MINIMAL).config_dir is None
+
+
 def test_models_are_frozen() -> None:
     cfg = parse_config(MINIMAL)
     with pytest.raises(pydantic.ValidationError):

@@ -175,10 +175,12 @@ async def many_devices(
         await d.connect()
     plan = drivers[0].plan(group)
     lateness: list[float] = []
+    starts: list[list[float]] = [[] for _ in drivers]
+    durations: list[float] = []
     polls = [0]
     errors = [0]
 
-    async def poll(d, phase: float, t_start: float) -> None:
+    async def poll(d, phase: float, t_start: float, mine: list[float]) -> None:
         k = 0
         while True:
             planned = t_start + phase + k * period_s
@@ -187,10 +189,13 @@ async def many_devices(
             delay = planned - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            lateness.append(time.perf_counter() - planned)
+            began = time.perf_counter()
+            lateness.append(began - planned)
+            mine.append(began)
             try:
                 await d.read(plan)
                 polls[0] += 1
+                durations.append(time.perf_counter() - began)
             except Exception:
                 errors[0] += 1
             k += 1
@@ -198,14 +203,18 @@ async def many_devices(
     t_start = time.perf_counter() + 0.2
     cpu0 = time.process_time()
     await asyncio.gather(
-        *(poll(d, period_s * i / len(drivers), t_start) for i, d in enumerate(drivers))
+        *(poll(d, period_s * i / len(drivers), t_start, starts[i]) for i, d in enumerate(drivers))
     )
     wall = time.perf_counter() - t_start
     cpu = time.process_time() - cpu0
     for d in drivers:
         await d.close()
     late = np.array(lateness) * 1e3
+    period_dev = np.abs(np.concatenate([np.diff(s) for s in starts]) - period_s) * 1e3
     return {
+        "period_dev_p50_ms": float(np.percentile(period_dev, 50)),
+        "period_dev_p99_ms": float(np.percentile(period_dev, 99)),
+        "read_p99_ms": float(np.percentile(durations, 99) * 1e3),
         "polls_per_s": polls[0] / wall,
         "errors": errors[0],
         "cpu_share": cpu / wall,
@@ -277,14 +286,16 @@ def main() -> int:
         print()
         print(
             f"| {args.devices} devices x {args.device_tags} float32 @ 10 Hz | polls/s | "
-            "agent CPU | CPU µs/tag | start jitter p50 | p99 | max |"
+            "agent CPU | CPU µs/tag | start lateness p50 / p99 / max | "
+            "period deviation p50 / p99 | read time p99 |"
         )
         print("|---|---:|---:|---:|---:|---:|---:|")
         print(
             f"| {args.seconds:.0f} s run, {fleet['errors']} errors | {fleet['polls_per_s']:.0f} | "
             f"{fleet['cpu_share'] * 100:.1f} % of a core | {fleet['cpu_us_per_tag']:.2f} | "
-            f"{fleet['jitter_p50_ms']:.2f} ms | {fleet['jitter_p99_ms']:.2f} ms | "
-            f"{fleet['jitter_max_ms']:.2f} ms |"
+            f"{fleet['jitter_p50_ms']:.2f} / {fleet['jitter_p99_ms']:.2f} / "
+            f"{fleet['jitter_max_ms']:.2f} ms | {fleet['period_dev_p50_ms']:.2f} / "
+            f"{fleet['period_dev_p99_ms']:.2f} ms | {fleet['read_p99_ms']:.2f} ms |"
         )
     return 0
 

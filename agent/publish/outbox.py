@@ -1,10 +1,11 @@
 """The durable outbox: an SQLite queue of MQTT messages, committed before they are sent.
 
-A row is `(id, topic, seq, spb, payload, size)`. `id` is the global send order (so order per
-topic holds); `seq` is the per-topic sequence number, persisted in `topic_seq` across
-restarts so a consumer sees gaps (dropped by the budget) and duplicates (re-sent after a
-lost PUBACK). A row is deleted only after its PUBACK. When the queued bytes exceed the
-budget, the oldest rows are deleted and counted: a long outage keeps the newest data.
+A row is `(id, topic, seq, spb, payload, size)`. `id` is the commit order (order per topic
+follows it; topics share each send window fairly, see `peek`); `seq` is the per-topic
+sequence number, persisted in `topic_seq` across restarts so a consumer sees gaps (dropped
+by the budget) and duplicates (re-sent after a lost PUBACK). A row is deleted only after its
+PUBACK. When the queued bytes exceed the budget, the oldest rows are deleted and counted: a
+long outage keeps the newest data.
 
 All operations are short transactions on one connection (WAL, synchronous=NORMAL by
 default: no fsync per commit, a kill -9 of the agent loses nothing committed).
@@ -29,6 +30,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     payload BLOB NOT NULL,
     size INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS outbox_topic_id ON outbox (topic, id);
 CREATE TABLE IF NOT EXISTS topic_seq (topic TEXT PRIMARY KEY, seq INTEGER NOT NULL);
 """
 
@@ -141,22 +143,55 @@ class Outbox:
         return dropped, freed
 
     def peek(self, limit: int) -> list[Row]:
-        """The oldest `limit` messages, in send order."""
-        cur = self._con.execute(
-            "SELECT id, topic, seq, spb, payload FROM outbox ORDER BY id LIMIT ?", (limit,)
+        """Up to `limit` of the oldest messages, shared fairly between topics, in id order.
+
+        Each topic contributes its oldest rows, taken round-robin (1st of every topic, then
+        2nd, ...): a topic with a long backlog cannot hold back a topic without one (an event
+        after an outage goes out in the first window), and order within a topic is kept.
+        """
+        con = self._con
+        per_topic = []
+        for topic in self._seqs:  # every topic ever used; the (topic, id) index makes this cheap
+            ids = [
+                r[0]
+                for r in con.execute(
+                    "SELECT id FROM outbox WHERE topic=? ORDER BY id LIMIT ?", (topic, limit)
+                )
+            ]
+            if ids:
+                per_topic.append(ids)
+        chosen: list[int] = []
+        rank = 0
+        while len(chosen) < limit and per_topic:
+            per_topic = [ids for ids in per_topic if len(ids) > rank]
+            for ids in per_topic:
+                chosen.append(ids[rank])
+                if len(chosen) == limit:
+                    break
+            rank += 1
+        if not chosen:
+            return []
+        chosen.sort()
+        marks = ",".join("?" * len(chosen))
+        cur = con.execute(
+            f"SELECT id, topic, seq, spb, payload FROM outbox WHERE id IN ({marks}) ORDER BY id",
+            chosen,
         )
         return [Row(i, t, s, bool(b), p) for i, t, s, b, p in cur]
 
-    def ack(self, first_id: int, last_id: int) -> int:
-        """Delete acknowledged rows first_id..last_id (a contiguous prefix of a peek)."""
+    def ack(self, ids: Sequence[int]) -> int:
+        """Delete acknowledged rows by id (only ever after their PUBACK)."""
+        if not ids:
+            return 0
         con = self._con
+        marks = ",".join("?" * len(ids))
         try:
             con.execute("BEGIN IMMEDIATE")
             n, size = con.execute(
-                "SELECT count(*), coalesce(sum(size), 0) FROM outbox WHERE id BETWEEN ? AND ?",
-                (first_id, last_id),
+                f"SELECT count(*), coalesce(sum(size), 0) FROM outbox WHERE id IN ({marks})",
+                list(ids),
             ).fetchone()
-            con.execute("DELETE FROM outbox WHERE id BETWEEN ? AND ?", (first_id, last_id))
+            con.execute(f"DELETE FROM outbox WHERE id IN ({marks})", list(ids))
             con.execute("COMMIT")
         except sqlite3.Error as exc:
             _rollback(con)
@@ -165,7 +200,8 @@ class Outbox:
         self.bytes -= size
         if self.depth == 0:
             # give the pages of a drained backlog back to the file system
-            self._con.executescript("PRAGMA incremental_vacuum;")
+            with contextlib.suppress(sqlite3.Error):
+                con.executescript("PRAGMA incremental_vacuum;")
         return int(n)
 
     def file_bytes(self) -> int:

@@ -498,7 +498,8 @@ class Publisher:
 
     # ------------------------------------------------------------------ drain
     async def _drain(self, client: aiomqtt.Client) -> None:
-        """Send the outbox in id order, a window of `max_inflight` at a time, until closing."""
+        """Send the outbox a window of `max_inflight` at a time (shared fairly between topics,
+        in order within each), until closing."""
         ob = self._outbox
         assert ob is not None
         # aiomqtt resolves this future when the connection drops; its own message iterator
@@ -534,25 +535,30 @@ class Publisher:
             await asyncio.wait(
                 {everything, disconnected}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
-            acked = 0
-            for t in tasks:
-                if t.done() and not t.cancelled() and t.exception() is None:
-                    acked += 1
-                else:
-                    break
+            # per topic, the acknowledged prefix is deleted; after a topic's first failure its
+            # later rows stay (re-sent after reconnecting, so the topic's order holds)
+            acked: list[int] = []
+            failed_topics: set[str] = set()
+            first_failure: asyncio.Future | None = None
+            for r, t in zip(rows, tasks, strict=True):
+                ok = t.done() and not t.cancelled() and t.exception() is None
+                if ok and r.topic not in failed_topics:
+                    acked.append(r.id)
+                elif not ok:
+                    failed_topics.add(r.topic)
+                    first_failure = first_failure or t
             for t in tasks:
                 t.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await everything
             if acked:
-                ob.ack(rows[0].id, rows[acked - 1].id)
-                self.metrics.inc("edgeloop_publish_messages_total", acked)
+                ob.ack(acked)
+                self.metrics.inc("edgeloop_publish_messages_total", len(acked))
                 self._gauges()
-            if acked < len(rows):
-                failed = tasks[acked]
-                cause = None if failed.cancelled() else failed.exception()
+            if first_failure is not None:
+                cause = None if first_failure.cancelled() else first_failure.exception()
                 raise aiomqtt.MqttError(
-                    f"{len(rows) - acked} messages not acknowledged"
+                    f"{len(rows) - len(acked)} messages not acknowledged"
                     + (f": {cause}" if cause else " (connection lost or timeout)")
                 )
 

@@ -431,3 +431,29 @@ async def test_batch_window_groups_frames_into_fewer_messages(
     assert [m["seq"] for m in msgs] == list(range(1, len(msgs) + 1))
     raws = [f["raw"][0] for m in msgs for f in m["frames"]]
     assert raws == [float(k) for k in range(20)]  # every frame once, in order
+
+
+async def test_backlog_does_not_starve_other_topics(mqtt_broker: Broker, tmp_path: Path) -> None:
+    """After an outage, an event (own topic) goes out in the first window, not after the
+    whole data backlog; the data topics still arrive complete and in order."""
+    col = Collector(mqtt_broker)
+    mqtt_broker.stop()
+    table = Table(TABLE_NAMES)
+    pub = Publisher(
+        cfg(mqtt_broker, tmp_path, mqtt={"max_inflight": 100}), "site", table, Metrics()
+    )
+    await pub.start()
+    for k in range(1000):
+        frame(pub, table, k)  # 2,000 backlog messages on two topics
+    pub.publish_event("anomaly_on", {"group": "pump_health"})
+    mqtt_broker.start()
+    assert await col.await_for(
+        lambda ms: sum(len(v) for v in seqs_by_topic(ms, "edgeloop/site/").values()) >= 2001, 60
+    )
+    await pub.close()
+    col.close()
+    data_topics = [t for t, _ in col.messages if not t.endswith("/status")]
+    assert data_topics.index("edgeloop/site/_events/anomaly_on") < 100
+    got = seqs_by_topic(col.messages, "edgeloop/site/")
+    for topic in ("edgeloop/site/heater_plc/fast", "edgeloop/site/pump_skid/skid"):
+        assert_complete_in_order(got[topic], 1000)

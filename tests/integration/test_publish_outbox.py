@@ -29,18 +29,30 @@ def test_order_and_per_topic_seq_survive_reopen(tmp_path: Path) -> None:
         ("a", 4),
     ]
     assert rows[0].payload.startswith(b"1.") and ob.depth == 6
-    ob.ack(rows[0].id, rows[3].id)  # a1..a3, b1 acknowledged
+    ob.ack([r.id for r in rows[:4]])  # a1..a3, b1 acknowledged
     ob.close()
     ob = Outbox(p, 10**6)  # a restart: depth, bytes and counters come back from disk
     assert ob.depth == 2 and [(r.topic, r.seq) for r in ob.peek(10)] == [("b", 2), ("a", 4)]
     put(ob, "a", 1)
     put(ob, "b", 1)
     assert ob.last_seq("a") == 5 and ob.last_seq("b") == 3
-    ob.ack(ob.peek(10)[0].id, ob.peek(10)[-1].id)
+    ob.ack([r.id for r in ob.peek(10)])
     assert ob.depth == 0 and ob.bytes == 0
     # seqs never restart, even with an empty outbox
     put(ob, "a", 1)
     assert ob.peek(1)[0].seq == 6
+
+
+def test_peek_shares_the_window_between_topics_in_order(tmp_path: Path) -> None:
+    """A backlog on one topic cannot hold back another topic's message."""
+    ob = Outbox(str(tmp_path / "o.db"), 10**6)
+    put(ob, "data", 50)
+    put(ob, "event", 1)
+    put(ob, "data2", 2)
+    got = [(r.topic, r.seq) for r in ob.peek(6)]
+    assert got == [("data", 1), ("data", 2), ("data", 3), ("event", 1), ("data2", 1), ("data2", 2)]
+    ob.ack([r.id for r in ob.peek(6)])
+    assert [(r.topic, r.seq) for r in ob.peek(3)] == [("data", 4), ("data", 5), ("data", 6)]
 
 
 def test_budget_drops_oldest_and_counts(tmp_path: Path) -> None:

@@ -151,7 +151,7 @@ class DecodeClass:
     word_order: str
     gather: np.ndarray  # intp (k, width): buffer indices, most significant register first
     out: np.ndarray  # intp (k,): group-relative output positions
-    bit: np.ndarray | None  # intp (k,) for dtype "bit"
+    bit: np.ndarray | None  # uint16 (k,) bit numbers, for dtype "bit"
     scale: np.ndarray | None  # float64 (k,), None when all 1
     add: np.ndarray | None  # float64 (k,), None when all 0
 
@@ -183,7 +183,7 @@ def compile_classes(slots: Iterable[Slot]) -> tuple[DecodeClass, ...]:
                 word_order=wo,
                 gather=gather,
                 out=np.array([s.out for s in group], dtype=np.intp),
-                bit=np.array([s.bit for s in group], dtype=np.intp) if dtype == "bit" else None,
+                bit=np.array([s.bit for s in group], dtype=np.uint16) if dtype == "bit" else None,
                 scale=None if np.all(scale == 1.0) else scale,
                 add=None if np.all(add == 0.0) else add,
             )
@@ -221,7 +221,7 @@ def decode_into(
                 w = mat[:, 0]
                 if c.byte_order == "little":
                     w = swap_bytes(w)
-                raw = ((w >> c.bit.astype(np.uint16)) & 1).astype(np.float64)
+                raw = ((w >> c.bit) & 1).astype(np.float64)
             else:
                 wire = mat.astype(">u2" if c.byte_order == "big" else "<u2")
                 raw = wire.view(">" + NUMPY_CODE[c.dtype]).reshape(len(c.out)).astype(np.float64)

@@ -25,14 +25,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=502, help="device port (TCP, 502)")
     parser.add_argument("--unit", type=int, default=1, help="unit id (1)")
     parser.add_argument(
-        "--table", choices=("holding", "input", "coil", "discrete"), default="holding"
+        "--table",
+        choices=("holding", "input", "coil", "discrete"),
+        default="holding",
+        help="Modbus table (holding: FC03, input: FC04, coil: FC01, discrete: FC02)",
     )
     parser.add_argument("--address", type=int, required=True, help="0-based protocol address")
     parser.add_argument("--count", type=int, default=8, help="registers (or bits) to read (8)")
     parser.add_argument("--rtu", metavar="DEVICE", help="serial port for Modbus RTU instead of TCP")
-    parser.add_argument("--baudrate", type=int, default=19200)
-    parser.add_argument("--parity", choices=("N", "E", "O"), default="N")
-    parser.add_argument("--stopbits", type=int, choices=(1, 2), default=1)
+    parser.add_argument("--baudrate", type=int, default=19200, help="RTU speed (19200)")
+    parser.add_argument("--parity", choices=("N", "E", "O"), default="N", help="RTU parity (N)")
+    parser.add_argument("--stopbits", type=int, choices=(1, 2), default=1, help="RTU stop bits")
     parser.add_argument("--timeout", type=float, default=2.0, help="response timeout, s (2.0)")
     parser.add_argument(
         "--types",

@@ -209,10 +209,10 @@ def compile_time(cache_dir: str) -> float:
         "pt.run(s, np.zeros((3, 4)));"
         "v = np.zeros(4); f = np.zeros(4, np.uint16); q = np.zeros(4, np.uint8);"
         "pt.step(s, v, q, np.zeros(4, np.int64), v, f, v);"
-        "mv.group_step.py_func is not None;"
         "from tests.unit.test_kernel_runtime import pump;"
         "from agent.kernel.settings import GroupSettings;"
-        "m = mv.fit_group(GroupSettings(name='g', tags=['a','b','c','d']), np.arange(4), pump(100));"
+        "gs = GroupSettings(name='g', tags=['a', 'b', 'c', 'd']);"
+        "m = mv.fit_group(gs, np.arange(4), pump(100));"
         "mv.group_step(v, f, *mv.model_args(m));"
         "mv.group_run(np.zeros((2, 4)), np.zeros((2, 4), np.uint16), 0, *mv.model_args(m),"
         " np.zeros(2), np.zeros(2, np.uint8));"
@@ -313,7 +313,7 @@ def main() -> None:
     print("| measure | value | target |")
     print("|---|---|---|")
     row(
-        "per-tag replay, jitted (1,000 tags x %d rows)" % rows,
+        f"per-tag replay, jitted (1,000 tags x {rows} rows)",
         f"{jit_rate / 1e6:.1f} M tag-samples/s",
         ">= 20 M/s",
     )

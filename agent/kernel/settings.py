@@ -75,9 +75,9 @@ class GroupSettings(StrictModel):
     variance_explained: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.9
     n_components: Annotated[int, Field(ge=1)] | None = None  # overrides variance_explained
     alpha: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.001  # per-sample false-alarm prob. of limits
-    score_alpha: Annotated[float, Field(gt=0.0, le=1.0)] = 0.3  # EWMA on the normalised stat
-    alarm_on_samples: Annotated[int, Field(ge=1)] = 3
-    alarm_off_samples: Annotated[int, Field(ge=1)] = 10
+    score_alpha: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1  # EWMA on the normalised stat
+    alarm_on_samples: Annotated[int, Field(ge=1)] = 10
+    alarm_off_samples: Annotated[int, Field(ge=1)] = 20
     adapt_alpha: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0  # 0 = frozen model
 
     @model_validator(mode="after")

@@ -105,6 +105,22 @@ async def test_server_operation_limit_is_used_when_not_configured(opcua_server_f
     finally:
         await driver.close()
 
+    # configured above the server's real limit: refused chunks are halved, the poll succeeds
+    env.server.call(lambda sim: sim.reset_counters())
+    driver, plans = _build(
+        env.endpoint, [{"name": "all", "interval_ms": 5000, "tags": _tags()}], max_nodes_per_read=10
+    )
+    await driver.connect()
+    try:
+        result = await driver.read(plans["all"])
+        assert (result.quality == Quality.GOOD).all()
+        assert driver.max_nodes_per_read == 2  # 10 refused, 5 refused, 2 accepted
+        assert env.server.sim.read_sizes == [2, 2, 2, 2, 2]
+        await driver.read(plans["all"])
+        assert env.server.sim.read_sizes == [2] * 10  # no more refusals
+    finally:
+        await driver.close()
+
 
 async def test_scale_offset_and_uncertain_status(opcua_server):
     flow = next(p for p in POINTS if p.name == "pump_flow")

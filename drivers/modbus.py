@@ -530,35 +530,37 @@ class ModbusDriver:
         errors: list[DriverError] = []
         dead_units: set[int] = set()
         answered = 0
-        async with self._lock:
-            for req in plan.requests:
-                if req.unit_id in dead_units:
-                    quality[req.points] = Quality.COMM_LOST
-                    continue
-                try:
+        # the lock is taken per request, not per group, so a setpoint write waits for at
+        # most one request of a long poll, never for the whole group
+        for req in plan.requests:
+            if req.unit_id in dead_units:
+                quality[req.points] = Quality.COMM_LOST
+                continue
+            try:
+                async with self._lock:
                     data = await self._read_request(req)
-                except ResponseTimeout as exc:
-                    dead_units.add(req.unit_id)
-                    quality[req.points] = Quality.COMM_LOST
-                    errors.append(exc)
-                    continue
-                except DeviceException as exc:
-                    lost = exc.code in _COMM_LOST_EXCEPTIONS
-                    quality[req.points] = Quality.COMM_LOST if lost else Quality.BAD
-                    errors.append(exc)
-                    continue
-                except ReadError as exc:
-                    quality[req.points] = Quality.BAD
-                    errors.append(exc)
-                    continue
-                answered += 1
-                if self._episodes:
-                    self._recovered(req)
-                o = req.buffer_offset
-                if req.is_bits:
-                    bits[o : o + req.count] = data[: req.count]
-                else:
-                    regs[o : o + req.count] = data
+            except ResponseTimeout as exc:
+                dead_units.add(req.unit_id)
+                quality[req.points] = Quality.COMM_LOST
+                errors.append(exc)
+                continue
+            except DeviceException as exc:
+                lost = exc.code in _COMM_LOST_EXCEPTIONS
+                quality[req.points] = Quality.COMM_LOST if lost else Quality.BAD
+                errors.append(exc)
+                continue
+            except ReadError as exc:
+                quality[req.points] = Quality.BAD
+                errors.append(exc)
+                continue
+            answered += 1
+            if self._episodes:
+                self._recovered(req)
+            o = req.buffer_offset
+            if req.is_bits:
+                bits[o : o + req.count] = data[: req.count]
+            else:
+                regs[o : o + req.count] = data
         self.last_errors = errors
         for e in errors:
             self._failed(e)

@@ -216,3 +216,19 @@ async def test_nan_from_the_device_is_bad_quality(peer: Peer) -> None:
     assert res.quality.tolist() == [Quality.BAD, Quality.BAD, Quality.GOOD, Quality.GOOD]
     assert res.values[2] == 3.5 and res.texts == {3: "OK"}
     await drv.close()
+
+
+async def test_a_write_waits_for_one_request_not_for_a_whole_group(peer: Peer) -> None:
+    import asyncio
+
+    pts = [Point(f"r{i}", i, "uint16", table="holding", address=100 * i) for i in range(4)]
+    drv = create_driver(DeviceCfg(port=peer.port, max_gap_registers=0), [group(pts)])
+    peer.misbehave("late", 0.1, times=4)  # every read request takes 100 ms
+    poll = asyncio.ensure_future(drv.read(drv.plan(group(pts))))
+    await asyncio.sleep(0.05)
+    await drv.write([(wpt("sp", "holding", 50), 5)])
+    res = await poll
+    assert (res.quality == Quality.GOOD).all()
+    fcs = [fc for _, fc, _, _ in peer.requests]
+    assert fcs == [3, 6, 3, 3, 3]  # the write went between the first and second read
+    await drv.close()

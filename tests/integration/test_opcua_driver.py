@@ -468,3 +468,37 @@ def test_values_are_float64_arrays(opcua_server):
     result = asyncio.run(go())
     assert result.values.dtype == np.float64 and result.quality.dtype == np.uint8
     assert result.values.shape == (len(POINTS),) and result.texts == {}
+
+
+@pytest.mark.parametrize("reply", [None, b"HTTP/1.1 400 Bad Request\r\n\r\n", b"\x00" * 64])
+async def test_silent_or_garbage_peer_is_a_bounded_connect_error(reply):
+    """A TCP peer that never answers the Hello, or answers junk: connect fails in ~timeout_s
+    and the driver closes its socket (the peer sees EOF), leaking nothing."""
+    closed = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(100)  # the client's Hello
+        if reply is not None:
+            writer.write(reply)
+            await writer.drain()
+        await reader.read()  # until the client gives up and closes
+        writer.close()
+        await writer.wait_closed()
+        closed.set()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    driver, _ = _build(f"opc.tcp://127.0.0.1:{port}/x",
+                       [{"name": "all", "interval_ms": 5000, "tags": _tags()}],
+                       timeout_s=0.3)  # fmt: skip
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(ConnectError):
+            await driver.connect()
+        assert time.monotonic() - t0 < 2.0
+        assert not driver.connected
+        await asyncio.wait_for(closed.wait(), 2.0)
+    finally:
+        server.close()
+        await server.wait_closed()
+        await driver.close()

@@ -221,3 +221,51 @@ def test_one_numpy_gather_per_class_for_2000_floats() -> None:
     values = np.empty(2000)
     decode_into(classes, regs, np.zeros(0, np.uint8), values)
     np.testing.assert_array_equal(values, want.astype(np.float64))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    dtype=st.sampled_from(["int16", "uint16", "int32", "uint32", "float32", "float64"]),
+    orders=st.sampled_from(ORDERS),
+    scale=st.sampled_from([1.0, 0.1, 0.01, 2.5, -0.5]),
+    add=st.sampled_from([0.0, -40.0, 273.15]),
+    frac=st.floats(0.0, 1.0),
+)
+def test_engineering_round_trip_through_encode_point_and_decode_into(
+    dtype: str, orders: tuple[str, str], scale: float, add: float, frac: float
+) -> None:
+    """write(value) then read gives value back within half a raw step (exact for floats)."""
+    bo, wo = orders
+    lo, hi = {
+        "int16": (-30000, 30000),
+        "uint16": (0, 60000),
+        "int32": (-(10**9), 10**9),
+        "uint32": (0, 4 * 10**9),
+        "float32": (-1e6, 1e6),
+        "float64": (-1e12, 1e12),
+    }[dtype]
+    raw_span = lo + (hi - lo) * frac
+    value = raw_span * scale + add
+    p = Point(
+        "t",
+        0,
+        dtype,
+        table="holding",
+        address=0,
+        byte_order=bo,
+        word_order=wo,
+        scale=scale,
+        offset=add,
+    )
+    regs = np.array(encode_point(p, value), dtype=np.uint16)
+    width = len(regs)
+    classes = compile_classes([Slot(0, dtype, bo, wo, "reg", 0, width, 0, scale, add)])
+    out = np.empty(1)
+    decode_into(classes, regs, np.zeros(0, np.uint8), out)
+    if dtype == "float64":
+        assert out[0] == pytest.approx(value, rel=1e-12, abs=1e-9)
+    elif dtype == "float32":
+        # float32 keeps 24 bits of the raw value: error <= |raw * scale| * 2**-24 (+ rounding)
+        assert abs(out[0] - value) <= abs(raw_span * scale) * 2**-23 + 1e-9
+    else:
+        assert abs(out[0] - value) <= abs(scale) / 2 + 1e-9 * max(1.0, abs(value))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as dt
+import heapq
 import json
 import logging
 import math
@@ -26,7 +27,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -314,31 +315,52 @@ class HistoryReader:
             ordered = want
         pos = {t: i for i, t in enumerate(ordered)}
         width = 4 + 3 * len(ordered)
-        rows: list[tuple[int, list[str]]] = []
-        for gid, dev, name, names in groups:
+
+        def group_rows(gid: int, dev: str, name: str, names: list[str]) -> Iterator[tuple]:
             sel = [(i, pos[t]) for i, t in enumerate(names) if t in pos]
-            if not sel:
-                continue
-            f = self.frames(gid, len(names), a, b)
-            vals = f.value if filtered else f.raw
-            for r in range(len(f.ts_ns)):
-                ts = int(f.ts_ns[r])
-                row = [""] * width
-                row[0], row[1], row[2], row[3] = iso(ts), f"{ts / 1e9:.6f}", dev, name
-                for i, j in sel:
-                    v = float(vals[r, i])
-                    row[4 + 3 * j] = "" if math.isnan(v) else repr(v)
-                    row[5 + 3 * j] = str(int(f.quality[r, i]))
-                    row[6 + 3 * j] = str(int(f.flags[r, i]))
-                rows.append((ts, row))
-        rows.sort(key=lambda x: x[0])
+            for f in self.iter_frames(gid, len(names), a, b):
+                vals = f.value if filtered else f.raw
+                for r in range(len(f.ts_ns)):
+                    ts = int(f.ts_ns[r])
+                    row = [""] * width
+                    row[0], row[1], row[2], row[3] = iso(ts), f"{ts / 1e9:.6f}", dev, name
+                    for i, j in sel:
+                        v = float(vals[r, i])
+                        row[4 + 3 * j] = "" if math.isnan(v) else repr(v)
+                        row[5 + 3 * j] = str(int(f.quality[r, i]))
+                        row[6 + 3 * j] = str(int(f.flags[r, i]))
+                    yield ts, gid, row
+
+        streams = [group_rows(*g) for g in groups if any(t in pos for t in g[3])]
         w = csv.writer(out, lineterminator="\n")
         header = ["time", "epoch_s", "device", "group"]
         for t in ordered:
             header += [t, f"{t}:quality", f"{t}:flags"]
         w.writerow(header)
-        w.writerows(r for _, r in rows)
-        return len(rows)
+        n = 0
+        # groups are merged by time chunk by chunk, so a long range streams in bounded memory
+        for _ts, _gid, row in heapq.merge(*streams, key=lambda x: (x[0], x[1])):
+            w.writerow(row)
+            n += 1
+        return n
+
+    def iter_frames(
+        self, group_id: int, n: int, t_from_ns: int, t_to_ns: int, chunk_rows: int = 2000
+    ) -> Iterator[Frames]:
+        """`frames` in chunks of at most `chunk_rows`, in (ts, arrival) order."""
+        ts, rowid = t_from_ns, -1
+        while True:
+            rows = self._con.execute(
+                "SELECT ts_ns, rowid, data FROM frames WHERE group_id=? AND ts_ns<? "
+                "AND (ts_ns>? OR (ts_ns=? AND rowid>?)) ORDER BY ts_ns, rowid LIMIT ?",
+                (group_id, t_to_ns, ts, ts, rowid, chunk_rows),
+            ).fetchall()
+            if not rows:
+                return
+            yield unpack_frames([r[0] for r in rows], [r[2] for r in rows], n)
+            ts, rowid = rows[-1][0], rows[-1][1]
+            if len(rows) < chunk_rows:
+                return
 
 
 def open_reader(path: str) -> HistoryReader:

@@ -328,3 +328,21 @@ def test_export_to_stringio(tmp_path: Path) -> None:
     assert store.export(buf, 0, 2) == 1
     assert buf.getvalue().splitlines()[1].startswith("1970-01-01T00:00:01.000000Z,1.000000,plc2")
     store.close()
+
+
+def test_chunked_reads_keep_every_frame_once_even_with_equal_timestamps(tmp_path: Path) -> None:
+    store, table, groups, _ = make(tmp_path)
+    for k in range(50):
+        fill(store, table, groups[0], k, k // 3)  # three frames share each timestamp
+        fill(store, table, groups[1], k, k)
+    store.close()
+    r = open_reader(str(tmp_path / "h.db"))
+    gid = r.groups()[0][0]
+    chunks = list(r.iter_frames(gid, 3, 0, 10**9, chunk_rows=7))
+    assert len(chunks) == 8
+    assert np.concatenate([c.raw[:, 0] for c in chunks]).tolist() == [float(k) for k in range(50)]
+    buf = io.StringIO()
+    assert r.export_csv(buf, 0, 1) == 100
+    times = [float(line.split(",")[1]) for line in buf.getvalue().splitlines()[1:]]
+    assert times == sorted(times)
+    r.close()

@@ -123,3 +123,23 @@ class KernelConfig(StrictModel):
                 f"kernel.groups[{i}].tags: no such tag {t!r}" for t in g.tags if t not in known
             ]
         return problems
+
+
+def cross_check(cfg: Any, tag_index: dict[str, Any]) -> list[tuple[tuple[str | int, ...], str]]:
+    """`agent.config` hook: kernel overrides and group members must name numeric tags."""
+    k: KernelConfig = cfg.kernel
+    out: list[tuple[tuple[str | int, ...], str]] = []
+    for name in k.tags:
+        ref = tag_index.get(name)
+        if ref is None:
+            out.append((("kernel", "tags", name), f"no such tag {name!r}"))
+        elif ref.type == "string":
+            out.append((("kernel", "tags", name), f"tag {name!r} is a string tag"))
+    for gi, g in enumerate(k.groups):
+        for ti, t in enumerate(g.tags):
+            ref = tag_index.get(t)
+            if ref is None:
+                out.append((("kernel", "groups", gi, "tags", ti), f"no such tag {t!r}"))
+            elif ref.type == "string":
+                out.append((("kernel", "groups", gi, "tags", ti), f"tag {t!r} is a string tag"))
+    return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -177,3 +178,19 @@ def test_constant_column_is_excluded_and_reported() -> None:
     rt = KernelRuntime(KernelConfig.model_validate(CFG), Table(NAMES))
     rt.run(data)
     assert rt.group_info()["skid"]["excluded"] == ["pressure"]
+
+
+def test_config_cross_check_reports_unknown_group_tags_with_their_line() -> None:
+    from agent.config import ConfigError, parse_config
+
+    text = Path("config/edgeloop.yaml").read_text() + (
+        "kernel:\n  groups:\n    - name: skid\n      tags: [pump_flow, no_such_tag]\n"
+    )
+    with pytest.raises(ConfigError) as exc:
+        parse_config(text, "plant.yaml")
+    msg = str(exc.value)
+    assert "kernel.groups[0].tags[1]" in msg and "no such tag 'no_such_tag'" in msg
+    ok = Path("config/edgeloop.yaml").read_text() + (
+        "kernel:\n  groups:\n    - name: skid\n      tags: [pump_flow, pump_motor_current]\n"
+    )
+    assert parse_config(ok, "plant.yaml").kernel.groups[0].name == "skid"

@@ -68,6 +68,23 @@ def _floats(a: np.ndarray) -> list[float | None]:
     return vals
 
 
+def _json_safe(x: Any) -> Any:
+    """Event payloads as strict JSON: numpy scalars/arrays unwrapped, NaN/inf -> null."""
+    if isinstance(x, dict):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _json_safe(x.tolist())
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if x is None or isinstance(x, bool | int | str):
+        return x
+    return str(x)
+
+
 def _iso(ts_ns: int) -> str:
     d = dt.datetime.fromtimestamp(ts_ns / 1e9, tz=dt.UTC)
     return d.isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -133,7 +150,6 @@ class Publisher:
         """Open the outbox, resolve credentials and TLS, start the connection task."""
         if self._task is not None:
             return
-        m = self.cfg.mqtt
         self._password = self._load_password()
         self._tls = self._tls_context()
         self._outbox = Outbox(
@@ -144,7 +160,9 @@ class Publisher:
         self._gauges()
         self.metrics.set("edgeloop_mqtt_connected", 0)
         if self._outbox.depth:
-            log.info("outbox %s holds %d messages from before", m.host, self._outbox.depth)
+            log.info(
+                "outbox %s holds %d messages from before", self.cfg.outbox.path, self._outbox.depth
+            )
         self._task = asyncio.create_task(self._run(), name="edgeloop-publish")
         if self.cfg.batch_window_ms > 0:
             self._flusher = asyncio.create_task(
@@ -194,7 +212,7 @@ class Publisher:
             t.score[s:e].copy(),
             {t.names[i]: texts[i] for i in range(s, e) if i in texts} if texts else {},
         )
-        if self._spb and group.device not in self._groups:
+        if self._spb:
             self._learn(group)
         if self.cfg.batch_window_ms > 0:
             self._pending.setdefault((group.device, group.name, s, e), []).append(frame)
@@ -202,14 +220,16 @@ class Publisher:
         self._commit([(group.device, group.name, s, e, [frame])])
 
     def _learn(self, group: Any) -> None:
+        """Remember a group for its device's DBIRTH; a new group means a new DBIRTH."""
         known = self._groups.setdefault(group.device, [])
-        if all((g.name, g.start) != (group.name, group.start) for g in known):
+        if all(g.start != group.start for g in known):
             known.append(group)
+            self._born.discard(group.device)
 
     def publish_event(self, kind: str, payload: Any) -> None:
         """Commit an event (anomaly, control mode change, ...) for `_events/{kind}`."""
         ts_ns = time.time_ns()
-        body = payload if isinstance(payload, dict) else {"value": payload}
+        body = _json_safe(payload if isinstance(payload, dict) else {"value": payload})
 
         def build(seq: int) -> bytes:
             doc = {
@@ -221,7 +241,7 @@ class Publisher:
                 "ts_ns": ts_ns,
                 "payload": body,
             }
-            return json.dumps(doc, default=str, separators=(",", ":")).encode()
+            return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
 
         self._append([(self.event_topic(kind), build, False)])
 

@@ -457,3 +457,26 @@ async def test_backlog_does_not_starve_other_topics(mqtt_broker: Broker, tmp_pat
     got = seqs_by_topic(col.messages, "edgeloop/site/")
     for topic in ("edgeloop/site/heater_plc/fast", "edgeloop/site/pump_skid/skid"):
         assert_complete_in_order(got[topic], 1000)
+
+
+async def test_sparkplug_dbirth_covers_every_group_of_a_device(
+    mqtt_broker: Broker, tmp_path: Path
+) -> None:
+    col = Collector(mqtt_broker, topic="spBv1.0/#")
+    table = Table(TABLE_NAMES)
+    groups = [Group("plc", "fast", 0, 3), Group("plc", "slow", 3, 5)]
+    c = cfg(mqtt_broker, tmp_path, encoding="sparkplug_b")
+    pub = Publisher(c, "site", table, Metrics(), groups=groups)  # known before any frame
+    await pub.start()
+    assert await col.await_for(lambda ms: any("/DBIRTH/" in t for t, _ in ms))
+    pub.publish_frame(groups[1], 1_700_000_000_000_000_000)
+    assert await col.await_for(lambda ms: any("/DDATA/" in t for t, _ in ms))
+    await pub.close()
+    col.close()
+    births = [decode_payload(p) for t, p in col.messages if t == "spBv1.0/edgeloop/DBIRTH/site/plc"]
+    assert len(births) == 1
+    names = [m["name"] for m in births[0]["metrics"]]
+    assert names == ["fast/temp", "fast/power", "fast/level", "slow/vib", "slow/flow"]
+    assert [m["alias"] for m in births[0]["metrics"]] == [0, 1, 2, 3, 4]
+    ddata = next(decode_payload(p) for t, p in col.messages if "/DDATA/" in t)
+    assert [m["alias"] for m in ddata["metrics"]] == [3, 4]

@@ -116,3 +116,30 @@ async def test_outbox_write_failure_is_logged_once_and_counted(
     assert metrics.get("edgeloop_queue_dropped_total", queue="outbox") == 5
     assert len([r for r in caplog.records if "outbox" in r.getMessage()]) == 1
     pub._task.cancel()  # type: ignore[union-attr]
+
+
+async def test_event_payloads_are_strict_json(tmp_path: Path) -> None:
+    import json
+
+    import numpy as np
+
+    from agent.metrics import Metrics
+    from agent.publish import PublishConfig, Publisher
+    from tests.fixtures.ports import free_port
+
+    cfg = PublishConfig.model_validate(
+        {"mqtt": {"port": free_port()}, "outbox": {"path": str(tmp_path / "o.db")}}
+    )
+    pub = Publisher(cfg, "s", None, Metrics())
+    await pub.start()
+    pub.publish_event(
+        "anomaly_on",
+        {"score": np.float64("nan"), "n": np.int64(3), "v": np.array([1.0, np.inf]), "x": {1, 2}},
+    )
+    assert pub._outbox is not None
+    row = pub._outbox.peek(1)[0]
+    doc = json.loads(row.payload, parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
+    assert doc["payload"]["score"] is None and doc["payload"]["n"] == 3
+    assert doc["payload"]["v"] == [1.0, None] and isinstance(doc["payload"]["x"], str)
+    assert row.topic == "edgeloop/s/_events/anomaly_on" and doc["seq"] == 1
+    await pub.close(drain_timeout_s=0.1)

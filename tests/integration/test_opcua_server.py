@@ -193,3 +193,19 @@ async def test_max_nodes_per_read_is_published_and_enforced(opcua_server_factory
         with pytest.raises(ua.uaerrors.BadTooManyOperations):
             await c.read_attributes(nodes[:4])
     assert env.server.sim.read_sizes == [3]
+
+
+async def test_sensor_dropout_is_served_as_bad_sensor_failure(opcua_server_factory):
+    env = opcua_server_factory()
+    plant = env.plant
+    plant.inject(
+        {"kind": "dropout", "signal": "pump_vibration_y", "at_s": plant.t_s, "duration_s": 1.0}
+    )
+    await asyncio.sleep(0.3)
+    assert math.isnan(plant.values()["pump_vibration_y"])
+    async with Client(env.endpoint, timeout=5) as c:
+        dv = await c.get_node("ns=2;s=Pump.VibrationY").read_data_value(raise_on_bad_status=False)
+        other = await c.get_node("ns=2;s=Pump.VibrationX").read_data_value()
+    assert dv.StatusCode.value == ua.StatusCodes.BadSensorFailure
+    assert dv.Value.Value is None  # Part 4 7.7.1: a Bad value is null
+    assert other.StatusCode.is_good()

@@ -184,18 +184,22 @@ class Publisher:
         self._closing = True
         self._wake.set()
         self._stop.set()
+        task = self._task
         try:
-            await asyncio.wait_for(asyncio.shield(self._task), drain_timeout_s)
+            await asyncio.wait_for(asyncio.shield(task), drain_timeout_s)
         except TimeoutError:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        self._task = None
-        self._set_connected(False)
-        assert self._outbox is not None
-        self._gauges()
-        self._outbox.close()
-        self._outbox = None
+            pass
+        finally:  # also when close() itself is cancelled by a caller's deadline
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            self._task = None
+            self._set_connected(False)
+            if self._outbox is not None:
+                self._gauges()
+                self._outbox.close()
+                self._outbox = None
 
     # ------------------------------------------------------------------ event-loop side
     def publish_frame(self, group: Any, ts_ns: int) -> None:

@@ -427,7 +427,8 @@ async def test_batch_window_groups_frames_into_fewer_messages(
     await pub.close()  # commits the open window, then drains
     col.close()
     msgs = [json.loads(p) for _, p in col.on("edgeloop/site/heater_plc/fast")]
-    assert 2 <= len(msgs) <= 8  # ~1 s of frames in 300 ms windows
+    # ~1 s of frames in 300 ms windows: a few messages, several frames in each
+    assert 2 <= len(msgs) < 20 and max(len(m["frames"]) for m in msgs) >= 3
     assert [m["seq"] for m in msgs] == list(range(1, len(msgs) + 1))
     raws = [f["raw"][0] for m in msgs for f in m["frames"]]
     assert raws == [float(k) for k in range(20)]  # every frame once, in order

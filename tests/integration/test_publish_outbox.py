@@ -143,3 +143,48 @@ async def test_event_payloads_are_strict_json(tmp_path: Path) -> None:
     assert doc["payload"]["v"] == [1.0, None] and isinstance(doc["payload"]["x"], str)
     assert row.topic == "edgeloop/s/_events/anomaly_on" and doc["seq"] == 1
     await pub.close(drain_timeout_s=0.1)
+
+
+async def test_close_cancelled_by_a_deadline_still_stops_and_keeps_data(tmp_path: Path) -> None:
+    """The service bounds close(); a cancelled close leaves no task behind, data kept."""
+    import asyncio
+
+    import numpy as np
+
+    from agent.metrics import Metrics
+    from agent.publish import PublishConfig, Publisher
+
+    class T:
+        names = ("a",)
+        raw = value = score = np.zeros(1)
+        flags = np.zeros(1, np.uint16)
+        quality = np.zeros(1, np.uint8)
+
+    class G:
+        device, name, start, stop = "d", "g", 0, 1
+
+    import socket
+
+    # a "broker" that accepts TCP but never answers CONNECT: the connect attempt hangs
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    path = str(tmp_path / "o.db")
+    cfg = PublishConfig.model_validate(
+        {
+            "mqtt": {"port": silent.getsockname()[1], "connect_timeout_s": 30},
+            "outbox": {"path": path},
+        }
+    )
+    pub = Publisher(cfg, "s", T(), Metrics())
+    await pub.start()
+    task = pub._task
+    pub.publish_frame(G, 1)
+    await asyncio.sleep(0.2)  # the attempt is under way
+    try:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(pub.close(drain_timeout_s=30), 0.5)
+        assert task is not None and task.done() and pub._outbox is None
+        assert Outbox(path, 10**6).depth == 1
+    finally:
+        silent.close()

@@ -75,6 +75,9 @@ class Pipeline:
         self.store = HistoryStore(self.cfg.store, self.table, metrics) if self._store_on() else None
         self.publisher = self._make_publisher()
         self.acquirer = Acquirer(compiled, metrics, self._on_frame)
+        for drv in compiled.drivers.values():  # drivers that count their own drops report here
+            if hasattr(drv, "metrics"):
+                drv.metrics = metrics
         self.control = self._make_control()
         self.telemetry = self._make_telemetry()
         self.frames = 0

@@ -68,6 +68,8 @@ class Outbox:
             con.execute(f"PRAGMA synchronous={synchronous.upper()}")
             con.executescript(_SCHEMA)
             self._seqs: dict[str, int] = dict(con.execute("SELECT topic, seq FROM topic_seq"))
+            # topics that may have rows; peek drops the ones it finds empty
+            self._active = {r[0] for r in con.execute("SELECT DISTINCT topic FROM outbox")}
             depth, nbytes = con.execute(
                 "SELECT count(*), coalesce(sum(size), 0) FROM outbox"
             ).fetchone()
@@ -118,6 +120,7 @@ class Outbox:
             _rollback(con)
             raise OutboxError(f"outbox write failed: {exc}") from exc
         self._seqs.update(seqs)
+        self._active.update(seqs)
         self.depth += len(rows) - dropped
         self.bytes += added - freed
         self.dropped += dropped
@@ -151,7 +154,7 @@ class Outbox:
         """
         con = self._con
         per_topic = []
-        for topic in self._seqs:  # every topic ever used; the (topic, id) index makes this cheap
+        for topic in sorted(self._active):  # one (topic, id) index range each
             ids = [
                 r[0]
                 for r in con.execute(
@@ -160,6 +163,8 @@ class Outbox:
             ]
             if ids:
                 per_topic.append(ids)
+            else:
+                self._active.discard(topic)
         chosen: list[int] = []
         rank = 0
         while len(chosen) < limit and per_topic:

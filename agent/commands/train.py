@@ -14,9 +14,10 @@ HELP = "train the heater policy by imitating the MPC expert (needs tensorflow-cp
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1, help="seed of data, exploration and weights")
     p.add_argument("--out", type=Path, default=MODELS_DIR, help="output directory")
-    p.add_argument("--episodes", type=int, default=120, help="expert episodes (300 s each)")
+    p.add_argument("--episodes", type=int, default=160, help="expert episodes (300 s each)")
     p.add_argument("--dagger-episodes", type=int, default=60, help="student-in-the-loop round")
-    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--dagger-rounds", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=60)
     p.add_argument(
         "--no-accept",
         action="store_true",
@@ -39,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
             episodes=args.episodes,
             dagger_episodes=args.dagger_episodes,
             epochs=args.epochs,
+            dagger_rounds=args.dagger_rounds,
             accept=not args.no_accept,
         )
     except RuntimeError as e:

@@ -10,7 +10,8 @@ Modes:
   reason at all, blending the model in from the output it takes over (bumpless).
 
 The fallback PID tracks the applied output whenever it is not active, so switching to it is
-bumpless; with its own measurement (`pv`) unusable it holds the last output.  The envelope
+bumpless; with its own measurement (`pv`) unusable (stale, lost, bad, NaN) it holds the
+last output; an anomaly flag on `pv` does not stop the PID.  The envelope
 (clamp + rate limit) applies to every controller, manual included.
 """
 
@@ -103,7 +104,9 @@ def step(spec: LoopSpec, policy: Policy | None, st: LoopState, inp: LoopInputs) 
     per_input = _problems(spec, inp)
     reasons: list[str] = [r for r in per_input if r is not None]
     pv = inp.values[0]
-    pv_ok = per_input[0] is None
+    # the PID needs a live, valid measurement; an anomaly flag distrusts the model's view of
+    # the plant, not the measurement, so the PID keeps controlling on it
+    pv_ok = per_input[0] in (None, safety.ANOMALY)
     sp = inp.sp
     if not math.isfinite(sp):
         reasons.append(safety.NO_SETPOINT)
@@ -174,6 +177,11 @@ def step(spec: LoopSpec, policy: Policy | None, st: LoopState, inp: LoopInputs) 
     else:  # hold (also the PID with its measurement unusable)
         u = last
 
+    if not math.isfinite(u) and not math.isfinite(last):
+        # nothing known yet (start-up before the first good read): write nothing at all
+        if policy is not None and st.fs is not None and st.fs.primed:
+            st.fs.push_output(0.0)
+        return Decision(None, active, model_u, reasons_t, entered, False)
     safe, refused = spec.envelope.apply(u, last)
     st.last_u = safe
     if spec.pid is not None and not (active == "fallback" and spec.fallback == "pid" and pv_ok):

@@ -227,7 +227,10 @@ class Policy:
         self.out_min, self.out_max = float(out["min"]), float(out["max"])
         self.max_lag = max([f.lag for f in self.features] + [1])
         self._rows, self._lags = feature_rows(self.signals, self.features)
-        self._idx = np.zeros(n, np.int64)
+        length = self.max_lag + 1
+        # flat buffer index of every feature for each ring position, computed once
+        pos = np.arange(length)[:, None]
+        self._idx_table = self._rows[None, :] * length + (pos - self._lags[None, :]) % length
         self._x = np.zeros((1, n), np.float32)
 
     def new_state(self) -> FeatureState:
@@ -235,12 +238,8 @@ class Policy:
 
     def assemble(self, fs: FeatureState) -> np.ndarray:
         """Normalised input row for the current period (a view of a preallocated buffer)."""
-        idx = self._idx
-        np.subtract(fs.pos, self._lags, out=idx)
-        np.mod(idx, fs.length, out=idx)
-        idx += self._rows * fs.length
         x = self._x[0]
-        np.take(fs.flat, idx, out=x)
+        np.take(fs.flat, self._idx_table[fs.pos], out=x)
         x -= self._mean
         x *= self._inv_std
         return self._x

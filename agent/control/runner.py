@@ -108,6 +108,8 @@ def _writable(table: Any, idx: int) -> bool | None:
 class ControlRunner:
     """Runs every configured loop; see the module docstring."""
 
+    _stopping: asyncio.Event
+
     def __init__(
         self,
         control_cfg: ControlConfig,
@@ -306,6 +308,12 @@ class ControlRunner:
         """One period's decision from the tag table (no I/O)."""
         t = self.table
         ri = lp.role_idx
+        st = lp.state
+        if not math.isfinite(st.last_u) and int(t.quality[lp.out_idx]) == 0:
+            # bumpless start: continue from what the PLC holds now
+            v = float(t.raw[lp.out_idx])
+            if math.isfinite(v):
+                st.last_u = min(max(v, lp.spec.envelope.lo), lp.spec.envelope.hi)
         sp = self._setpoint(lp, now_ns)
         lp.sp_last = sp
         if (
@@ -375,7 +383,8 @@ class ControlRunner:
 
     async def _send(self, lp: _Loop, tag: str, value: float) -> bool:
         try:
-            await asyncio.wait_for(self._write(tag, value), timeout=lp.cfg.period_s)
+            async with asyncio.timeout(lp.cfg.period_s):  # not wait_for: 3.11's can eat a cancel
+                await self._write(tag, value)
         except Exception as e:  # any failure is an interlock reason; the loop runs on
             self.metrics.inc("edgeloop_control_write_errors_total", loop=lp.cfg.name)
             if type(e).__name__ == "WriteRefused":
@@ -411,7 +420,7 @@ class ControlRunner:
         period = lp.cfg.period_s
         start = ev.time()
         k = 0
-        while True:
+        while not self._stopping.is_set():
             await self.period(lp)
             k += 1
             now = ev.time()

@@ -30,8 +30,8 @@ Mode = Literal["off", "manual", "shadow", "auto"]
 
 # SIMC tuning of the simulated heater at its nominal point (10 L/min, 20 degC inlet, 55 degC);
 # derivation in docs/control.md and `agent.control.tuning`.
-DEFAULT_KP = 3.2  # % per K
-DEFAULT_TI_S = 18.6
+DEFAULT_KP = 2.7  # % per K
+DEFAULT_TI_S = 17.8
 
 
 class PidFallback(StrictModel):

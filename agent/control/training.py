@@ -139,7 +139,9 @@ def _fit(
     h = keras.layers.Dense(64, activation="tanh")(h)
     out = keras.layers.Dense(1, name="power")(h)
     model = keras.Model(inp, out)
-    model.compile(optimizer=keras.optimizers.Adam(2e-3), loss="mse")
+    steps = epochs * ((len(x) + 255) // 256)
+    lr = keras.optimizers.schedules.CosineDecay(3e-3, steps, alpha=0.02)
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss="mse")
     xn = (x - mean) / std
     model.fit(xn, y[:, None] / OUT_SCALE, batch_size=256, epochs=epochs, verbose=0, shuffle=True)
     return model
@@ -183,11 +185,13 @@ def _card(mean: np.ndarray, std: np.ndarray, meta: dict[str, Any]) -> dict[str, 
 def train(
     seed: int,
     out_dir: Path,
-    episodes: int = 120,
+    episodes: int = 160,
     dagger_episodes: int = 60,
-    epochs: int = 40,
+    epochs: int = 60,
+    dagger_rounds: int = 2,
     accept: bool = True,
     log: Any = print,
+    validation_scenarios: list[Any] | None = None,
 ) -> dict[str, Any]:
     """Run the pipeline; writes heater_policy.tflite + .json to `out_dir`; returns the card."""
     import os
@@ -204,14 +208,17 @@ def train(
     mean = x.mean(axis=0)
     std = np.maximum(x.std(axis=0), 1e-3)
     model = _fit(tf, x, y, mean, std, seed, epochs)
-    if dagger_episodes:
+    for r in range(dagger_rounds if dagger_episodes else 0):
+        weights = [w.astype(np.float64) for w in model.get_weights()]
 
-        def student(feat: np.ndarray) -> float:
-            z = ((feat - mean) / std)[None, :].astype(np.float32)
-            return float(model(z, training=False).numpy()[0, 0]) * OUT_SCALE
+        def student(feat: np.ndarray, w: list[np.ndarray] = weights) -> float:
+            # the MLP's forward pass in numpy: the same function, 100x cheaper than eager TF
+            h = np.tanh(((feat - mean) / std) @ w[0] + w[1])
+            h = np.tanh(h @ w[2] + w[3])
+            return float((h @ w[4] + w[5])[0]) * OUT_SCALE
 
-        log(f"DAgger: {dagger_episodes} episodes with the student in the loop ...")
-        x2, y2 = generate(seed + 1, dagger_episodes, student)
+        log(f"DAgger round {r + 1}: {dagger_episodes} episodes with the student in the loop ...")
+        x2, y2 = generate(seed + 1 + r, dagger_episodes, student)
         x, y = np.concatenate([x, x2]), np.concatenate([y, y2])
         model = _fit(tf, x, y, mean, std, seed, epochs)
     pred = model.predict((x - mean) / std, batch_size=4096, verbose=0)[:, 0] * OUT_SCALE
@@ -225,6 +232,7 @@ def train(
             "seed": seed,
             "episodes": episodes,
             "dagger_episodes": dagger_episodes,
+            "dagger_rounds": dagger_rounds,
             "samples": len(y),
             "epochs": epochs,
             "network": "MLP 64-64 tanh, float32",
@@ -244,7 +252,9 @@ def train(
     path.with_suffix(".json").write_text(json.dumps(_card(mean, std, meta), indent=1) + "\n")
     log(f"imitation RMSE {rmse:.2f} %; closed-loop validation ...")
     policy = Policy(path, signals=SIGNALS, period_ms=round(PERIOD_S * 1000))
-    res = evaluate([LoopController(policy), LoopController(None), ExpertController()])
+    res = evaluate(
+        [LoopController(policy), LoopController(None), ExpertController()], validation_scenarios
+    )
     tfl, pid, exp = res["tflite"], res["pid"], res["expert"]
     validation = {
         "scenarios": sorted(tfl["iae_by_scenario"]),  # type: ignore[arg-type]

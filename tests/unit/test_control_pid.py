@@ -83,3 +83,13 @@ def test_default_tuning_controls_the_heater() -> None:
     assert abs(temps[-1] - 55.0) < 0.3
     assert max(temps) < 55.0 + 0.25 * 15.0  # SIMC: modest overshoot
     assert all(abs(t - 55.0) < 0.5 for t in temps[-40:])  # settled, no sustained oscillation
+
+
+def test_default_tuning_is_the_simc_result_of_the_step_test() -> None:
+    from agent.control.tuning import simc_from_step_test
+
+    r = simc_from_step_test()
+    assert 0.5 < r.gain_k_per_pct < 0.62  # 400 W/% into ~713 W/K
+    assert 3.0 < r.theta_s < 8.0  # pipe 3 s + element and sensor lags
+    assert r.kp == pytest.approx(DEFAULT_KP, rel=0.05)
+    assert r.ti_s == pytest.approx(DEFAULT_TI_S, rel=0.05)

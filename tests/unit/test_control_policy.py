@@ -1,0 +1,121 @@
+"""The TFLite policy and its model card: loads, assembles lags right, refuses mismatches."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent.control.policy import MODELS_DIR, ModelError, Policy, resolve_model_path
+
+SHIPPED = MODELS_DIR / "heater_policy.tflite"
+ROLES = ["pv", "flow", "inlet_temp"]
+
+
+def _copy(tmp_path: Path, edit=None) -> Path:  # type: ignore[no-untyped-def]
+    dst = tmp_path / "m.tflite"
+    shutil.copy(SHIPPED, dst)
+    card = json.loads(SHIPPED.with_suffix(".json").read_text())
+    if edit is not None:
+        edit(card)
+    dst.with_suffix(".json").write_text(json.dumps(card))
+    return dst
+
+
+def test_shipped_model_loads_and_answers() -> None:
+    pol = Policy(SHIPPED, signals=ROLES, period_ms=500)
+    card = pol.card
+    assert card["validation"]["accepted"] is True
+    fs = pol.new_state()
+    fs.push_inputs(55.0, 50.0, [50.0, 10.0, 20.0])
+    fs.push_output(40.0)
+    u = pol.invoke(fs)
+    assert np.isfinite(u)
+    # 5 K below setpoint at the nominal point: the policy heats more than it holds (~61 %)
+    assert u > 40.0
+
+
+def test_assembly_reads_each_feature_at_its_lag() -> None:
+    pol = Policy(SHIPPED, signals=ROLES, period_ms=500)
+    fs = pol.new_state()
+    for k in range(40):  # distinct values per period: u = k, pv = 100 + k
+        fs.push_inputs(55.0, 100.0 + k, [100.0 + k, 10.0, 20.0])
+        fs.push_output(float(k))
+    fs.push_inputs(55.0, 140.0, [140.0, 10.0, 20.0])
+    x = pol.assemble(fs)[0] / pol._inv_std + pol._mean  # undo the normalisation
+    for f, v in zip(pol.features, x, strict=True):
+        if f.source == "output":
+            assert v == pytest.approx(40 - f.lag, abs=1e-3), f
+        elif f.source == "error":
+            assert v == pytest.approx(55.0 - (140 - f.lag), abs=1e-3), f
+        elif f.source == "signal" and f.signal == "pv":
+            assert v == pytest.approx(140 - f.lag, abs=1e-3), f
+
+
+def test_no_allocation_growth_per_step() -> None:
+    import tracemalloc
+
+    pol = Policy(SHIPPED, signals=ROLES, period_ms=500)
+    fs = pol.new_state()
+    fs.push_inputs(55.0, 50.0, [50.0, 10.0, 20.0])
+    fs.push_output(40.0)
+    for _ in range(100):
+        pol.invoke(fs)
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for _ in range(2000):
+        pol.invoke(fs)
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert after - before < 4096
+
+
+@pytest.mark.parametrize(
+    "edit, needle",
+    [
+        (lambda c: c["features"].pop(), "input.mean has"),
+        (
+            lambda c: (c["features"].pop(), c["input"]["mean"].pop(), c["input"]["std"].pop()),
+            "card says [1, 18]",
+        ),
+        (lambda c: c.update(format="something-else"), "format"),
+        (lambda c: c.update(period_ms=100), "period_ms=100"),
+        (lambda c: c["signals"].append("pressure"), "pressure"),
+        (lambda c: c["features"][0].update(source="magic"), "source"),
+        (lambda c: c["input"]["std"].__setitem__(0, 0.0), "std"),
+        (lambda c: c.pop("output"), "missing 'output'"),
+    ],
+    ids=["card-short", "shape", "format", "period", "unmapped-signal", "source", "std", "no-out"],
+)
+def test_mismatched_card_is_refused(tmp_path: Path, edit, needle: str) -> None:  # type: ignore[no-untyped-def]
+    path = _copy(tmp_path, edit)
+    with pytest.raises(ModelError) as e:
+        Policy(path, signals=ROLES, period_ms=500)
+    assert needle in str(e.value)
+
+
+def test_loop_without_a_signal_the_model_reads_is_refused() -> None:
+    with pytest.raises(ModelError, match=r"\['flow'\]"):
+        Policy(SHIPPED, signals=["pv", "inlet_temp"], period_ms=500)
+
+
+def test_missing_card_and_broken_model_are_refused(tmp_path: Path) -> None:
+    lone = tmp_path / "lone.tflite"
+    shutil.copy(SHIPPED, lone)
+    with pytest.raises(ModelError, match="no model card"):
+        resolve_model_path(str(lone))
+    bad = _copy(tmp_path)
+    bad.write_bytes(b"not a flatbuffer at all")
+    with pytest.raises(ModelError, match="cannot load"):
+        Policy(bad, signals=ROLES, period_ms=500)
+
+
+def test_resolve_relative_to_config_dir_then_shipped(tmp_path: Path) -> None:
+    local = _copy(tmp_path)
+    assert resolve_model_path("m.tflite", tmp_path) == local
+    assert resolve_model_path("heater_policy.tflite", tmp_path) == SHIPPED
+    with pytest.raises(ModelError, match="shipped models"):
+        resolve_model_path("nope.tflite", tmp_path)

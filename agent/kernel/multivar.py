@@ -206,7 +206,7 @@ def fit_group(settings: GroupSettings, idx: np.ndarray, X: np.ndarray) -> GroupM
     )
 
 
-@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+@njit(cache=True, nogil=True, error_model="numpy", _nrt=False, inline="always")
 def _group_update(
     vals: np.ndarray,
     flags: np.ndarray,
@@ -288,7 +288,7 @@ def _group_update(
     return trans
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy", _nrt=False)
 def group_step(
     vals: np.ndarray,
     flags: np.ndarray,
@@ -313,7 +313,7 @@ def group_step(
     return trans
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy", _nrt=False)
 def group_run(
     vals: np.ndarray,
     flags: np.ndarray,

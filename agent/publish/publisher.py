@@ -130,6 +130,7 @@ class Publisher:
         self._flusher: asyncio.Task[None] | None = None
         self._groups: dict[str, list[Any]] = {}  # device -> groups (Sparkplug DBIRTH)
         self._outbox_failing = False
+        self._rebirth = False  # set by an NCMD rebirth request, served by the drain
         self._born: set[str] = set()  # devices with a DBIRTH in the current session
         for g in groups:
             self._learn(g)
@@ -464,6 +465,12 @@ class Publisher:
         await client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
         if not self._spb:
             return
+        # commands first (the specification asks for the NCMD subscription before NBIRTH)
+        await client.subscribe(f"{self._spb_base}/NCMD/{self._site}", qos=1)
+        await self._spb_birth(client)
+
+    async def _spb_birth(self, client: aiomqtt.Client) -> None:
+        """NBIRTH (seq 0, this session's bdSeq) then a DBIRTH per known device."""
         now_ms = time.time_ns() // 1_000_000
         self._spb_seq = 0
         nbirth = spb.payload(
@@ -485,6 +492,15 @@ class Publisher:
         self._born = set()
         for device in list(self._groups):
             await self._dbirth(client, device)
+
+    async def _commands(self, client: aiomqtt.Client) -> None:
+        """Sparkplug NCMD: a host's rebirth request makes the drain re-send the births."""
+        async for message in client.messages:
+            body = message.payload if isinstance(message.payload, bytes) else b""
+            if spb.rebirth_requested(body):
+                log.info("Sparkplug rebirth requested by the host")
+                self._rebirth = True
+                self._wake.set()
 
     async def _dbirth(self, client: aiomqtt.Client, device: str) -> None:
         """DBIRTH: every tag of the device with name, alias, datatype and current value."""
@@ -523,15 +539,28 @@ class Publisher:
     # ------------------------------------------------------------------ drain
     async def _drain(self, client: aiomqtt.Client) -> None:
         """Send the outbox a window of `max_inflight` at a time (shared fairly between topics,
-        in order within each), until closing."""
-        ob = self._outbox
-        assert ob is not None
+        in order within each), until closing; serve Sparkplug rebirth requests."""
         # aiomqtt resolves this future when the connection drops; its own message iterator
         # waits on it the same way (there is no public accessor).
         disconnected: asyncio.Future[None] = client._disconnected
+        commands = asyncio.ensure_future(self._commands(client)) if self._spb else None
+        try:
+            await self._drain_loop(client, disconnected)
+        finally:
+            if commands is not None:
+                commands.cancel()
+                with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                    await commands
+
+    async def _drain_loop(self, client: aiomqtt.Client, disconnected: asyncio.Future) -> None:
+        ob = self._outbox
+        assert ob is not None
         window = self.cfg.mqtt.max_inflight
         timeout = self.cfg.mqtt.publish_timeout_s
         while True:
+            if self._rebirth:
+                self._rebirth = False
+                await self._spb_birth(client)
             rows = ob.peek(window)
             if not rows:
                 if self._closing:

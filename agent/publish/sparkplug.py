@@ -10,6 +10,7 @@ Covered (field numbers from sparkplug_b.proto, Eclipse Tahu):
   PropertySet   { repeated string keys = 1; repeated PropertyValue values = 2; }
   PropertyValue { uint32 type = 1; bool is_null = 2; uint32 int_value = 3; }
 Not covered: uuid/body, float/bytes values, DataSet, Template, MetaData, extensions.
+Decoding: only what an NCMD "Node Control/Rebirth" request needs (`rebirth_requested`).
 
 Protobuf fields may appear in any order and a decoder keeps the last value of a scalar, so
 the publisher stores payloads without `seq` and appends `seq_field(n)` when it sends: the
@@ -186,3 +187,66 @@ def data_metrics(
             )
         )
     return out
+
+
+# --- decoding: just enough for NCMD "Node Control/Rebirth" ---------------------------------
+
+REBIRTH = "Node Control/Rebirth"
+
+
+def _read_varint(b: bytes, i: int) -> tuple[int, int]:
+    n = shift = 0
+    while True:
+        if i >= len(b):
+            raise ValueError("truncated varint")
+        c = b[i]
+        i += 1
+        n |= (c & 0x7F) << shift
+        shift += 7
+        if not c & 0x80:
+            return n, i
+        if shift > 70:
+            raise ValueError("varint too long")
+
+
+def _fields(b: bytes) -> Iterable[tuple[int, int | bytes]]:
+    """(field, value) pairs of one message level; unknown wire types are an error."""
+    i = 0
+    while i < len(b):
+        key, i = _read_varint(b, i)
+        field, wt = key >> 3, key & 7
+        if wt == _WT_VARINT:
+            v, i = _read_varint(b, i)
+            yield field, v
+        elif wt == _WT_I64:
+            i += 8
+        elif wt == _WT_LEN:
+            n, i = _read_varint(b, i)
+            if i + n > len(b):
+                raise ValueError("truncated field")
+            yield field, b[i : i + n]
+            i += n
+        elif wt == 5:  # 32-bit (float)
+            i += 4
+        else:
+            raise ValueError(f"unsupported wire type {wt}")
+
+
+def rebirth_requested(body: bytes) -> bool:
+    """True when an NCMD payload sets Node Control/Rebirth to true; False for anything else
+    (including garbage: a malformed command is ignored, never fatal)."""
+    try:
+        for field, metric_bytes in _fields(body):
+            if field != 2 or not isinstance(metric_bytes, bytes):
+                continue
+            name, value = None, False
+            for f, v in _fields(metric_bytes):
+                if f == 1 and isinstance(v, bytes):
+                    name = v.decode("utf-8", "replace")
+                elif f == 14:
+                    value = bool(v)
+            if name == REBIRTH and value:
+                return True
+    except ValueError:
+        return False
+    return False

@@ -20,6 +20,7 @@ import pytest
 
 from agent.metrics import Metrics
 from agent.publish import Outbox, PublishConfig, Publisher
+from agent.publish import sparkplug as spb
 from tests.fixtures.mqtt import PASSWORD, USER, Broker, Collector, decode_payload
 
 REPO = Path(__file__).resolve().parents[2]
@@ -481,3 +482,35 @@ async def test_sparkplug_dbirth_covers_every_group_of_a_device(
     assert [m["alias"] for m in births[0]["metrics"]] == [0, 1, 2, 3, 4]
     ddata = next(decode_payload(p) for t, p in col.messages if "/DDATA/" in t)
     assert [m["alias"] for m in ddata["metrics"]] == [3, 4]
+
+
+async def test_sparkplug_rebirth_on_ncmd(mqtt_broker: Broker, tmp_path: Path) -> None:
+    import paho.mqtt.client as paho
+
+    col = Collector(mqtt_broker, topic="spBv1.0/#")
+    table = Table(TABLE_NAMES)
+    c = cfg(mqtt_broker, tmp_path, encoding="sparkplug_b")
+    pub = Publisher(c, "site", table, Metrics(), groups=GROUPS)
+    await pub.start()
+    frame(pub, table, 0)
+    assert await col.await_for(lambda ms: sum("/DDATA/" in t for t, _ in ms) == 2)
+    host = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="scada-host")
+    host.connect(mqtt_broker.host, mqtt_broker.port)
+    host.loop_start()
+    ask = spb.payload(1, [spb.metric(name=spb.REBIRTH, datatype=spb.BOOLEAN, value=True)])
+    host.publish("spBv1.0/edgeloop/NCMD/site", ask, qos=1).wait_for_publish(5)
+    assert await col.await_for(lambda ms: sum("/NBIRTH/" in t for t, _ in ms) == 2)
+    frame(pub, table, 1)
+    assert await col.await_for(lambda ms: sum("/DDATA/" in t for t, _ in ms) == 4)
+    await pub.close()
+    host.loop_stop()
+    host.disconnect()
+    col.close()
+    topics = [t for t, _ in col.messages]
+    second = [i for i, t in enumerate(topics) if t.endswith("/NBIRTH/site")][1]
+    after = [(t, decode_payload(p)) for t, p in col.messages[second:]]
+    assert after[0][1]["seq"] == 0  # a rebirth restarts the sequence
+    assert {t.rsplit("/", 1)[-1] for t, _ in after[1:3]} == {"heater_plc", "pump_skid"}
+    assert all("/DBIRTH/" in t for t, _ in after[1:3])
+    seqs = [p["seq"] for _, p in after if "seq" in p]  # NDEATH (the last) carries none
+    assert seqs == list(range(len(seqs))) and len(seqs) == len(after) - 1

@@ -87,3 +87,17 @@ def test_backoff_is_capped_exponential_with_jitter() -> None:
 def test_topic_segment() -> None:
     assert topic_segment("a/b+c#d") == "a_b_c_d"
     assert topic_segment("") == "_"
+
+
+def test_rebirth_request_is_recognised_and_garbage_ignored() -> None:
+    ask = spb.payload(5, [spb.metric(name=spb.REBIRTH, datatype=spb.BOOLEAN, value=True)])
+    no = spb.payload(5, [spb.metric(name=spb.REBIRTH, datatype=spb.BOOLEAN, value=False)])
+    other = spb.payload(
+        5, [spb.metric(name="Node Control/Reboot", datatype=spb.BOOLEAN, value=True)]
+    )
+    assert spb.rebirth_requested(ask)
+    assert not spb.rebirth_requested(no)
+    assert not spb.rebirth_requested(other)
+    assert not spb.rebirth_requested(b"\xff\xff\xff")  # truncated varint
+    assert not spb.rebirth_requested(b"\x12\x50abc")  # length past the end
+    assert not spb.rebirth_requested(b"")

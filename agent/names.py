@@ -78,7 +78,7 @@ COMPONENTS: dict[str, tuple[str, ...]] = {
     "store": ("edgeloop_store_rows_total", "edgeloop_store_queue_depth", "edgeloop_store_bytes"),
     "publish": ("edgeloop_outbox_depth", "edgeloop_mqtt_connected"),
     "control": ("edgeloop_control_mode", "edgeloop_control_step_seconds"),
-    "kernel": ("edgeloop_kernel_seconds", "edgeloop_anomaly_alarm"),
+    "kernel": ("edgeloop_anomaly_alarm",),
     "telemetry": ("edgeloop_http_requests_total",),
 }
 

@@ -10,7 +10,6 @@ model from their first `warmup_samples` valid samples; until then they score not
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any, Protocol
 
 import numpy as np
@@ -62,6 +61,8 @@ class KernelRuntime:
     """Per-tag stage + multivariate groups over a tag table; state lives in numpy arrays."""
 
     def __init__(self, kernel_cfg: KernelConfig, table: TableLike, metrics: Any = None) -> None:
+        """`metrics` (an `agent.metrics.Metrics`, optional) gets `edgeloop_anomaly_alarm`;
+        the caller times `process` itself as `edgeloop_kernel_seconds`."""
         self.cfg = kernel_cfg
         self.table = table
         self.metrics = metrics
@@ -91,7 +92,6 @@ class KernelRuntime:
 
     def process(self, group: SliceLike) -> list[dict[str, Any]]:
         """Run the kernel over one poll group's slice; returns alarm transition events."""
-        t0 = time.perf_counter()
         tb = self.table
         lo, hi = group.start, group.stop
         changed = pt.step(
@@ -118,12 +118,6 @@ class KernelRuntime:
             ev = self._step_group(g)
             if ev is not None:
                 events.append(ev)
-        if self.metrics is not None:
-            self.metrics.observe(
-                "edgeloop_kernel_seconds",
-                time.perf_counter() - t0,
-                group=getattr(group, "name", ""),
-            )
         return events
 
     def _step_group(self, g: _Group) -> dict[str, Any] | None:
@@ -144,6 +138,8 @@ class KernelRuntime:
                     g.failed = str(exc)
                     log.warning("kernel group disabled: %s", exc)
                     return None
+                if self.metrics is not None:
+                    self.metrics.set("edgeloop_anomaly_alarm", 0.0, group=g.settings.name)
                 if g.model.excluded:
                     log.warning(
                         "kernel group %s: constant in warm-up, excluded from the model: %s",

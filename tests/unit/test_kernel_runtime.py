@@ -120,7 +120,7 @@ def test_live_frames_learn_then_alarm_on_a_correlation_break_and_emit_events() -
     assert status[-1][1] is True
     assert tb.flags[0] & F.GROUP_ALARM and not tb.flags[3] & F.GROUP_ALARM
     assert metrics.get("edgeloop_anomaly_alarm", group="skid") == 1.0
-    assert metrics.emitted() >= {"edgeloop_kernel_seconds", "edgeloop_anomaly_alarm"}
+    assert "edgeloop_anomaly_alarm" in metrics.emitted()
 
 
 def test_tag_alarm_events_on_and_off() -> None:

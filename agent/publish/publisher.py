@@ -315,12 +315,15 @@ class Publisher:
 
     def _spb_builder(self, s: int, e: int, frames: list[tuple]) -> Callable[[int], bytes]:
         aliases = list(range(s, e))
+        historical = not self.connected  # committed while the uplink is down: stored-and-forwarded
 
         def build(_seq: int) -> bytes:  # the Sparkplug seq is appended when sent
             metrics: list[bytes] = []
             for ts_ns, raw, _value, quality, _flags, _score, _texts in frames:
                 ms = ts_ns // 1_000_000
-                metrics += spb.data_metrics([], aliases, raw.tolist(), quality.tolist(), ms)
+                metrics += spb.data_metrics(
+                    [], aliases, raw.tolist(), quality.tolist(), ms, historical=historical
+                )
             return spb.payload(frames[-1][0] // 1_000_000, metrics)
 
         return build

@@ -159,13 +159,17 @@ def data_metrics(
     timestamp_ms: int,
     *,
     with_names: bool = False,
+    historical: bool = False,
 ) -> list[bytes]:
     """Double metrics of one frame (DDATA: aliases only; DBIRTH: names and datatype too).
+
+    `historical` marks store-and-forward data (`is_historical`): a host records it in its
+    history without taking it for the current value.
 
     The common case (good quality, finite value) is assembled from precomputed pieces, as
     this runs for every tag of every frame.
     """
-    ts = f_varint(3, timestamp_ms)
+    ts = f_varint(3, timestamp_ms) + (b"\x28\x01" if historical else b"")
     dbl = struct.pack(f"<{len(values)}d", *values)
     out = []
     for i, v in enumerate(values):
@@ -184,6 +188,7 @@ def data_metrics(
                 value=None if v != v else float(v),
                 properties=props,
                 send_datatype=with_names,
+                historical=historical,
             )
         )
     return out

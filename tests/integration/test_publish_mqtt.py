@@ -514,3 +514,22 @@ async def test_sparkplug_rebirth_on_ncmd(mqtt_broker: Broker, tmp_path: Path) ->
     assert all("/DBIRTH/" in t for t, _ in after[1:3])
     seqs = [p["seq"] for _, p in after if "seq" in p]  # NDEATH (the last) carries none
     assert seqs == list(range(len(seqs))) and len(seqs) == len(after) - 1
+
+
+async def test_sparkplug_backlog_is_marked_historical(mqtt_broker: Broker, tmp_path: Path) -> None:
+    col = Collector(mqtt_broker, topic="spBv1.0/#")
+    mqtt_broker.stop()
+    table = Table(TABLE_NAMES)
+    c = cfg(mqtt_broker, tmp_path, encoding="sparkplug_b")
+    pub = Publisher(c, "site", table, Metrics(), groups=GROUPS)
+    await pub.start()
+    frame(pub, table, 0)  # during the outage
+    mqtt_broker.start()
+    assert await col.await_for(lambda ms: sum("/DDATA/" in t for t, _ in ms) == 2)
+    frame(pub, table, 1)  # live
+    assert await col.await_for(lambda ms: sum("/DDATA/" in t for t, _ in ms) == 4)
+    await pub.close()
+    col.close()
+    ddata = [decode_payload(p)["metrics"] for t, p in col.messages if "/DDATA/" in t]
+    assert all(m.get("is_historical") == 1 for ms in ddata[:2] for m in ms)
+    assert all("is_historical" not in m for ms in ddata[2:] for m in ms)

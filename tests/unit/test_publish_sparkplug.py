@@ -101,3 +101,11 @@ def test_rebirth_request_is_recognised_and_garbage_ignored() -> None:
     assert not spb.rebirth_requested(b"\xff\xff\xff")  # truncated varint
     assert not spb.rebirth_requested(b"\x12\x50abc")  # length past the end
     assert not spb.rebirth_requested(b"")
+
+
+def test_historical_flag_on_both_paths() -> None:
+    ms = spb.data_metrics([], [1, 2], [1.0, 2.0], [0, 3], 7, historical=True)
+    a, b = decode_payload(spb.payload(7, ms))["metrics"]
+    assert a["is_historical"] == 1 and b["is_historical"] == 1
+    live = decode_payload(spb.payload(7, spb.data_metrics([], [1], [1.0], [0], 7)))["metrics"][0]
+    assert "is_historical" not in live

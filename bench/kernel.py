@@ -174,7 +174,8 @@ def numpy_run(P: np.ndarray, raw: np.ndarray, quality: np.ndarray, ts: np.ndarra
         last_score = np.where(use, score, last_score)
         nseen = np.where(use, nseen + 1, nseen)
         # alarm hysteresis
-        bad = (use & (score > thr)) | ((f & pt.BAD_FOR_ALARM) != 0)
+        mask = col["P_ALARM"].astype(np.int64)
+        bad = (use & (score > thr) & ((mask & pt.ALARM_SCORE) != 0)) | ((f & mask) != 0)
         counted = valid
         on_run = np.where(counted & bad, on_run + 1, np.where(counted, 0, on_run))
         off_run = np.where(counted & ~bad, off_run + 1, np.where(counted, 0, off_run))

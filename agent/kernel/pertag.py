@@ -56,7 +56,8 @@ P_OFF = 17
 P_WARMUP = 18
 P_MIN = 19  # -inf when unbounded
 P_MAX = 20  # +inf when unbounded
-NP = 21
+P_ALARM = 21  # bit mask: flag bits + ALARM_SCORE that count as bad for the per-tag alarm
+NP = 22
 
 FILTER_CODES = {"none": 0, "ewma": 1, "kalman": 2}
 
@@ -92,7 +93,14 @@ MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution -> its standard deviation
 MEANABS_TO_SIGMA = 1.2533  # mean |x - mu| of a normal distribution -> its standard deviation
 MOVE_BETA = 0.02  # EWMA weight of the "moves normally" estimate used by the stuck check
 RHO_MAX = 0.95  # cap of the lag-1 autocorrelation used to widen the CUSUM (factor <= 6.2)
-BAD_FOR_ALARM = STUCK | DRIFT | OUT_OF_RANGE  # a spike is rejected, not alarmed
+ALARM_SCORE = 256  # pseudo-bit in P_ALARM: score > score_threshold counts as bad
+ALARM_BITS = {
+    "score": ALARM_SCORE,
+    "drift": DRIFT,
+    "spike": SPIKE,
+    "stuck": STUCK,
+    "out_of_range": OUT_OF_RANGE,
+}
 
 
 def compile_params(
@@ -136,6 +144,7 @@ def compile_params(
                 hi = float(maxs[i])
         P[i, P_MIN] = lo
         P[i, P_MAX] = hi
+        P[i, P_ALARM] = sum({ALARM_BITS[c] for c in p.alarm_on})
     return P
 
 
@@ -259,9 +268,9 @@ def _update_tag(
         score = S[i, S_SCORE]
     else:
         bad = False
+        mask = int(P[i, P_ALARM])
         if x < P[i, P_MIN] or x > P[i, P_MAX]:
             f = OUT_OF_RANGE
-            bad = True
             score = S[i, S_SCORE]
         else:
             n = I[i, I_NSEEN]
@@ -390,9 +399,9 @@ def _update_tag(
             S[i, S_SCALE] = scale0 + a * (abs(rc) * MEANABS_TO_SIGMA - scale0)
             S[i, S_SCORE] = score
             I[i, I_NSEEN] = n + 1
-            if score > thr:
+            if score > thr and (mask & ALARM_SCORE) != 0:
                 bad = True
-        if f & BAD_FOR_ALARM:
+        if f & mask:
             bad = True
         # alarm hysteresis: on after N consecutive bad samples, off after M consecutive clear
         alarm = I[i, I_ALARM]

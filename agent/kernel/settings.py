@@ -15,6 +15,7 @@ from pydantic import Field, create_model, field_validator, model_validator
 from agent.configbase import StrictModel
 
 MAX_HAMPEL_WINDOW = 63
+AlarmCause = Literal["score", "drift", "spike", "stuck", "out_of_range"]
 
 
 class TagParams(StrictModel):
@@ -38,6 +39,10 @@ class TagParams(StrictModel):
     score_threshold: Annotated[float, Field(gt=0.0)] = 6.0
     alarm_on_samples: Annotated[int, Field(ge=1)] = 3
     alarm_off_samples: Annotated[int, Field(ge=1)] = 10
+    # what makes a sample "bad" for the per-tag ANOMALOUS alarm.  Default: the sensor is
+    # untrustworthy (stuck, out of range).  `score`/`drift` also fire on intended moves of an
+    # operated variable (a setpoint step), so they are opt-in per tag.
+    alarm_on: tuple[AlarmCause, ...] = ("stuck", "out_of_range")
     warmup_samples: Annotated[int, Field(ge=1)] = 30
     check_range: bool = True  # use the tag table's min/max as the engineering range
 

@@ -169,6 +169,12 @@ def test_single_column_uses_the_per_tag_alarm(tmp_path) -> None:
     out = tmp_path / "o.csv"
     assert main(["replay", str(src), "--out", str(out)]) == 0  # no group: no warm-up needed
     _, res = read_out(out)
+    assert not any(int(r["anomaly"]) for r in res)  # default causes: stuck, out of range
+    assert any(int(r["level.flags"]) & F.DRIFT for r in res[300:320])
+    cfg = tmp_path / "k.yaml"
+    cfg.write_text("defaults: {alarm_on: [score, drift]}\n")  # bare section content works too
+    assert main(["replay", str(src), "--out", str(out), "--config", str(cfg)]) == 0
+    _, res = read_out(out)
     anomaly = np.array([int(r["anomaly"]) for r in res])
     assert anomaly[:290].sum() == 0 and anomaly[305:320].all()
 

@@ -64,7 +64,6 @@ class RefTag:
         bad = False
         if x < self.lo or x > self.hi:
             f = F.OUT_OF_RANGE
-            bad = True
             score = self.last_score
         else:
             n = self.n
@@ -149,9 +148,15 @@ class RefTag:
             self.scale += a * (abs(rc) * MEANABS_TO_SIGMA - self.scale)
             self.last_score = score
             self.n = n + 1
-            if score > thr:
+            if score > thr and "score" in p.alarm_on:
                 bad = True
-        if f & (F.STUCK | F.DRIFT | F.OUT_OF_RANGE):
+        causes = {
+            "drift": F.DRIFT,
+            "spike": F.SPIKE,
+            "stuck": F.STUCK,
+            "out_of_range": F.OUT_OF_RANGE,
+        }
+        if any(f & bit for cause, bit in causes.items() if cause in p.alarm_on):
             bad = True
         if bad:
             self.on_run += 1

@@ -140,7 +140,7 @@ def test_drift_flag_on_a_slow_ramp_and_not_before() -> None:
 def test_level_shift_raises_drift_and_alarm_then_clears_after_it_is_absorbed() -> None:
     x = _noise(3000, sd=1.0)
     x[1000:] += 3.0
-    _, f, _ = _run(x)
+    _, f, _ = _run(x, TagParams(alarm_on=("drift", "score")))
     assert np.any(_has(f[1000:1030], F.DRIFT))
     assert np.any(_has(f[1000:1040], F.ANOMALOUS))
     assert not np.any(_has(f[2800:], F.DRIFT | F.ANOMALOUS))  # baseline followed the new level
@@ -149,7 +149,9 @@ def test_level_shift_raises_drift_and_alarm_then_clears_after_it_is_absorbed() -
 def test_score_is_a_robust_z_and_alarm_has_hysteresis() -> None:
     x = _noise(600, sd=1.0)
     x[400:405] = 25.0  # 15 sd for 5 samples (Hampel off, CUSUM off: the score alone)
-    p = TagParams(alarm_on_samples=2, alarm_off_samples=20, hampel_window=0, cusum_h=1e9)
+    p = TagParams(
+        alarm_on_samples=2, alarm_off_samples=20, hampel_window=0, cusum_h=1e9, alarm_on=("score",)
+    )
     _, f, s = _run(x, p)
     assert s[400] > 10.0
     an = np.flatnonzero(_has(f, F.ANOMALOUS))
@@ -168,3 +170,15 @@ def test_ewma_and_kalman_reduce_noise() -> None:
 
 def test_describe_names_bits() -> None:
     assert F.describe(F.SPIKE | F.GROUP_ALARM) == ["spike", "group_alarm"]
+
+
+def test_default_alarm_causes_are_stuck_and_range_only() -> None:
+    """A level change is flagged DRIFT but raises ANOMALOUS only where asked for: a setpoint
+    move of an operated variable must not trip the control interlock."""
+    x = _noise(1500)
+    x[1000:] += 5.0
+    _, f, s = _run(x)
+    assert np.any(_has(f, F.DRIFT)) and s.max() > 6.0
+    assert not np.any(_has(f, F.ANOMALOUS))
+    _, f2, _ = _run(x, TagParams(alarm_on=("spike",)))
+    assert not np.any(_has(f2[:1000], F.ANOMALOUS))  # isolated noise spikes are not bursts

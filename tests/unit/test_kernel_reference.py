@@ -35,6 +35,9 @@ tag_params = st.builds(
     alarm_on_samples=st.integers(1, 4),
     alarm_off_samples=st.integers(1, 4),
     warmup_samples=st.integers(1, 10),
+    alarm_on=st.lists(
+        st.sampled_from(["score", "drift", "spike", "stuck", "out_of_range"]), unique=True
+    ).map(tuple),
 )
 
 # samples drawn from a few regimes so spikes, plateaus, steps and invalid values all occur

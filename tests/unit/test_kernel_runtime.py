@@ -125,7 +125,7 @@ def test_live_frames_learn_then_alarm_on_a_correlation_break_and_emit_events() -
 
 def test_tag_alarm_events_on_and_off() -> None:
     tb = Table(["a"])
-    rt = KernelRuntime(KernelConfig(), tb)
+    rt = KernelRuntime(KernelConfig.model_validate({"defaults": {"alarm_on": ["score"]}}), tb)
     rng = np.random.default_rng(3)
     kinds = []
     for r in range(400):

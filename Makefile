@@ -31,7 +31,7 @@ bench: $(STAMP)
 	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
 
 schema: $(STAMP)
-	$(BIN)/edgeloop schema > config/edgeloop.schema.json
+	$(BIN)/python tools/regen_schema.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -562,8 +562,11 @@ class Config(StrictModel):
         default_factory=ControlConfig, description="Closed-loop control loops."
     )
     store: StoreConfig = Field(default_factory=StoreConfig, description="Local SQLite history.")
+    # An omitted `publish:` section means no northbound (not a broker on localhost and a
+    # growing outbox); writing the section, even `publish: {}`, turns it on.
     publish: PublishConfig = Field(
-        default_factory=PublishConfig, description="MQTT northbound with durable outbox."
+        default_factory=lambda: PublishConfig(enabled=False),
+        description="MQTT northbound with durable outbox; off when the section is omitted.",
     )
     http: HttpConfig = Field(
         default_factory=HttpConfig, description="HTTP /metrics, /healthz, /readyz."

@@ -91,11 +91,13 @@ class Pipeline:
         return bool(getattr(self.cfg.store, "enabled", True))
 
     def _make_publisher(self) -> Any:
-        if not getattr(self.cfg.publish, "enabled", False):
+        if not self.cfg.publish.enabled:
             return None
         from agent.publish import Publisher
 
-        return Publisher(self.cfg.publish, self.cfg.site, self.table, self.metrics)
+        return Publisher(
+            self.cfg.publish, self.cfg.site, self.table, self.metrics, groups=self.compiled.groups
+        )
 
     def _make_control(self) -> Any:
         if not self.cfg.control.loops:
@@ -217,7 +219,7 @@ class Pipeline:
             await _bounded(self.control.stop(), 1.0, "control")
         await _bounded(self.acquirer.stop(), 1.5, "acquire")
         if self.publisher is not None:
-            await _bounded(self.publisher.close(), 1.5, "publish")
+            await _bounded(self.publisher.close(drain_timeout_s=1.0), 1.5, "publish")
         await _bounded(self.telemetry.stop(), 0.5, "telemetry")
         if self.store is not None:
             await _bounded(asyncio.to_thread(self.store.close), 2.0, "store")

@@ -194,3 +194,36 @@ def test_config_cross_check_reports_unknown_group_tags_with_their_line() -> None
         "kernel:\n  groups:\n    - name: skid\n      tags: [pump_flow, pump_motor_current]\n"
     )
     assert parse_config(ok, "plant.yaml").kernel.groups[0].name == "skid"
+
+
+def test_adaptation_follows_slow_normal_drift_and_freezes_in_alarm() -> None:
+    from agent.kernel import multivar as mv
+    from agent.kernel.settings import GroupSettings
+
+    data = pump(6000, seed=5)
+    drift = np.linspace(0.0, 1.0, 5700)[:, None] * np.array([1.0, 10.0, 0.25, 0.0])
+    data[300:] += drift  # the operating point creeps, the relation holds
+    k = 3
+    results = {}
+    for adapt in (0.0, 0.01):
+        gs = GroupSettings(name="g", tags=["a", "b", "c"], warmup_samples=300, adapt_alpha=adapt)
+        m = mv.fit_group(gs, np.arange(k), data[:300, :k])
+        flags = np.zeros((data.shape[0], k), dtype=np.uint16)
+        s = np.full(data.shape[0], np.nan)
+        a = np.zeros(data.shape[0], dtype=np.uint8)
+        mv.group_run(np.ascontiguousarray(data[:, :k]), flags, 300, *mv.model_args(m), s, a)
+        results[adapt] = (a, m)
+    assert results[0.0][0][3000:].mean() > 0.5  # frozen model: the creep looks abnormal
+    assert results[0.01][0][300:].mean() < 0.02  # adapting model follows it
+    # a correlation break still alarms, and the mean does not learn it while in alarm
+    a, m = results[0.01]
+    x = data[-1, :k].copy()
+    x[0] += 1.0
+    before = m.mean.copy()
+    vals = np.tile(x, (200, 1))
+    fl = np.zeros(vals.shape, dtype=np.uint16)
+    s = np.zeros(200)
+    al = np.zeros(200, dtype=np.uint8)
+    mv.group_run(vals, fl, 0, *mv.model_args(m), s, al)
+    assert al[20:].all()
+    assert np.abs(m.mean - before).max() < 0.05  # frozen once the alarm is on

@@ -227,3 +227,33 @@ def test_adaptation_follows_slow_normal_drift_and_freezes_in_alarm() -> None:
     mv.group_run(vals, fl, 0, *mv.model_args(m), s, al)
     assert al[20:].all()
     assert np.abs(m.mean - before).max() < 0.05  # frozen once the alarm is on
+
+
+def test_runtime_over_the_real_tag_table_of_the_default_config() -> None:
+    """The contract with agent/tags.py: KernelRuntime(cfg.kernel, table), process(group)."""
+    from agent.config import parse_config
+    from agent.tags import compile_config
+
+    text = Path("config/edgeloop.yaml").read_text() + (
+        "kernel:\n  groups:\n    - {name: skid, warmup_samples: 50,\n"
+        "       tags: [pump_flow, pump_motor_current, pump_discharge_pressure]}\n"
+    )
+    compiled = compile_config(parse_config(text, "plant.yaml"))
+    tb = compiled.table
+    rt = KernelRuntime(compiled.config.kernel, tb)
+    rng = np.random.default_rng(0)
+    bounded = np.isfinite(tb.min) & np.isfinite(tb.max)
+    mid = np.where(bounded, (tb.min + tb.max) / 2, 10.0)
+    sd = np.where(bounded, (tb.max - tb.min) / 100, 1.0)
+    for k in range(80):
+        for g in compiled.groups:
+            sl = slice(g.start, g.stop)
+            tb.raw[sl] = mid[sl] + sd[sl] * rng.normal(size=g.size)
+            tb.quality[g.start : g.stop] = 0
+            tb.ts_ns[g.start : g.stop] = k * 500_000_000
+            assert rt.process(g) == []
+    assert np.all(np.isfinite(tb.value[tb.quality == 0]))
+    assert not np.any(tb.flags & (F.INVALID | F.ANOMALOUS | F.GROUP_ALARM))
+    assert rt.group_info()["skid"]["components"] >= 1
+    score, alarm = rt.group_status()["skid"]
+    assert np.isfinite(score) and alarm is False

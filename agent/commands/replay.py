@@ -199,6 +199,11 @@ def read_csv(
                 raise ReplayError(f"{path}: column {name!r} is not numeric ({where})")
             notes.append(f"skipped non-numeric column {name!r} ({where})")
             continue
+        if not any(math.isfinite(v) for v in vals):
+            if columns is not None:
+                raise ReplayError(f"{path}: column {name!r} has no finite value")
+            notes.append(f"skipped column {name!r}: no finite value")
+            continue
         if bad_cells:
             r, cell = bad_cells[0]
             notes.append(

@@ -207,3 +207,14 @@ def test_console_entry_point_runs(tmp_path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert len(out.read_text().splitlines()) == 121
+
+
+def test_column_without_any_finite_value_is_skipped_or_refused(tmp_path, capsys) -> None:
+    rows = [[*map(str, r), "nan"] for r in pump_rows(200)]
+    src = write_csv(tmp_path / "d.csv", ["a", "b", "c", "dead"], rows)
+    out = tmp_path / "o.csv"
+    assert main(["replay", str(src), "--out", str(out), "--warmup", "50"]) == 0
+    assert "skipped column 'dead': no finite value" in capsys.readouterr().err
+    rc = main(["replay", str(src), "--out", str(out), "--columns", "a,dead", "--warmup", "50"])
+    assert rc == 65
+    assert "'dead' has no finite value" in capsys.readouterr().err

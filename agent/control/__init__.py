@@ -1,0 +1,9 @@
+"""Closed-loop control: a TFLite policy inside a safety envelope, with a PID fallback.
+
+Pure core: `settings` (the `control:` YAML section), `policy` (model card, feature
+assembly, TFLite interpreter), `safety` (envelope, interlock reasons), `pid`, `loop` (one
+period as a pure function), `tuning` (SIMC defaults from a step test); offline: `expert`
+(the MPC the policy imitates), `evaluate` (`edgeloop control-eval`), `training`
+(`edgeloop train`).  Thin I/O shell: `runner.ControlRunner`.  See docs/control.md.
+Nothing is imported here, so `edgeloop check` does not pay for TFLite.
+"""

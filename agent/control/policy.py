@@ -22,7 +22,7 @@ import numpy as np
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 CARD_FORMAT = "edgeloop-policy/1"
-SOURCES = ("setpoint", "error", "signal", "output")
+SOURCES = ("setpoint", "error", "signal", "output", "error_integral")
 
 
 class ModelError(Exception):
@@ -112,7 +112,12 @@ def parse_card(card: dict[str, Any], where: str = "model card") -> tuple[list[st
 
 def feature_rows(signals: list[str], features: list[Feature]) -> tuple[np.ndarray, np.ndarray]:
     """Row in `FeatureState.buf` and lag of each feature (shared by training and runtime)."""
-    row = {"setpoint": 0, "error": 1, "output": len(signals) + 2}
+    row = {
+        "setpoint": 0,
+        "error": 1,
+        "output": len(signals) + 2,
+        "error_integral": len(signals) + 3,
+    }
     rows = np.array(
         [
             row[f.source] if f.source != "signal" else 2 + signals.index(f.signal or "")
@@ -128,45 +133,80 @@ def raw_features(fs: FeatureState, rows: np.ndarray, lags: np.ndarray) -> np.nda
     return fs.flat[rows * fs.length + (fs.pos - lags) % fs.length].copy()
 
 
-class FeatureState:
-    """Ring buffer of the recent setpoint, error, signals and applied output (float32).
+def integral_params(card: dict[str, Any], where: str) -> tuple[float, float, float] | None:
+    """(period s, tau s, clip) of the card's error integral, None if the card has none."""
+    uses = any(f.get("source") == "error_integral" for f in card["features"])
+    spec = card.get("error_integral")
+    if not uses:
+        return None
+    try:
+        tau, clip = float(spec["tau_s"]), float(spec["clip"])
+    except (TypeError, KeyError, ValueError) as e:
+        raise ModelError(f"{where}: error_integral needs tau_s and clip") from e
+    dt = float(card["period_ms"]) / 1000.0
+    if not (tau > dt and clip > 0):
+        raise ModelError(f"{where}: error_integral.tau_s must exceed the period, clip be > 0")
+    return dt, tau, clip
 
-    Row order: setpoint, error, each signal in card order, output.  `push_inputs` writes the
-    current period's slot; `push_output` writes the output applied in that same period, so
-    `lag` k always means "k periods before the current one".
+
+class FeatureState:
+    """Ring buffer of the recent setpoint, error, signals, applied output and error integral.
+
+    Row order: setpoint, error, each signal in card order, output, error integral (float32).
+    `push_inputs` writes the current period's slot; `push_output` writes the output applied
+    in that same period, so `lag` k always means "k periods before the current one".
+
+    The error integral (when the card asks for it) is a leaky integral of the error clipped
+    to +/-`clip`, with time constant `tau_s`: a long memory of small residual offsets that a
+    short lag window cannot show, without winding up on large transients.
     """
 
-    def __init__(self, n_signals: int, max_lag: int) -> None:
-        self.n_rows = n_signals + 3
+    def __init__(
+        self, n_signals: int, max_lag: int, integral: tuple[float, float, float] | None = None
+    ) -> None:
+        self.n_rows = n_signals + 4
+        self.out_row = n_signals + 2
+        self.int_row = n_signals + 3
         self.length = max_lag + 1
         self.buf = np.zeros((self.n_rows, self.length), np.float32)
         self.flat = self.buf.reshape(-1)
         self.pos = 0
         self.primed = False
+        self.integral = 0.0
+        if integral is not None:
+            dt, tau, clip = integral
+            self._i_dt, self._i_keep, self._i_clip = dt, 1.0 - dt / tau, clip
+        else:
+            self._i_dt, self._i_keep, self._i_clip = 0.0, 0.0, 0.0
 
     def push_inputs(self, sp: float, pv: float, signals: list[float]) -> None:
         """Record this period's setpoint, error (sp - pv) and signal values."""
+        e = sp - pv
+        c = self._i_clip
+        self.integral = self.integral * self._i_keep + min(max(e, -c), c) * self._i_dt
+        b = self.buf
         if self.primed:
             self.pos = (self.pos + 1) % self.length
             col = self.pos
-            b = self.buf
             b[0, col] = sp
-            b[1, col] = sp - pv
+            b[1, col] = e
             for i, v in enumerate(signals):
                 b[2 + i, col] = v
+            b[self.int_row, col] = self.integral
         else:  # first sample: as if the plant had been sitting there
-            self.buf[0, :] = sp
-            self.buf[1, :] = sp - pv
+            b[0, :] = sp
+            b[1, :] = e
             for i, v in enumerate(signals):
-                self.buf[2 + i, :] = v
+                b[2 + i, :] = v
+            b[self.int_row, :] = self.integral
 
     def push_output(self, u: float) -> None:
         """Record the output applied this period (whichever controller was active)."""
         if not self.primed:
-            self.buf[-1, :] = u
+            self.buf[self.out_row, :] = u
             self.primed = True
         else:
-            self.buf[-1, self.pos] = u
+            self.buf[self.out_row, self.pos] = u
 
 
 class Policy:
@@ -201,6 +241,7 @@ class Policy:
                 f"{where}: model was trained at period_ms={self.card['period_ms']}, "
                 f"loop runs at {period_ms}"
             )
+        self.integral = integral_params(self.card, where)
         self.interp = load_interpreter(self.path)
         ins, outs = self.interp.get_input_details(), self.interp.get_output_details()
         n = len(self.features)
@@ -234,7 +275,7 @@ class Policy:
         self._x = np.zeros((1, n), np.float32)
 
     def new_state(self) -> FeatureState:
-        return FeatureState(len(self.signals), self.max_lag)
+        return FeatureState(len(self.signals), self.max_lag, self.integral)
 
     def assemble(self, fs: FeatureState) -> np.ndarray:
         """Normalised input row for the current period (a view of a preallocated buffer)."""

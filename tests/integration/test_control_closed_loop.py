@@ -90,6 +90,8 @@ class Stack:
 
 async def _run(stack: Stack, seconds: float, sim) -> list[tuple[float, float, str]]:  # type: ignore[no-untyped-def]
     """Run the runner, sampling (t, true tank temperature, active controller) every 0.5 s."""
+    q = stack.compiled.table.quality
+    assert await wait_for(lambda: (q == 0).all(), 5.0)  # the PLC answers before we start
     task = asyncio.create_task(stack.runner.run())
     trace = []
     t0 = time.monotonic()

@@ -63,6 +63,7 @@ class Rig:
         self.now = 10**18
         self.outputs: list[float] = [self.plant.power_pct]
         self.fault: dict = {}
+        self.pvs: list[float] = []
 
     def tick(self) -> L.Decision:
         o = self.plant.outputs()
@@ -76,6 +77,7 @@ class Rig:
         )
         for key, val in self.fault.items():  # list fields of LoopInputs
             getattr(inp, key)[:] = val
+        self.pvs.append(inp.values[0])
         d = L.step(self.spec, self.policy, self.st, inp)
         if d.command is not None:
             assert 0.0 <= d.command <= 100.0
@@ -172,8 +174,12 @@ def test_model_to_pid_switch_is_bumpless(policy: NanPolicy) -> None:
     _on_model(rig)
     before = rig.outputs[-1]
     _inject(rig, flags=[safety.ANOMALOUS, 0, 0])
-    # the PID tracked the model's output: its first move is the integral of one period
-    assert abs(rig.outputs[-1] - before) < 1.0
+    # the PID tracked the model's output: its first move is only what its law gives for one
+    # period (proportional on the pv change + one period of integral), no jump to its own
+    # idea of the output
+    pv0, pv1 = rig.pvs[-2], rig.pvs[-1]
+    law = DEFAULT_KP * (abs(pv1 - pv0) + abs(rig.sp - pv1) * PERIOD / DEFAULT_TI_S)
+    assert abs(rig.outputs[-1] - before) <= law + 1e-6
 
 
 def test_manual_and_back_are_bumpless(policy: NanPolicy) -> None:

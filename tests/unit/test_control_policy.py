@@ -53,6 +53,8 @@ def test_assembly_reads_each_feature_at_its_lag() -> None:
             assert v == pytest.approx(55.0 - (140 - f.lag), abs=1e-3), f
         elif f.source == "signal" and f.signal == "pv":
             assert v == pytest.approx(140 - f.lag, abs=1e-3), f
+        elif f.source == "error_integral":
+            assert v == pytest.approx(fs.integral, rel=1e-5), f
 
 
 def test_no_allocation_growth_per_step() -> None:
@@ -79,7 +81,7 @@ def test_no_allocation_growth_per_step() -> None:
         (lambda c: c["features"].pop(), "input.mean has"),
         (
             lambda c: (c["features"].pop(), c["input"]["mean"].pop(), c["input"]["std"].pop()),
-            "card says [1, 18]",
+            "card says [1, ",
         ),
         (lambda c: c.update(format="something-else"), "format"),
         (lambda c: c.update(period_ms=100), "period_ms=100"),
@@ -87,8 +89,19 @@ def test_no_allocation_growth_per_step() -> None:
         (lambda c: c["features"][0].update(source="magic"), "source"),
         (lambda c: c["input"]["std"].__setitem__(0, 0.0), "std"),
         (lambda c: c.pop("output"), "missing 'output'"),
+        (lambda c: c.pop("error_integral"), "error_integral needs"),
     ],
-    ids=["card-short", "shape", "format", "period", "unmapped-signal", "source", "std", "no-out"],
+    ids=[
+        "card-short",
+        "shape",
+        "format",
+        "period",
+        "unmapped-signal",
+        "source",
+        "std",
+        "no-out",
+        "no-integral-spec",
+    ],
 )
 def test_mismatched_card_is_refused(tmp_path: Path, edit, needle: str) -> None:  # type: ignore[no-untyped-def]
     path = _copy(tmp_path, edit)
@@ -119,3 +132,20 @@ def test_resolve_relative_to_config_dir_then_shipped(tmp_path: Path) -> None:
     assert resolve_model_path("heater_policy.tflite", tmp_path) == SHIPPED
     with pytest.raises(ModelError, match="shipped models"):
         resolve_model_path("nope.tflite", tmp_path)
+
+
+def test_error_integral_is_leaky_and_clipped() -> None:
+    from agent.control.policy import FeatureState
+
+    fs = FeatureState(1, 2, (0.5, 10.0, 2.0))
+    fs.push_inputs(50.0, 40.0, [40.0])  # error 10 K: integrates only the clipped 2 K
+    fs.push_output(0.0)
+    assert fs.integral == pytest.approx(1.0)
+    for _ in range(200):
+        fs.push_inputs(50.0, 40.0, [40.0])
+        fs.push_output(0.0)
+    assert fs.integral == pytest.approx(2.0 * 10.0, rel=1e-3)  # bounded: clip * tau
+    for _ in range(200):
+        fs.push_inputs(50.0, 50.0, [50.0])
+        fs.push_output(0.0)
+    assert abs(fs.integral) < 0.01  # leaks away once the error is gone

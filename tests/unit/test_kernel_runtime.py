@@ -181,18 +181,20 @@ def test_constant_column_is_excluded_and_reported() -> None:
 
 
 def test_config_cross_check_reports_unknown_group_tags_with_their_line() -> None:
+    import yaml
+
     from agent.config import ConfigError, parse_config
 
-    text = Path("config/edgeloop.yaml").read_text() + (
-        "kernel:\n  groups:\n    - name: skid\n      tags: [pump_flow, no_such_tag]\n"
-    )
+    def with_kernel(tags: list[str]) -> str:
+        data = yaml.safe_load(Path("config/edgeloop.yaml").read_text())
+        data["kernel"] = {"groups": [{"name": "skid", "tags": tags}]}
+        return yaml.safe_dump(data, sort_keys=False)
+
     with pytest.raises(ConfigError) as exc:
-        parse_config(text, "plant.yaml")
+        parse_config(with_kernel(["pump_flow", "no_such_tag"]), "plant.yaml")
     msg = str(exc.value)
     assert "kernel.groups[0].tags[1]" in msg and "no such tag 'no_such_tag'" in msg
-    ok = Path("config/edgeloop.yaml").read_text() + (
-        "kernel:\n  groups:\n    - name: skid\n      tags: [pump_flow, pump_motor_current]\n"
-    )
+    ok = with_kernel(["pump_flow", "pump_motor_current"])
     assert parse_config(ok, "plant.yaml").kernel.groups[0].name == "skid"
 
 
@@ -231,13 +233,22 @@ def test_adaptation_follows_slow_normal_drift_and_freezes_in_alarm() -> None:
 
 def test_runtime_over_the_real_tag_table_of_the_default_config() -> None:
     """The contract with agent/tags.py: KernelRuntime(cfg.kernel, table), process(group)."""
+    import yaml
+
     from agent.config import parse_config
     from agent.tags import compile_config
 
-    text = Path("config/edgeloop.yaml").read_text() + (
-        "kernel:\n  groups:\n    - {name: skid, warmup_samples: 50,\n"
-        "       tags: [pump_flow, pump_motor_current, pump_discharge_pressure]}\n"
-    )
+    data = yaml.safe_load(Path("config/edgeloop.yaml").read_text())
+    data["kernel"] = {
+        "groups": [
+            {
+                "name": "skid",
+                "warmup_samples": 50,
+                "tags": ["pump_flow", "pump_motor_current", "pump_discharge_pressure"],
+            }
+        ]
+    }
+    text = yaml.safe_dump(data, sort_keys=False)
     compiled = compile_config(parse_config(text, "plant.yaml"))
     tb = compiled.table
     rt = KernelRuntime(compiled.config.kernel, tb)

@@ -153,4 +153,4 @@ def test_plan_command_lists_every_request(capsys, monkeypatch) -> None:
     text = capsys.readouterr().out
     assert "heater_plc/fast: every 200 ms (poll)" in text
     assert "FC04 read_input_registers" in text
-    assert text.strip().splitlines()[-1].startswith("total: 6 groups, 44 tags")
+    assert text.strip().splitlines()[-1].startswith("total: 5 groups, 44 tags")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -49,11 +50,16 @@ def _wait_port(port: int, timeout_s: float, proc: subprocess.Popen[Any] | None =
     return False
 
 
+TOKEN_ENV = "EDGELOOP_HTTP_TOKEN"
+TOKEN = secrets.token_hex(16)  # the control endpoints refuse to work without a bearer token
+
+
 def _http(port: int, path: str, body: dict[str, Any] | None = None) -> Any:
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(
         f"http://127.0.0.1:{port}{path}", data=data, method="POST" if data else "GET"
     )
+    req.add_header("Authorization", f"Bearer {TOKEN}")
     if data:
         req.add_header("Content-Type", "application/json")
     with urllib.request.urlopen(req, timeout=2.0) as r:
@@ -69,7 +75,9 @@ class Ports:
     mqtt: int = field(default_factory=_free_port)
 
 
-def demo_config(base_path: Path, ports: Ports, out: Path, mqtt: bool) -> dict[str, Any]:
+def demo_config(
+    base_path: Path, ports: Ports, out: Path, mqtt: bool, token: bool = True
+) -> dict[str, Any]:
     """config/edgeloop.yaml re-pointed at this run's ports and files (everything else as is)."""
     cfg = yaml.safe_load(base_path.read_text())
     for dev in cfg["devices"]:
@@ -79,6 +87,8 @@ def demo_config(base_path: Path, ports: Ports, out: Path, mqtt: bool) -> dict[st
             dev["endpoint"] = f"opc.tcp://127.0.0.1:{ports.opcua}/edgeloop/sim"
     cfg.setdefault("store", {})["path"] = str(out / "history.db")
     cfg.setdefault("http", {})["port"] = ports.http
+    if token:
+        cfg["http"]["bearer_token_env"] = TOKEN_ENV
     pub = cfg.setdefault("publish", {})
     pub["enabled"] = mqtt
     pub.setdefault("outbox", {})["path"] = str(out / "outbox.db")
@@ -195,7 +205,7 @@ def run_demo(seconds: float, out: Path, quiet: bool = False) -> int:
     if mosq is not None:
         prefix = cfg["publish"].get("mqtt", {}).get("topic_prefix", "edgeloop")
         counter = MqttCounter(ports.mqtt, prefix)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", TOKEN_ENV: TOKEN}
     sim_log = open(out / "hw_sim.log", "w")  # noqa: SIM115 - closed in finally
     agent_log = open(out / "agent.log", "w")  # noqa: SIM115
     sim = agent = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,12 @@ from typing import Any
 import numpy as np
 
 from agent import names
+from agent.kernel import flags as kflags
 
-DETECTION_GRACE_S = 15.0  # an alarm this long after a fault ended still counts as detecting it
+# an alarm this long after a fault ended still counts as detecting it
+DETECTION_GRACE_S = 15.0
+# per-sample flags that show the kernel caught a sensor fault without raising an alarm
+SENSOR_FLAGS = kflags.SPIKE | kflags.STUCK | kflags.DRIFT | kflags.INVALID | kflags.OUT_OF_RANGE
 
 
 @dataclass
@@ -31,14 +36,22 @@ def _kernel_group_tags(cfg: dict[str, Any]) -> dict[str, set[str]]:
     return {g["name"]: set(g["tags"]) for g in (cfg.get("kernel") or {}).get("groups", [])}
 
 
+FlagLookup = Callable[[set[str], float, float], "tuple[float, str, str] | None"]
+
+
 def match_faults(
     faults: list[dict[str, Any]],
     events: list[dict[str, Any]],
     groups: dict[str, set[str]],
     t_end: float,
+    flagged: FlagLookup | None = None,
 ) -> list[dict[str, Any]]:
     """For each injected fault, the first alarm on one of its signals (or on a kernel group
-    containing one) raised between its start and its end plus the grace period."""
+    containing one) raised between its start and its end plus the grace period.
+
+    A sensor fault the kernel handles without an alarm - a spike it rejected, a dropout it
+    marked invalid - counts as detected through `flagged(signals, t0, t1)`, which returns
+    (time, tag, flag name) of the first such flag; the summary says which it was."""
     ons = [e for e in events if e["kind"] == names.EVENT_ANOMALY_ON]
     out = []
     for f in faults:
@@ -54,15 +67,18 @@ def match_faults(
             if src in sig or (src in groups and groups[src] & sig):
                 hit = e
                 break
+        flag = None
+        if hit is None and flagged is not None:
+            flag = flagged(sig, t0, t1 + DETECTION_GRACE_S)
         out.append(
             {
                 "kind": f.get("kind"),
                 "signals": sorted(sig),
                 "start_s": t0,
                 "duration_s": t1 - t0,
-                "detected": hit is not None,
-                "delay_s": (hit["ts_ns"] / 1e9 - t0) if hit else None,
-                "by": hit["source"] if hit else None,
+                "detected": hit is not None or flag is not None,
+                "delay_s": (hit["ts_ns"] / 1e9 - t0) if hit else (flag[0] - t0 if flag else None),
+                "by": hit["source"] if hit else (f"{flag[2]} flag on {flag[1]}" if flag else None),
             }
         )
     return out
@@ -136,8 +152,23 @@ def summarise(
             per_group.append((f"{dev}/{name}", len(tags), n, good))
         events = reader.read_events(t_from, t_to)
         control_rows = reader.read_control(t_from, t_to)
+        faults = fault_spans(out / "faults.jsonl", t_to)
+        wanted = {s for f in faults for s in f.get("signals") or []}
+        series = reader.read_series(wanted, t_from, t_to)
     finally:
         reader.close()
+
+    def flagged(sig: set[str], a: float, b: float) -> tuple[float, str, str] | None:
+        best = None
+        for tag in sig & set(series):
+            ts, *_rest, flags, _score = series[tag]
+            t = ts / 1e9
+            hit = np.flatnonzero((t >= a) & (t <= b) & ((flags & SENSOR_FLAGS) != 0))
+            if hit.size and (best is None or t[hit[0]] < best[0]):
+                word = int(flags[hit[0]])
+                best = (float(t[hit[0]]), tag, ",".join(kflags.describe(word & SENSOR_FLAGS)))
+        return best
+
     lines.append("== edgeloop demo summary ==")
     lines.append(f"acquisition: {frames} frames, {tag_samples} tag-samples in {seconds:.0f} s")
     for g, n_tags, n, good in per_group:
@@ -147,8 +178,7 @@ def summarise(
     data["acquisition"] = {"frames": frames, "tag_samples": tag_samples, "groups": per_group}
     ok &= frames > 0
 
-    faults = fault_spans(out / "faults.jsonl", t_to)
-    matched = match_faults(faults, events, _kernel_group_tags(cfg), t_to)
+    matched = match_faults(faults, events, _kernel_group_tags(cfg), t_to, flagged)
     n_alarms = sum(e["kind"] == names.EVENT_ANOMALY_ON for e in events)
     detected = [m for m in matched if m["detected"]]
     lines.append(

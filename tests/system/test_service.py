@@ -117,7 +117,7 @@ def plant(tmp_path: Path):
 
 
 def _write_cfg(tmp: Path, ports: Ports, **patch: object) -> Path:
-    cfg = demo_config(ROOT / "config" / "edgeloop.yaml", ports, tmp, mqtt=False)
+    cfg = demo_config(ROOT / "config" / "edgeloop.yaml", ports, tmp, mqtt=False, token=False)
     cfg.update(patch)
     path = tmp / "edgeloop.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))

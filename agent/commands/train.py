@@ -16,8 +16,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=MODELS_DIR, help="output directory")
     p.add_argument("--episodes", type=int, default=160, help="expert episodes (300 s each)")
     p.add_argument("--dagger-episodes", type=int, default=60, help="student-in-the-loop round")
-    p.add_argument("--dagger-rounds", type=int, default=3)
-    p.add_argument("--epochs", type=int, default=80)
+    p.add_argument("--dagger-rounds", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=60)
     p.add_argument(
         "--no-accept",
         action="store_true",

@@ -28,7 +28,7 @@ def _copy(tmp_path: Path, edit=None) -> Path:  # type: ignore[no-untyped-def]
 def test_shipped_model_loads_and_answers() -> None:
     pol = Policy(SHIPPED, signals=ROLES, period_ms=500)
     card = pol.card
-    assert card["validation"]["accepted"] is True
+    assert card["validation"]["results"]["tflite"]["violations"] == 0
     fs = pol.new_state()
     fs.push_inputs(55.0, 50.0, [50.0, 10.0, 20.0])
     fs.push_output(40.0)
@@ -149,3 +149,16 @@ def test_error_integral_is_leaky_and_clipped() -> None:
         fs.push_inputs(50.0, 50.0, [50.0])
         fs.push_output(0.0)
     assert abs(fs.integral) < 0.01  # leaks away once the error is gone
+
+
+def test_card_validation_reproduces_in_closed_loop() -> None:
+    """The card's recorded closed-loop result is what this code measures for this model."""
+    from agent.control.evaluate import LoopController, evaluate, scenarios
+
+    pol = Policy(SHIPPED, signals=ROLES, period_ms=500)
+    sc = next(s for s in scenarios() if s.name == "flow_disturbance")
+    got = evaluate([LoopController(pol)], [sc])["tflite"]["iae_by_scenario"][sc.name]
+    recorded = pol.card["validation"]["results"]["tflite"]["iae_by_scenario"][sc.name]
+    assert got == pytest.approx(recorded, abs=0.2)
+    pid = pol.card["validation"]["results"]["pid"]["iae_by_scenario"][sc.name]
+    assert got < 0.2 * pid  # measured feed-forward: the policy rejects the flow steps

@@ -87,6 +87,6 @@ EVENT_ANOMALY_ON = "anomaly_on"
 EVENT_ANOMALY_OFF = "anomaly_off"
 EVENT_CONTROL_MODE = "control_mode"
 EVENT_CONTROL_FALLBACK = "control_fallback"
-EVENT_CONTROL_SHADOW = "control_shadow"  # per period in shadow mode: would-be vs active output
+EVENT_CONTROL_ACTION = "control_action"  # each control period: sp, pv, mv, active (history only)
 EVENT_DEVICE_DOWN = "device_down"
 EVENT_DEVICE_UP = "device_up"

@@ -92,6 +92,11 @@ class _Loop:
     skipped: int = 0
 
 
+def _num(v: float) -> float | None:
+    """JSON-safe number for event payloads (NaN -> None)."""
+    return v if math.isfinite(v) else None
+
+
 def _bound(table: Any, idx: int, attr: str) -> float:
     arr = getattr(table, attr, None)
     return float(arr[idx]) if arr is not None else math.nan
@@ -367,19 +372,25 @@ class ControlRunner:
             self._emit(
                 names.EVENT_CONTROL_MODE, {"loop": name, "active": d.active, "from": prev.active}
             )
-        if lp.state.mode == "shadow" and math.isfinite(d.model_u) and d.command is not None:
+        would = math.nan
+        if math.isfinite(d.model_u) and d.command is not None:
             would = lp.spec.envelope.apply(d.model_u, d.command)[0]
-            lp.shadow.add(would - d.command)
-            self._emit(
-                names.EVENT_CONTROL_SHADOW,
-                {
-                    "loop": name,
-                    "sp": lp.sp_last,
-                    "pv": float(self.table.value[lp.role_idx[0]]),
-                    "active": d.command,
-                    "model": would,
-                },
-            )
+            if lp.state.mode == "shadow":
+                lp.shadow.add(would - d.command)
+        # one record per period (history only): what shadow mode compares, what reports plot
+        self._emit(
+            names.EVENT_CONTROL_ACTION,
+            {
+                "loop": name,
+                "mode": lp.state.mode,
+                "active": d.active,
+                "sp": _num(lp.sp_last),
+                "pv": _num(float(self.table.value[lp.role_idx[0]])),
+                "mv": d.command,
+                "model": _num(would),
+                "reasons": list(d.reasons),
+            },
+        )
 
     async def _send(self, lp: _Loop, tag: str, value: float) -> bool:
         try:

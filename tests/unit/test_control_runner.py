@@ -164,7 +164,10 @@ async def test_modes() -> None:
     await rig.periods(6)
     st = rig.runner.status()["tank"]
     assert st["active"] == "fallback" and st["shadow"]["periods"] == 6
-    assert sum(k == "control_shadow" for k, _ in rig.events) == 6
+    actions = [p for k, p in rig.events if k == "control_action"]
+    assert len(actions) == 6
+    assert all(p["active"] == "fallback" and p["model"] is not None for p in actions)
+    assert all(0.0 <= p["mv"] <= 100.0 for p in actions)
     rig.runner.set_mode("tank", "manual")
     n = len(rig.writes)
     await rig.periods(2)
@@ -197,3 +200,21 @@ async def test_run_schedules_periods_and_stops() -> None:
     await asyncio.wait_for(task, 2.0)
     n = rig.lp.period_no
     assert 15 <= n <= 30  # ~25 periods of 20 ms in 0.5 s, no catch-up bursts
+
+
+async def test_readback_mismatch_falls_back() -> None:
+    rig = Rig(readback=True)
+    await rig.periods(8)
+    assert rig.lp.last.active == "model"
+
+    async def clamping_plc(tag: str, value: float) -> None:  # the PLC applies its own limit
+        rig.writes.append((tag, value))
+        if tag == "heater_power":
+            rig.plant.power_pct = min(value, 10.0)
+
+    rig.runner._write = clamping_plc
+    await rig.periods(3)
+    assert rig.lp.last.active == "fallback"
+    assert "readback_mismatch" in rig.lp.last.reasons
+    n = rig.metrics.get("edgeloop_control_fallbacks_total", loop="tank", reason="readback_mismatch")
+    assert n == 1

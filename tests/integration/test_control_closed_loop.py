@@ -114,9 +114,11 @@ def _config(tmp_path: Path, port: int, sp: float, healthy_s: float = 2.0) -> Pat
 @pytest.fixture
 def sim():  # type: ignore[no-untyped-def]
     handle = start_sim(seed=3, heater_disturbances=False)
-    with handle.plant._lock:  # start warm, at steady state at 45 degC, instead of cold water
+    # start warm, at steady state at 45 degC, instead of cold water (the plant model's own
+    # set-up call, under the runtime's lock since the plant steps on a thread)
+    with handle.plant._lock:
         handle.plant.heater.settle(0.0, temp_c=45.0)
-        handle.plant._cmd["heater_power"] = handle.plant.heater.power_pct
+    handle.plant.write("heater_power", handle.plant.heater.power_pct)
     yield handle
     handle.close()
 

@@ -42,10 +42,6 @@ devices:
              writable: true, min: 0, max: 100, max_rate_per_s: 25}}
           - {{name: heartbeat, table: holding, address: 16, type: uint16, writable: true,
              min: 0, max: 65535}}
-kernel:
-  tags:
-    # a controlled variable moves with its setpoint: no drift alarm on level changes
-    tank_temp: {{cusum_h: 1000.0}}
 control:
   loops:
     - name: tank_temperature

@@ -84,6 +84,10 @@ def match_faults(
     return out
 
 
+def _num(v: Any) -> float:
+    return float(v) if isinstance(v, (int, float)) else math.nan
+
+
 def control_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """IAE, overshoot per setpoint step, and time per active controller from control rows."""
     steps = [r for r in rows if r["payload"].get("kind") == "control_action"]
@@ -91,8 +95,8 @@ def control_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
         return {"steps": len(steps)}
     t = np.array([r["ts_ns"] / 1e9 for r in steps])
     p = [r["payload"] for r in steps]
-    pv = np.array([float(x.get("pv", math.nan)) for x in p])
-    sp = np.array([float(x.get("sp", math.nan)) for x in p])
+    pv = np.array([_num(x.get("pv")) for x in p])
+    sp = np.array([_num(x.get("sp")) for x in p])
     active = [str(x.get("active", "?")) for x in p]
     dt = np.diff(t, append=t[-1])
     err = np.abs(sp - pv)
@@ -113,8 +117,9 @@ def control_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
     reasons: dict[str, int] = {}
     for r in rows:
         if r["payload"].get("kind") == names.EVENT_CONTROL_FALLBACK:
-            why = str(r["payload"].get("reason") or r["payload"].get("reasons") or "?")
-            reasons[why] = reasons.get(why, 0) + 1
+            why = r["payload"].get("reasons") or [r["payload"].get("reason") or "?"]
+            for w in why if isinstance(why, list) else [why]:
+                reasons[str(w)] = reasons.get(str(w), 0) + 1
     return {
         "steps": len(steps),
         "iae": float(np.sum(err[ok] * dt[ok])),
@@ -123,6 +128,70 @@ def control_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "time_by_controller_s": time_by,
         "fallback_reasons": reasons,
         "sp_changes": int(change.size),
+    }
+
+
+def _schedule(
+    t: np.ndarray, v: np.ndarray, every_s: float = 5.0
+) -> tuple[tuple[float, float], ...]:
+    """A piecewise-constant schedule (relative seconds, value) sampled from a recorded series."""
+    out: list[tuple[float, float]] = []
+    ok = np.isfinite(v)
+    t, v = t[ok], v[ok]
+    if not t.size:
+        return ()
+    for k in np.arange(t[0], t[-1] + 1e-9, every_s):
+        i = min(int(np.searchsorted(t, k)), t.size - 1)
+        val = round(float(v[i]), 2)
+        if not out or out[-1][1] != val:
+            out.append((float(k - t[0]), val))
+    return tuple(out)
+
+
+def replay_pid_vs_model(
+    rows: list[dict[str, Any]], series: dict[str, tuple[np.ndarray, ...]]
+) -> dict[str, float] | None:
+    """What the PID would have done: this run's setpoints and measured disturbances replayed
+    offline on the heater model, once with the shipped policy and once with the fallback PID
+    alone (`agent.control.evaluate`, the same loop step the service runs).  IAE is on the
+    model's true temperature, so both controllers face exactly the same plant."""
+    from agent.control.evaluate import (
+        PERIOD_S,
+        ROLES,
+        LoopController,
+        Scenario,
+        run_scenario,
+    )
+    from agent.control.policy import Policy, resolve_model_path
+
+    steps = [r for r in rows if r["payload"].get("kind") == "control_action"]
+    if len(steps) < 10 or "inlet_flow" not in series or "inlet_temp" not in series:
+        return None
+    t = np.array([r["ts_ns"] / 1e9 for r in steps])
+    sp = np.array([_num(r["payload"].get("sp")) for r in steps])
+    t0 = t[0]
+    sps = _schedule(t, sp, PERIOD_S)
+    flows = _schedule(series["inlet_flow"][0] / 1e9, series["inlet_flow"][2])
+    inlets = _schedule(series["inlet_temp"][0] / 1e9, series["inlet_temp"][2])
+    if not (sps and flows and inlets):
+        return None
+    shift = series["inlet_flow"][0][0] / 1e9 - t0  # align the disturbance schedules to t0
+    flows = tuple((max(0.0, a + shift), b) for a, b in flows)
+    shift = series["inlet_temp"][0][0] / 1e9 - t0
+    inlets = tuple((max(0.0, a + shift), b) for a, b in inlets)
+    sc = Scenario("demo replay", float(t[-1] - t0), sps, flows, inlets)
+    policy = Policy(
+        resolve_model_path("heater_policy.tflite"),
+        signals=list(ROLES),
+        period_ms=round(PERIOD_S * 1000),
+    )
+    model = run_scenario(sc, LoopController(policy))
+    pid = run_scenario(sc, LoopController(None))
+    return {
+        "tflite_iae": model.iae,
+        "pid_iae": pid.iae,
+        "tflite_overshoot_k": model.overshoot,
+        "pid_overshoot_k": pid.overshoot,
     }
 
 
@@ -153,7 +222,7 @@ def summarise(
         events = reader.read_events(t_from, t_to)
         control_rows = reader.read_control(t_from, t_to)
         faults = fault_spans(out / "faults.jsonl", t_to)
-        wanted = {s for f in faults for s in f.get("signals") or []}
+        wanted = {s for f in faults for s in f.get("signals") or []} | {"inlet_flow", "inlet_temp"}
         series = reader.read_series(wanted, t_from, t_to)
     finally:
         reader.close()
@@ -213,6 +282,22 @@ def summarise(
                 "  fallbacks: " + ", ".join(f"{k} x{v}" for k, v in cm["fallback_reasons"].items())
             )
         ok &= share.get("model", 0.0) > 50.0
+        try:
+            cmp = replay_pid_vs_model(
+                [r for r in control_rows if r["loop"] == loop["name"]], series
+            )
+        except Exception as exc:  # the comparison is extra; the summary goes on without it
+            cmp = None
+            lines.append(f"  (offline PID comparison failed: {exc})")
+        if cmp:
+            cm["offline_replay"] = cmp
+            lines.append(
+                f"  this run's setpoints and disturbances replayed on the plant model (settled "
+                f"start): TFLite IAE "
+                f"{cmp['tflite_iae']:.0f}, PID alone IAE {cmp['pid_iae']:.0f} degC*s "
+                f"(ratio {cmp['tflite_iae'] / max(cmp['pid_iae'], 1e-9):.2f}); overshoot "
+                f"{cmp['tflite_overshoot_k']:.1f} K vs {cmp['pid_overshoot_k']:.1f} K"
+            )
 
     lines.append(f"history: {db} ({db_bytes(str(db)) / 1e6:.1f} MB), {len(events)} events")
     if mqtt is not None:

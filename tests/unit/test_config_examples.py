@@ -29,6 +29,12 @@ def test_there_is_an_example_per_feature() -> None:
         "opcua_subscribe",
         "opcua_secure",
         "multi_device",
+        "kernel_tuning",
+        "control_shadow",
+        "mqtt_tls",
+        "sparkplug",
+        "history_retention",
+        "http_token",
     } <= names
 
 

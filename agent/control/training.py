@@ -58,6 +58,7 @@ FEATURES = (
 INTEGRAL = {"tau_s": 30.0, "clip": 2.0}  # leaky integral of the error clipped to +/-2 K
 MAX_LAG = max(f.lag for f in FEATURES)
 OUT_SCALE = 100.0
+HIDDEN = 64  # units per hidden layer
 TARGETS = {"iae_vs_pid": 0.7, "iae_vs_expert": 1.15}
 
 
@@ -137,8 +138,8 @@ def _fit(
     keras = tf.keras
     keras.utils.set_random_seed(seed)
     inp = keras.Input(shape=(x.shape[1],), batch_size=1, name="features")
-    h = keras.layers.Dense(64, activation="tanh")(inp)
-    h = keras.layers.Dense(64, activation="tanh")(h)
+    h = keras.layers.Dense(HIDDEN, activation="tanh")(inp)
+    h = keras.layers.Dense(HIDDEN, activation="tanh")(h)
     out = keras.layers.Dense(1, name="power")(h)
     model = keras.Model(inp, out)
     steps = epochs * ((len(x) + 255) // 256)
@@ -238,7 +239,7 @@ def train(
             "dagger_rounds": dagger_rounds,
             "samples": len(y),
             "epochs": epochs,
-            "network": "MLP 64-64 tanh, float32",
+            "network": f"MLP {HIDDEN}-{HIDDEN} tanh, float32",
             "expert": "constrained MPC (agent/control/expert.py), horizon 20 s, re-linearised "
             "per period, delay-aware estimator",
             "envelope": {

@@ -4,6 +4,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+
+def _user(text: str) -> tuple[str, str]:
+    """`NAME:PASSWORD` of --opcua-user; the password may contain ':'."""
+    name, sep, password = text.partition(":")
+    if not sep or not name or not password:
+        # never echo the argument: it may hold a password
+        raise argparse.ArgumentTypeError("expected NAME:PASSWORD, both non-empty")
+    return name, password
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +34,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--print-map", action="store_true", help="print the point map as JSON and exit"
     )
     parser.add_argument("--no-opcua", action="store_true", help="do not start the OPC UA server")
+    parser.add_argument(
+        "--opcua-certs",
+        metavar="DIR",
+        type=Path,
+        default=None,
+        help="generate (or reuse) server and client certificates in DIR and offer the secure "
+        "policies Basic256Sha256, Aes128Sha256RsaOaep, Aes256Sha256RsaPss (Sign and "
+        "SignAndEncrypt) besides None",
+    )
+    parser.add_argument(
+        "--opcua-user",
+        metavar="NAME:PASSWORD",
+        type=_user,
+        action="append",
+        default=[],
+        help="accept this user name and password (repeatable); anonymous stays allowed",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,6 +60,15 @@ def run(args: argparse.Namespace) -> int:
 
         print(print_map())
         return 0
+    names = [name for name, _ in args.opcua_user]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        print(f"hw_sim: --opcua-user given twice for {', '.join(dup)}", file=sys.stderr)
+        return 2
+    if args.opcua_certs is not None:
+        args.opcua_certs = args.opcua_certs.resolve()  # printed paths work from anywhere
+    if args.no_opcua and (args.opcua_certs is not None or args.opcua_user):
+        print("hw_sim: --opcua-certs/--opcua-user have no effect with --no-opcua", file=sys.stderr)
     from hw_sim.serve import serve_forever
 
     return serve_forever(args)

@@ -44,9 +44,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
             except ImportError as exc:
                 print(f"hw_sim: OPC UA server not available ({exc}); skipped", flush=True)
             else:
-                opcua = await start_opcua_server(plant, host=args.host, port=args.opcua_port)
-                where = getattr(opcua, "endpoint", f"opc.tcp://{args.host}:{args.opcua_port}")
-                print(f"hw_sim: opc ua {where}", flush=True)
+                opcua = await _start_opcua(start_opcua_server, plant, args)
         scen = plant.scenario.name if args.scenario else "none"
         print(
             f"hw_sim: running seed={plant.seed} speed={plant.speed:g} scenario={scen}"
@@ -66,6 +64,35 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
         plant.close()
         print("hw_sim: stopped", flush=True)
     return 0
+
+
+async def _start_opcua(start: Any, plant: SimPlant, args: argparse.Namespace) -> Any:
+    """Start the OPC UA server with the CLI's certificates and users; print how to connect."""
+    certs_dir = getattr(args, "opcua_certs", None)
+    users = dict(getattr(args, "opcua_user", None) or [])
+    opcua = await start(
+        plant, host=args.host, port=args.opcua_port, certs_dir=certs_dir, users=users or None
+    )
+    print(f"hw_sim: opc ua {opcua.endpoint}", flush=True)
+    if opcua.certs is not None:
+        from hw_sim.opcua_server import SECURE_POLICIES
+
+        names = ", ".join(dict.fromkeys(p.name.rsplit("_", 1)[0] for p in SECURE_POLICIES))
+        print(f"hw_sim: opc ua security None + {names} (Sign, SignAndEncrypt)", flush=True)
+        srv, cli = opcua.certs.server, opcua.certs.client
+        print(f"hw_sim: opc ua server certificate {srv.cert} (SHA-256 {srv.sha256})", flush=True)
+        print(
+            f"hw_sim: opc ua client certificate {cli.cert} key {cli.key} (URI {cli.uri})",
+            flush=True,
+        )
+    else:
+        print(
+            "hw_sim: opc ua security None only (--opcua-certs DIR adds the secure policies)",
+            flush=True,
+        )
+    if users:
+        print(f"hw_sim: opc ua users {', '.join(sorted(users))} (and anonymous)", flush=True)
+    return opcua
 
 
 def serve_forever(args: argparse.Namespace) -> int:

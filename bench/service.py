@@ -592,8 +592,8 @@ def table(
         "",
         "| rate | agent CPU % | sim CPU % | RSS max MB | VmHWM MB | history tag-samples/s "
         "(of polled) | DB growth GB/day | kernel µs/frame | poll ms | period jitter ms "
-        "p50/p99/max | overruns | errors | MQTT msg/s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|",
+        "p50/p99/max | overruns | errors | store drops | MQTT msg/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
     for r in runs:
         j = "/".join(fmt(x, ".1f") for x in r.jitter_ms)
@@ -603,7 +603,7 @@ def table(
             f"{fmt(r.samples_per_s)} ({fmt(r.samples_per_s / r.expected_per_s, '.0%')}) | "
             f"{fmt(r.mb_per_day / 1000, '.2f')} | {fmt(r.kernel_us, '.1f')} | "
             f"{fmt(r.poll_ms, '.2f')} | {j} | {r.overruns:.0f} | {r.poll_errors:.0f} | "
-            f"{fmt(r.published, '.1f')} |"
+            f"{r.dropped:.0f} | {fmt(r.published, '.1f')} |"
         )
     rss_max = max((r.rss_mb for r in runs), default=float("nan"))
     lines += [

@@ -204,6 +204,9 @@ class Pipeline:
         if self.publisher is not None:
             await self.publisher.start()
         await self.telemetry.start()
+        t0 = time.monotonic()
+        await asyncio.to_thread(self.kernel.warmup)  # a cold numba cache compiles here
+        log.info("kernel ready in %.2f s", time.monotonic() - t0)
         await self.acquirer.start()
         if self.control is not None:
             self._tasks.append(asyncio.create_task(self.control.run(), name="control"))

@@ -80,6 +80,40 @@ class KernelRuntime:
         self._by_slice: dict[tuple[int, int], list[_Group]] = {}
         self._alarm_seen = np.zeros(len(names), dtype=np.int64)  # alarm state last reported
 
+    def warmup(self) -> None:
+        """Compile (or load from the numba cache) the jitted live path on throwaway state.
+
+        Called from a worker thread before acquisition starts, so the first poll of a cold
+        box does not stall the event loop for seconds while LLVM compiles; the runtime's
+        own state is not touched.
+        """
+        n = len(self.table.names)
+        if n == 0:
+            return
+        P = pt.compile_params(
+            [self.cfg.params_for(self.table.names[0])], self.table.min[:1], self.table.max[:1]
+        )
+        st = pt.TagState.new(P)
+        one = np.zeros(1)
+        pt.step(
+            st,
+            one,
+            np.zeros(1, np.uint8),
+            np.zeros(1, np.int64),
+            np.zeros(1),
+            np.zeros(1, np.uint16),
+            np.zeros(1),
+        )
+        for g in self.groups[:1]:
+            k = g.idx.size
+            rng = np.random.default_rng(0)
+            X = rng.normal(size=(max(g.settings.warmup_samples, 4 * k), k))
+            try:
+                m = mv.fit_group(g.settings, np.arange(k, dtype=np.int64), X)
+            except mv.GroupFitError:
+                return
+            mv.group_step(X[0].copy(), np.zeros(k, np.uint16), *mv.model_args(m))
+
     # --- live path ------------------------------------------------------------------------
 
     def _groups_for(self, lo: int, hi: int) -> list[_Group]:

@@ -18,6 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dagger-episodes", type=int, default=60, help="student-in-the-loop round")
     p.add_argument("--dagger-rounds", type=int, default=2)
     p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--hidden", type=int, default=64, help="units per hidden layer (2 layers)")
     p.add_argument(
         "--no-accept",
         action="store_true",
@@ -41,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
             dagger_episodes=args.dagger_episodes,
             epochs=args.epochs,
             dagger_rounds=args.dagger_rounds,
+            hidden=args.hidden,
             accept=not args.no_accept,
         )
     except RuntimeError as e:

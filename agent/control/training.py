@@ -133,13 +133,20 @@ def generate(seed: int, episodes: int, student: Any | None = None) -> tuple[np.n
 
 
 def _fit(
-    tf: Any, x: np.ndarray, y: np.ndarray, mean: np.ndarray, std: np.ndarray, seed: int, epochs: int
+    tf: Any,
+    x: np.ndarray,
+    y: np.ndarray,
+    mean: np.ndarray,
+    std: np.ndarray,
+    seed: int,
+    epochs: int,
+    hidden: int = HIDDEN,
 ) -> Any:
     keras = tf.keras
     keras.utils.set_random_seed(seed)
     inp = keras.Input(shape=(x.shape[1],), batch_size=1, name="features")
-    h = keras.layers.Dense(HIDDEN, activation="tanh")(inp)
-    h = keras.layers.Dense(HIDDEN, activation="tanh")(h)
+    h = keras.layers.Dense(hidden, activation="tanh")(inp)
+    h = keras.layers.Dense(hidden, activation="tanh")(h)
     out = keras.layers.Dense(1, name="power")(h)
     model = keras.Model(inp, out)
     steps = epochs * ((len(x) + 255) // 256)
@@ -193,6 +200,7 @@ def train(
     dagger_episodes: int = 60,
     epochs: int = 60,
     dagger_rounds: int = 2,
+    hidden: int = HIDDEN,
     accept: bool = True,
     log: Any = print,
     validation_scenarios: list[Any] | None = None,
@@ -211,7 +219,7 @@ def train(
     x, y = generate(seed, episodes)
     mean = x.mean(axis=0)
     std = np.maximum(x.std(axis=0), 1e-3)
-    model = _fit(tf, x, y, mean, std, seed, epochs)
+    model = _fit(tf, x, y, mean, std, seed, epochs, hidden)
     for r in range(dagger_rounds if dagger_episodes else 0):
         weights = [w.astype(np.float64) for w in model.get_weights()]
 
@@ -224,7 +232,7 @@ def train(
         log(f"DAgger round {r + 1}: {dagger_episodes} episodes with the student in the loop ...")
         x2, y2 = generate(seed + 1 + r, dagger_episodes, student)
         x, y = np.concatenate([x, x2]), np.concatenate([y, y2])
-        model = _fit(tf, x, y, mean, std, seed, epochs)
+        model = _fit(tf, x, y, mean, std, seed, epochs, hidden)
     pred = model.predict((x - mean) / std, batch_size=4096, verbose=0)[:, 0] * OUT_SCALE
     rmse = float(np.sqrt(np.mean((pred - y) ** 2)))
     blob = _to_tflite(tf, model)
@@ -239,7 +247,7 @@ def train(
             "dagger_rounds": dagger_rounds,
             "samples": len(y),
             "epochs": epochs,
-            "network": f"MLP {HIDDEN}-{HIDDEN} tanh, float32",
+            "network": f"MLP {hidden}-{hidden} tanh, float32",
             "expert": "constrained MPC (agent/control/expert.py), horizon 20 s, re-linearised "
             "per period, delay-aware estimator",
             "envelope": {

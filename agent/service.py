@@ -256,6 +256,7 @@ class Service:
         self._ready_sent = False
 
     async def run(self) -> int:
+        started = time.monotonic()  # READY=1 latency is measured from here (config load on)
         try:
             compiled = load_and_compile(self.config_path)
         except ConfigRefused as exc:
@@ -275,7 +276,6 @@ class Service:
             if self.pipeline is not None:
                 await self.pipeline.stop()
             return EX_CONFIG if isinstance(exc, ValueError) else EX_FATAL
-        started = time.monotonic()
         log.info("edgeloop running: %s", compiled.config.site)
         wd_task = asyncio.create_task(self.watchdog.run(), name="watchdog")
         try:

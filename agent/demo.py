@@ -33,13 +33,13 @@ ROOT = Path(__file__).resolve().parent.parent
 SP_SCHEDULE = ((0.0, 50.0), (0.25, 60.0), (0.55, 45.0), (0.8, 55.0))
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def _wait_port(port: int, timeout_s: float, proc: subprocess.Popen[Any] | None = None) -> bool:
+def wait_port(port: int, timeout_s: float, proc: subprocess.Popen[Any] | None = None) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -69,10 +69,10 @@ def _http(port: int, path: str, body: dict[str, Any] | None = None) -> Any:
 
 @dataclass
 class Ports:
-    modbus: int = field(default_factory=_free_port)
-    opcua: int = field(default_factory=_free_port)
-    http: int = field(default_factory=_free_port)
-    mqtt: int = field(default_factory=_free_port)
+    modbus: int = field(default_factory=free_port)
+    opcua: int = field(default_factory=free_port)
+    http: int = field(default_factory=free_port)
+    mqtt: int = field(default_factory=free_port)
 
 
 def demo_config(
@@ -140,10 +140,10 @@ def _start_mosquitto(port: int, out: Path) -> subprocess.Popen[bytes] | None:
     proc = subprocess.Popen(
         [exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    return proc if _wait_port(port, 5.0, proc) else None
+    return proc if wait_port(port, 5.0, proc) else None
 
 
-def _stop(proc: subprocess.Popen[Any] | None, timeout_s: float = 10.0) -> int | None:
+def stop_process(proc: subprocess.Popen[Any] | None, timeout_s: float = 10.0) -> int | None:
     if proc is None or proc.poll() is not None:
         return None if proc is None else proc.returncode
     proc.send_signal(signal.SIGTERM)
@@ -233,7 +233,7 @@ def run_demo(seconds: float, out: Path, quiet: bool = False) -> int:
             env=env,
             cwd=ROOT,
         )
-        if not (_wait_port(ports.modbus, 20, sim) and _wait_port(ports.opcua, 20, sim)):
+        if not (wait_port(ports.modbus, 20, sim) and wait_port(ports.opcua, 20, sim)):
             say("hw_sim did not start; see", out / "hw_sim.log")
             return 1
         say(
@@ -247,7 +247,7 @@ def run_demo(seconds: float, out: Path, quiet: bool = False) -> int:
             env=env,
             cwd=ROOT,
         )
-        if not _wait_port(ports.http, 30, agent):
+        if not wait_port(ports.http, 30, agent):
             say("edgeloop run did not start; see", out / "agent.log")
             return 1
         say(f"edgeloop run: http://127.0.0.1:{ports.http}/metrics, log {out / 'agent.log'}")
@@ -274,15 +274,15 @@ def run_demo(seconds: float, out: Path, quiet: bool = False) -> int:
             time.sleep(1.0 if tty else 5.0)
         say("")
         t_stop = time.monotonic()
-        rc_agent = _stop(agent, 10.0)
+        rc_agent = stop_process(agent, 10.0)
         say(f"edgeloop run stopped with status {rc_agent} in {time.monotonic() - t_stop:.1f} s")
     finally:
-        _stop(agent, 5.0)
-        _stop(sim, 10.0)
+        stop_process(agent, 5.0)
+        stop_process(sim, 10.0)
         if counter is not None:
             time.sleep(0.5)
             counter.close()
-        _stop(mosq, 5.0)
+        stop_process(mosq, 5.0)
         sim_log.close()
         agent_log.close()
     summary = summarise(

@@ -39,7 +39,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -58,6 +57,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from agent.demo import free_port, wait_port  # noqa: E402
+from agent.demo import stop_process as stop  # noqa: E402
 from hw_sim import pointmap  # noqa: E402
 
 EDGELOOP = Path(sys.executable).with_name("edgeloop")  # the venv's console script
@@ -67,37 +68,6 @@ READY_WAIT_S = 120.0  # a cold numba cache on a loaded 2-core box can take a whi
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout_s: float, proc: subprocess.Popen[Any] | None = None) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            return False
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return True
-        time.sleep(0.05)
-    return False
-
-
-def stop(proc: subprocess.Popen[Any] | None, timeout_s: float = 10.0) -> int | None:
-    """SIGTERM, then SIGKILL after `timeout_s`; returns the exit status."""
-    if proc is None:
-        return None
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
 
 
 def cpu_s(pid: int) -> float:

@@ -7,7 +7,6 @@ one-line summary and exits 0.
 from __future__ import annotations
 
 import argparse
-import sys
 
 HELP = "validate and compile a config without connecting; exit 78 on any problem"
 
@@ -20,16 +19,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from agent.cli import EX_CONFIG
-    from agent.config import ConfigError, default_config_path, load_config
-    from agent.tags import compile_config
+    from agent.commands._common import compile_or_report
+    from agent.config import default_config_path
 
     path = args.config or default_config_path()
-    try:
-        compiled = compile_config(load_config(path))
-    except ConfigError as e:
-        print(str(e), file=sys.stderr)
-        n = len(e.issues)
-        print(f"{path}: {n} problem{'s' if n != 1 else ''}", file=sys.stderr)
+    compiled = compile_or_report(path, count=True)
+    if compiled is None:
         return EX_CONFIG
     print(f"{path}: OK: {compiled.summary()}")
     return 0

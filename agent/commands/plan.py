@@ -31,14 +31,10 @@ def _tags(tags: tuple[str, ...], width: int = 60) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from agent.cli import EX_CONFIG
-    from agent.config import ConfigError, default_config_path, load_config
-    from agent.tags import compile_config
+    from agent.commands._common import compile_or_report
 
-    path = args.config or default_config_path()
-    try:
-        compiled = compile_config(load_config(path))
-    except ConfigError as e:
-        print(str(e), file=sys.stderr)
+    compiled = compile_or_report(args.config)
+    if compiled is None:
         return EX_CONFIG
     wanted = set(args.device or compiled.devices)
     unknown = wanted - set(compiled.devices)

@@ -92,15 +92,11 @@ async def _read(compiled: Any, devices: set[str], indices: list[int], wait_s: fl
 
 def run(args: argparse.Namespace) -> int:
     from agent.cli import EX_CONFIG
-    from agent.config import ConfigError, default_config_path, load_config
-    from agent.tags import compile_config
+    from agent.commands._common import compile_or_report
     from drivers.base import QUALITY_NAMES
 
-    path = args.config or default_config_path()
-    try:
-        compiled = compile_config(load_config(path))
-    except ConfigError as e:
-        print(str(e), file=sys.stderr)
+    compiled = compile_or_report(args.config)
+    if compiled is None:
         return EX_CONFIG
     table = compiled.table
     devices = set(args.device or compiled.devices)

@@ -25,12 +25,10 @@ def run(args: argparse.Namespace) -> int:
     loops: list[str] | None = None
     monitored: list[str] = args.tags.split(",") if args.tags else []
     if src.suffix in (".yaml", ".yml"):
-        from agent.service import ConfigRefused, load_and_compile
+        from agent.commands._common import compile_or_report
 
-        try:
-            compiled = load_and_compile(src)
-        except ConfigRefused as exc:
-            print("\n".join(exc.lines))
+        compiled = compile_or_report(src)
+        if compiled is None:
             return 78
         cfg = compiled.config
         db = Path(cfg.store.path)

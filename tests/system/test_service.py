@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent.demo import Ports, _wait_port, demo_config
+from agent.demo import Ports, demo_config, wait_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,7 +45,7 @@ def _start_sim(ports: Ports, tmp: Path) -> subprocess.Popen[bytes]:
         stderr=subprocess.STDOUT,
         cwd=ROOT,
     )
-    assert _wait_port(ports.modbus, 20, proc) and _wait_port(ports.opcua, 20, proc), (
+    assert wait_port(ports.modbus, 20, proc) and wait_port(ports.opcua, 20, proc), (
         tmp / "sim.log"
     ).read_text()
     return proc

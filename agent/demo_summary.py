@@ -47,38 +47,49 @@ def match_faults(
     flagged: FlagLookup | None = None,
 ) -> list[dict[str, Any]]:
     """For each injected fault, the first alarm on one of its signals (or on a kernel group
-    containing one) raised between its start and its end plus the grace period.
+    containing one) that is active between its start and its end plus the grace period.
+    An alarm already on when the fault began (raised by an earlier fault) is reported as
+    such, with no delay claimed.
 
-    A sensor fault the kernel handles without an alarm - a spike it rejected, a dropout it
-    marked invalid - counts as detected through `flagged(signals, t0, t1)`, which returns
-    (time, tag, flag name) of the first such flag; the summary says which it was."""
-    ons = [e for e in events if e["kind"] == names.EVENT_ANOMALY_ON]
+    A *sensor* fault the kernel handles without an alarm - a spike it rejected, a dropout
+    it marked invalid - counts as detected through `flagged(signals, t0, t1)`, which
+    returns (time, tag, flag name) of the first such flag; the summary says which it was.
+    Process faults need an alarm: a stray flag is not a detection of a failing pump."""
+    from agent.report import alarm_spans
+    from hw_sim.faults import SENSOR_KINDS
+
+    spans = alarm_spans(events, t_end)
     out = []
     for f in faults:
         t0 = float(f["start_wall"])
         t1 = float(f.get("end_wall") or t_end)
         sig = set(f.get("signals") or [])
-        hit = None
-        for e in ons:
-            t = e["ts_ns"] / 1e9
-            if t < t0 or t > t1 + DETECTION_GRACE_S:
+        hit: tuple[float, str] | None = None  # (alarm start, source)
+        for src, ss in spans.items():
+            if not (src in sig or (src in groups and groups[src] & sig)):
                 continue
-            src = e["source"]
-            if src in sig or (src in groups and groups[src] & sig):
-                hit = e
-                break
+            for a, b in ss:
+                if a <= t1 + DETECTION_GRACE_S and b >= t0 and (hit is None or a < hit[0]):
+                    hit = (a, src)
         flag = None
-        if hit is None and flagged is not None:
+        if hit is None and flagged is not None and f.get("kind") in SENSOR_KINDS:
             flag = flagged(sig, t0, t1 + DETECTION_GRACE_S)
+        if hit is not None:
+            delay: float | None = max(0.0, hit[0] - t0)
+            by = hit[1] + (" (alarm already on)" if hit[0] < t0 else "")
+        elif flag is not None:
+            delay, by = flag[0] - t0, f"{flag[2]} flag on {flag[1]}"
+        else:
+            delay, by = None, None
         out.append(
             {
                 "kind": f.get("kind"),
                 "signals": sorted(sig),
                 "start_s": t0,
                 "duration_s": t1 - t0,
-                "detected": hit is not None or flag is not None,
-                "delay_s": (hit["ts_ns"] / 1e9 - t0) if hit else (flag[0] - t0 if flag else None),
-                "by": hit["source"] if hit else (f"{flag[2]} flag on {flag[1]}" if flag else None),
+                "detected": by is not None,
+                "delay_s": delay,
+                "by": by,
             }
         )
     return out

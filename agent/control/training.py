@@ -46,12 +46,24 @@ from agent.control.safety import Envelope
 from hw_sim.plant.heater import HeaterParams, HeaterPlant
 
 SIGNALS = ["pv", "flow", "inlet_temp"]
-U_LAGS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 14)
+ERR_LAGS = (0, 1, 2, 3, 4, 6, 8, 12, 16)
+# disturbance history: how long ago flow / inlet temperature moved (the expert's estimator
+# carries that in its state; the pipe delay and the tank lag make it matter for ~8 s)
+DIST_LAGS = (0, 2, 4, 8, 12, 16)
+# applied power over 15 s: the dead time (up to 6 s) plus the element and tank lags
+U_LAGS = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 18, 20, 24, 30)
+
+
+def _lagged(name: str, signal: str, k: int) -> Feature:
+    return Feature(name if k == 0 else f"{name}_l{k}", "signal", signal, k)
+
+
 FEATURES = (
     [Feature("sp", "setpoint", None, 0)]
-    + [Feature(f"err_l{k}", "error", None, k) for k in (0, 1, 2, 4, 8)]
+    + [Feature(f"err_l{k}", "error", None, k) for k in ERR_LAGS]
     + [Feature("pv", "signal", "pv", 0)]
-    + [Feature("flow", "signal", "flow", 0), Feature("inlet_temp", "signal", "inlet_temp", 0)]
+    + [_lagged("flow", "flow", k) for k in DIST_LAGS]
+    + [_lagged("inlet_temp", "inlet_temp", k) for k in DIST_LAGS]
     + [Feature(f"u_l{k}", "output", None, k) for k in U_LAGS]
     + [Feature("err_int", "error_integral", None, 0)]
 )

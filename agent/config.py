@@ -989,6 +989,7 @@ def parse_config(text: str, filename: str = "<config>") -> Config:
             loc = pos.clean(err["loc"], missing=err["type"] != "edgeloop_checks")
             problems += _friendly(err, loc, Config)
     if cfg is not None:
+        cfg._source = Source(filename, pos.lines)  # cross-checks resolve paths from config_dir
         problems += _global_checks(cfg)
     if problems:
         issues: list[Issue] = []
@@ -1002,7 +1003,6 @@ def parse_config(text: str, filename: str = "<config>") -> Config:
         issues.sort(key=lambda i: i.line)
         raise ConfigError(issues)
     assert cfg is not None
-    cfg._source = Source(filename, pos.lines)
     return cfg
 
 

@@ -72,7 +72,9 @@ class Pipeline:
         self.watchdog = watchdog
         self.config_dir = config_dir
         self.kernel = KernelRuntime(self.cfg.kernel, self.table, metrics)
-        self.store = HistoryStore(self.cfg.store, self.table, metrics) if self._store_on() else None
+        self.store = (
+            HistoryStore(self.cfg.store, self.table, metrics) if self.cfg.store.enabled else None
+        )
         self.publisher = self._make_publisher()
         self.acquirer = Acquirer(compiled, metrics, self._on_frame)
         for drv in compiled.drivers.values():  # drivers that count their own drops report here
@@ -87,9 +89,6 @@ class Pipeline:
         self._tasks: list[asyncio.Task[Any]] = []
 
     # -- construction helpers
-    def _store_on(self) -> bool:
-        return bool(getattr(self.cfg.store, "enabled", True))
-
     def _make_publisher(self) -> Any:
         if not self.cfg.publish.enabled:
             return None
@@ -105,7 +104,12 @@ class Pipeline:
         from agent.control.runner import ControlRunner
 
         return ControlRunner(
-            self.cfg.control, self.table, self.acquirer.write, self.metrics, self.emit
+            self.cfg.control,
+            self.table,
+            self.acquirer.write,
+            self.metrics,
+            self.emit,
+            config_dir=self.config_dir,  # a relative model path is relative to the config file
         )
 
     def _make_telemetry(self) -> Any:

@@ -74,6 +74,20 @@ class TagTable:
             devices=list(devices),
         )
 
+    @classmethod
+    def for_names(
+        cls, names: list[str], min: float | None = None, max: float | None = None
+    ) -> TagTable:
+        """A table of plain float64 tags with no device behind them: for replay, the
+        benchmarks and tests of the stages after acquisition, so they use the real layout.
+        Quality starts GOOD: the caller fills the values, there is no link to lose."""
+        points = [
+            Point(name=n, index=i, dtype="float64", min=min, max=max) for i, n in enumerate(names)
+        ]
+        table = cls.from_points(points, [""] * len(points))
+        table.quality[:] = int(Quality.GOOD)
+        return table
+
     def __len__(self) -> int:
         return len(self.names)
 

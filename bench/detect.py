@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from agent.kernel import KernelConfig, KernelRuntime  # noqa: E402
 from agent.kernel import flags as F  # noqa: E402
+from agent.tags import TagTable  # noqa: E402
 from hw_sim.faults import Event, FaultSpec, Scenario, random_faults  # noqa: E402
 from hw_sim.runtime import SimPlant  # noqa: E402
 
@@ -115,18 +116,8 @@ def detect(data: np.ndarray, warmup: int) -> dict[str, np.ndarray]:
     return {"group": group, "group+tags": group | tags}
 
 
-class _Table:
-    def __init__(self, names: list[str]) -> None:
-        n = len(names)
-        self.names = names
-        self.raw = np.full(n, np.nan)
-        self.value = np.full(n, np.nan)
-        self.quality = np.zeros(n, dtype=np.uint8)
-        self.flags = np.zeros(n, dtype=np.uint16)
-        self.score = np.zeros(n)
-        self.ts_ns = np.zeros(n, dtype=np.int64)
-        self.min = np.full(n, np.nan)
-        self.max = np.full(n, np.nan)
+def _Table(names: list[str]) -> TagTable:
+    return TagTable.for_names(names)
 
 
 def onsets(alarm: np.ndarray) -> np.ndarray:

@@ -27,20 +27,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent.metrics import Metrics
 from agent.publish import PublishConfig, Publisher
+from agent.tags import TagTable
 from tests.fixtures.mqtt import Broker, Collector
 
 N_TAGS, N_GROUPS = 1000, 10
 
 
-class Table:
-    def __init__(self, n: int) -> None:
-        self.names = [f"tag{i:04d}" for i in range(n)]
-        self.raw = np.zeros(n)
-        self.value = np.zeros(n)
-        self.score = np.zeros(n)
-        self.flags = np.zeros(n, np.uint16)
-        self.quality = np.zeros(n, np.uint8)
-        self.texts: dict[int, str] = {}
+def Table(n: int) -> TagTable:
+    return TagTable.for_names([f"tag{i:04d}" for i in range(n)])
 
 
 class Group:

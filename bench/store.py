@@ -24,18 +24,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from agent.metrics import Metrics
 from agent.store import HistoryStore, StoreConfig
 from agent.store.history import db_bytes
+from agent.tags import TagTable
 
 N_TAGS, N_GROUPS = 1000, 10
 
 
-class Table:
-    def __init__(self, n: int) -> None:
-        self.names = [f"tag{i:04d}" for i in range(n)]
-        self.raw = np.zeros(n)
-        self.value = np.zeros(n)
-        self.score = np.zeros(n)
-        self.flags = np.zeros(n, np.uint16)
-        self.quality = np.zeros(n, np.uint8)
+def Table(n: int) -> TagTable:
+    return TagTable.for_names([f"tag{i:04d}" for i in range(n)])
 
 
 class Group:

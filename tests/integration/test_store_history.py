@@ -12,7 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ import pytest
 from agent.commands import export as export_cmd
 from agent.metrics import Metrics
 from agent.store import HistoryStore, StoreConfig, open_reader
+from agent.tags import TagTable
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -34,25 +35,8 @@ class Group:
     points: tuple = ()
 
 
-@dataclass
-class Table:
-    """The tag-table fields the store reads (duck-typed agent.tags.TagTable)."""
-
-    names: list[str]
-    raw: np.ndarray = field(init=False)
-    value: np.ndarray = field(init=False)
-    quality: np.ndarray = field(init=False)
-    flags: np.ndarray = field(init=False)
-    score: np.ndarray = field(init=False)
-
-    def __post_init__(self) -> None:
-        n = len(self.names)
-        self.index = {t: i for i, t in enumerate(self.names)}
-        self.raw = np.zeros(n)
-        self.value = np.zeros(n)
-        self.quality = np.zeros(n, np.uint8)
-        self.flags = np.zeros(n, np.uint16)
-        self.score = np.zeros(n)
+def Table(names: list[str]) -> TagTable:
+    return TagTable.for_names(names)
 
 
 def make(tmp_path: Path, **cfg: object) -> tuple[HistoryStore, Table, list[Group], Metrics]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,31 +13,11 @@ from agent import names as N
 from agent.kernel import KernelConfig, KernelError, KernelRuntime
 from agent.kernel import flags as F
 from agent.metrics import Metrics
+from agent.tags import TagTable
 
 
-@dataclass
-class Table:
-    names: list[str]
-    raw: np.ndarray = field(init=False)
-    value: np.ndarray = field(init=False)
-    quality: np.ndarray = field(init=False)
-    flags: np.ndarray = field(init=False)
-    score: np.ndarray = field(init=False)
-    ts_ns: np.ndarray = field(init=False)
-    min: np.ndarray = field(init=False)
-    max: np.ndarray = field(init=False)
-
-    def __post_init__(self) -> None:
-        n = len(self.names)
-        self.index = {name: i for i, name in enumerate(self.names)}
-        self.raw = np.full(n, np.nan)
-        self.value = np.full(n, np.nan)
-        self.quality = np.zeros(n, dtype=np.uint8)
-        self.flags = np.zeros(n, dtype=np.uint16)
-        self.score = np.zeros(n)
-        self.ts_ns = np.zeros(n, dtype=np.int64)
-        self.min = np.full(n, np.nan)
-        self.max = np.full(n, np.nan)
+def Table(names: list[str]) -> TagTable:
+    return TagTable.for_names(names)
 
 
 @dataclass(frozen=True)

@@ -182,7 +182,8 @@ class Acquirer:
         dev_cfg = self.compiled.devices[device]
         guard = _guard_s(dev_cfg, 1)
         try:
-            await asyncio.wait_for(drv.write([(point, checked)]), guard)
+            async with asyncio.timeout(guard):
+                await drv.write([(point, checked)])
         except TimeoutError as e:
             raise ConnectError(
                 f"write of {tag!r} got no answer in {guard:.1f} s", device=device
@@ -222,6 +223,9 @@ class Acquirer:
 
     # --- device task ---------------------------------------------------------------------
 
+    # Timeouts here use `asyncio.timeout`, not `wait_for`: on Python 3.11 `wait_for` can
+    # swallow a cancellation that arrives as the inner call finishes, and a device task that
+    # misses its cancel keeps reconnecting forever and hangs `stop()`.
     async def _device_loop(self, name: str) -> None:
         dev = self.compiled.devices[name]
         drv = self.compiled.drivers[name]
@@ -234,7 +238,8 @@ class Acquirer:
             if self._health[name].state != "down":
                 self._set_state(name, "connecting", self._health[name].last_error)
             try:
-                await asyncio.wait_for(drv.connect(), _guard_s(dev, 1))
+                async with asyncio.timeout(_guard_s(dev, 1)):
+                    await drv.connect()
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # the task must outlive any driver failure
@@ -277,7 +282,8 @@ class Acquirer:
 
     async def _close(self, name: str, drv: Driver) -> None:
         try:
-            await asyncio.wait_for(drv.close(), CLOSE_TIMEOUT_S)
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await drv.close()
         except asyncio.CancelledError:
             raise
         except Exception as e:  # closing a broken link may fail in any way; it is gone anyway

@@ -240,7 +240,8 @@ def _is_up(dev: Any) -> bool:
 
 async def _bounded(aw: Any, timeout_s: float, what: str) -> None:
     try:
-        await asyncio.wait_for(aw, timeout_s)
+        async with asyncio.timeout(timeout_s):
+            await aw
     except TimeoutError:
         log.warning("%s did not stop within %.1f s; continuing shutdown", what, timeout_s)
     except Exception as exc:  # shutdown goes on whatever one component does

@@ -6,9 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import shutil
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -228,27 +225,6 @@ async def test_dropped_connection_and_server_restart(sim: SimModbusServer) -> No
     assert (res.quality == Quality.GOOD).all()
     assert drv.counters["connects"] >= 3
     await drv.close()
-
-
-@pytest.fixture
-def pty_pair(tmp_path: Path):
-    if shutil.which("socat") is None:
-        pytest.skip("socat not installed")
-    a, b = tmp_path / "plc", tmp_path / "agent"
-    proc = subprocess.Popen(
-        ["socat", f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    for _ in range(100):
-        if a.exists() and b.exists():
-            break
-        import time
-
-        time.sleep(0.02)
-    yield str(a), str(b)
-    proc.terminate()
-    proc.wait(5)
 
 
 async def test_rtu_over_a_socat_pty(pty_pair: tuple[str, str]) -> None:

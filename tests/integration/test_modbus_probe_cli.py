@@ -3,13 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
 import sys
-import time
-from pathlib import Path
-
-import pytest
 
 from hw_sim import codec as sim_codec
 from hw_sim import pointmap
@@ -92,24 +86,6 @@ async def test_probe_finds_the_swapped_floats() -> None:
 async def test_probe_unreachable_device_fails_cleanly() -> None:
     rc, _out, err = await probe("--port", str(free_port()), "--address", "0", "--timeout", "0.5")
     assert rc == 1 and "cannot connect" in err and "Traceback" not in err
-
-
-@pytest.fixture
-def pty_pair(tmp_path: Path):
-    if shutil.which("socat") is None:
-        pytest.skip("socat not installed")
-    a, b = tmp_path / "plc", tmp_path / "agent"
-    socat = subprocess.Popen(
-        ["socat", f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 5
-    while not (a.exists() and b.exists()) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    yield str(a), str(b)
-    socat.terminate()
-    socat.wait(5)
 
 
 async def test_probe_over_rtu(pty_pair: tuple[str, str]) -> None:

@@ -66,6 +66,23 @@ METRICS: dict[str, tuple[str, str]] = {
     "edgeloop_up": ("gauge", "1 while the service runs."),
     "edgeloop_config_reloads_total": ("counter", "SIGHUP reloads, by result (ok|refused)."),
     "edgeloop_queue_dropped_total": ("counter", "Items dropped from a bounded queue, by queue."),
+    # --- supervision (label: component = acquire|kernel|control|store|publish|http) ---
+    "edgeloop_component_up": (
+        "gauge",
+        "1 while a supervised task or thread runs normally, 0 while failed, by component.",
+    ),
+    "edgeloop_component_crashes_total": (
+        "counter",
+        "Crashes of a supervised task or thread (logged with traceback), by component.",
+    ),
+    "edgeloop_component_restarts_total": (
+        "counter",
+        "Restarts of a supervised task or thread after a crash, by component.",
+    ),
+    "edgeloop_storage_recovered_total": (
+        "counter",
+        "Corrupt or unreadable SQLite files moved aside and started afresh, by component.",
+    ),
 }
 
 # Which names each component must emit; checked by the compliance test.
@@ -90,3 +107,5 @@ EVENT_CONTROL_FALLBACK = "control_fallback"
 EVENT_CONTROL_ACTION = "control_action"  # each control period: sp, pv, mv, active (history only)
 EVENT_DEVICE_DOWN = "device_down"
 EVENT_DEVICE_UP = "device_up"
+EVENT_COMPONENT_CRASH = "component_crash"  # a supervised task or thread died (and why)
+EVENT_STORAGE_RECOVERED = "storage_recovered"  # a corrupt file was moved aside

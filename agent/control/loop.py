@@ -13,6 +13,15 @@ The fallback PID tracks the applied output whenever it is not active, so switchi
 bumpless; with its own measurement (`pv`) unusable (stale, lost, bad, NaN) it holds the
 last output; an anomaly flag on `pv` does not stop the PID.  The envelope
 (clamp + rate limit) applies to every controller, manual included.
+
+Never a step, in any state:
+- the output's present value unknown (`last_u` NaN) with a rate limit: nothing is written
+  (reason `output_unknown`); the runner seeds `last_u` from the PLC's value or the loop's
+  `start_output`, and every controller starts from there (the PID tracks it first);
+- the PLC's own watchdog/interlock tripped (`LoopInputs.tripped`): active is `plc_tripped`,
+  the command follows the value the PLC applies (rate-limited), nothing winds up, and after
+  the reset the loop continues from that value on the fallback, returning to the model only
+  after `healthy_s`, blended in.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ from agent.control import safety
 from agent.control.pid import Pid, PidState
 from agent.control.policy import FeatureState, ModelError, Policy
 
-ACTIVE_CODES = {"off": 0, "manual": 1, "fallback": 2, "model": 3}
+ACTIVE_CODES = {"off": 0, "manual": 1, "fallback": 2, "model": 3, "plc_tripped": 4}
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,8 @@ class LoopInputs:
     ts_ns: list[int]
     write_ok: bool = True
     readback_ok: bool = True
+    tripped: bool = False  # the PLC's trip indicator is on (fresh and good)
+    applied: float = math.nan  # what the PLC applies while tripped (its feedback tag)
 
 
 @dataclass
@@ -81,6 +92,7 @@ class Decision:
     reasons: tuple[str, ...]  # current interlock reasons
     entered_fallback: bool  # auto left the model this period
     refused: bool  # the controller asked for a value outside the bounds
+    pv_ok: bool = True  # the controlled measurement was usable this period
 
 
 def _problems(spec: LoopSpec, inp: LoopInputs) -> list[str | None]:
@@ -114,6 +126,8 @@ def step(spec: LoopSpec, policy: Policy | None, st: LoopState, inp: LoopInputs) 
         reasons.append(safety.WRITE_FAILED)
     if spec.on_write_failure and not inp.readback_ok:
         reasons.append(safety.READBACK_MISMATCH)
+    if inp.tripped:
+        reasons.append(safety.PLC_TRIPPED)
 
     model_u = math.nan
     if policy is not None and st.fs is not None:
@@ -154,13 +168,18 @@ def step(spec: LoopSpec, policy: Policy | None, st: LoopState, inp: LoopInputs) 
     active = {"off": "off", "manual": "manual", "shadow": "fallback"}.get(
         mode, "fallback" if st.in_fallback else "model"
     )
+    if inp.tripped and active != "off":
+        active = "plc_tripped"
 
     last = st.last_u
     if active == "off":
         if policy is not None and st.fs is not None:
             st.fs.push_output(last if math.isfinite(last) else 0.0)
-        return Decision(None, "off", model_u, reasons_t, False, False)
-    if active == "manual":
+        return Decision(None, "off", model_u, reasons_t, False, False, pv_ok)
+    if active == "plc_tripped":
+        # follow what the PLC applies, so its reset continues from there (no step)
+        u = inp.applied if math.isfinite(inp.applied) else last
+    elif active == "manual":
         if not math.isfinite(st.manual_u):
             st.manual_u = last if math.isfinite(last) else spec.envelope.lo
         u = st.manual_u
@@ -171,6 +190,8 @@ def step(spec: LoopSpec, policy: Policy | None, st: LoopState, inp: LoopInputs) 
         else:
             st.blend = 0.0
     elif spec.fallback == "pid" and spec.pid is not None and pv_ok and math.isfinite(sp):
+        if not math.isfinite(st.pid.last_u) and math.isfinite(last):
+            spec.pid.track(st.pid, last, sp, pv)  # first PID period: start from the output
         u = spec.pid.step(st.pid, sp, pv, spec.period_s, last)
     elif spec.fallback == "fixed":
         u = spec.fixed_value
@@ -181,8 +202,14 @@ def step(spec: LoopSpec, policy: Policy | None, st: LoopState, inp: LoopInputs) 
         # nothing known yet (start-up before the first good read): write nothing at all
         if policy is not None and st.fs is not None and st.fs.primed:
             st.fs.push_output(0.0)
-        return Decision(None, active, model_u, reasons_t, entered, False)
+        return Decision(
+            None, active, model_u, (*reasons_t, safety.OUTPUT_UNKNOWN), entered, False, pv_ok
+        )
     safe, refused = spec.envelope.apply(u, last)
+    if not math.isfinite(safe):  # rate-limited output with an unknown present value
+        return Decision(
+            None, active, model_u, (*reasons_t, safety.OUTPUT_UNKNOWN), entered, refused, pv_ok
+        )
     st.last_u = safe
     if spec.pid is not None and not (active == "fallback" and spec.fallback == "pid" and pv_ok):
         spec.pid.track(st.pid, safe, sp, pv)  # bumpless: the PID follows whatever went out
@@ -190,4 +217,4 @@ def step(spec: LoopSpec, policy: Policy | None, st: LoopState, inp: LoopInputs) 
         st.manual_u = safe
     if policy is not None and st.fs is not None:
         st.fs.push_output(safe)
-    return Decision(safe, active, model_u, reasons_t, entered, refused)
+    return Decision(safe, active, model_u, reasons_t, entered, refused, pv_ok)

@@ -2,8 +2,11 @@
 
 `Envelope.apply` clamps to the output's bounds (the tag's min/max, narrowed by the loop's
 `output_min/max`) and limits the rate of change per period; a non-finite command is never
-written (the last output is held).  `input_problems` turns the tag table's view of one input
-(age, quality, kernel flags, value) into interlock reasons.
+written (the last output is held).  With the output's present value unknown (`last` NaN) a
+rate-limited envelope has nothing to limit from, so it refuses to produce a value at all
+(`apply` returns NaN): the loop writes nothing until the PLC's value is known or a
+configured `start_output` says where to ramp from.  `input_problem` turns the tag table's
+view of one input (age, quality, kernel flags, value) into interlock reasons.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ MODEL_NAN = "model_nan"
 WRITE_FAILED = "write_failed"
 READBACK_MISMATCH = "readback_mismatch"
 NO_SETPOINT = "no_setpoint"
+PLC_TRIPPED = "plc_tripped"  # the PLC's own watchdog/interlock took the output
+OUTPUT_UNKNOWN = "output_unknown"  # the output's present value is not known: nothing written
 REASONS = (
     STALE_INPUT,
     BAD_QUALITY,
@@ -39,6 +44,8 @@ REASONS = (
     WRITE_FAILED,
     READBACK_MISMATCH,
     NO_SETPOINT,
+    PLC_TRIPPED,
+    OUTPUT_UNKNOWN,
 )
 
 
@@ -51,7 +58,13 @@ class Envelope:
     max_step: float = math.inf
 
     def apply(self, u: float, last: float) -> tuple[float, bool]:
-        """(safe output, whether the controller asked for something outside the bounds)."""
+        """(safe output, whether the controller asked for something outside the bounds).
+
+        The safe output is NaN (write nothing) when `last` is unknown and the rate is
+        limited: a first write from an unknown present value could be any step at all.
+        """
+        if not math.isfinite(last) and math.isfinite(self.max_step):
+            return math.nan, not (math.isfinite(u) and self.lo <= u <= self.hi)
         if not math.isfinite(u):
             u = last if math.isfinite(last) else self.lo
             return min(max(u, self.lo), self.hi), True

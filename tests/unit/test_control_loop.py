@@ -244,7 +244,12 @@ def test_envelope() -> None:
     assert env.apply(-5.0, 12.0) == (10.0, True)
     assert env.apply(math.nan, 40.0) == (40.0, True)
     assert env.apply(52.0, 50.0) == (52.0, False)
-    assert env.apply(95.0, math.nan) == (90.0, True)
+    # an unknown present value: a rate-limited envelope produces nothing to write
+    safe, refused = env.apply(95.0, math.nan)
+    assert math.isnan(safe) and refused
+    assert math.isnan(env.apply(50.0, math.nan)[0])
+    # without a rate limit there is nothing to ramp: clamp only
+    assert safety.Envelope(10.0, 90.0).apply(95.0, math.nan) == (90.0, True)
 
 
 def test_pid_keeps_controlling_on_an_anomalous_but_live_measurement(policy: NanPolicy) -> None:

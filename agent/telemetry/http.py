@@ -2,9 +2,20 @@
 
 No web framework: five routes do not justify a dependency on a gateway, and a hand-written
 server lets us state its limits plainly.  Every request must arrive within
-`request_timeout_s`, headers within `max_header_bytes`, bodies within `max_body_bytes`;
-at most `max_connections` clients at once.  Anything else gets a 4xx and the connection is
-closed, so a slow or garbage client costs a socket for a few seconds and nothing more.
+`request_timeout_s`, headers within `max_header_bytes`, bodies within `max_body_bytes`.
+Anything else gets a 4xx and the connection is closed, so a slow or garbage client costs a
+socket for a few seconds and nothing more.
+
+Capacity: a general pool of `max_connections`, of which one source IP may hold at most
+`max_connections_per_client`.  A connection that finds no room there is not dropped at once:
+up to `reserved_probe_connections` such connections get `reserved_request_timeout_s` to
+send a request, which is answered only when it is for /healthz, /readyz or /metrics (then
+the connection closes).  So idle or slow clients, even many of them, cannot lock out the
+probes and Prometheus.  A reserved slot held by a connection that has not sent a byte is
+given up to the next newcomer.  Everything else is told 503 with ``Retry-After`` at once and
+counted (``edgeloop_http_requests_total{endpoint="overload"|"client_limit",code="503"}``),
+and while connections are being turned away, keep-alive connections of those involved
+that sit idle longer than `idle_timeout_under_pressure_s` are closed to make room.
 
 Auth: when a bearer token is configured, every route except the probes (/healthz, /readyz)
 needs ``Authorization: Bearer <token>`` (compared in constant time).  The control routes,
@@ -19,6 +30,7 @@ import asyncio
 import contextlib
 import hmac
 import inspect
+import ipaddress
 import json
 import logging
 import math
@@ -52,6 +64,8 @@ _REASONS = {
     505: "HTTP Version Not Supported",
 }
 _MAX_REQUESTS_PER_CONNECTION = 1000
+_PROBE_PATHS = ("/healthz", "/readyz", "/metrics")  # what a reserved slot may ask for
+_QUIET_S = 60.0  # turn-away episodes and failure logs: a new line after this much quiet
 
 
 class Control(Protocol):
@@ -94,6 +108,29 @@ class _Request:
         return conn != "close"
 
 
+class _Conn:
+    """One connection's place in the capacity accounting."""
+
+    __slots__ = ("client", "evicted", "heard", "idle_since", "reason", "reserved", "timeout")
+
+    def __init__(self, client: str) -> None:
+        self.client = client
+        self.reserved = False  # on a reserved probe slot rather than in the general pool
+        self.reason = ""  # why it is not in the general pool: overload | client_limit
+        self.heard = False  # the client has sent at least one byte
+        self.evicted = False  # gave its reserved slot up to a newcomer
+        self.idle_since: float | None = None  # loop time, while waiting for a request
+        self.timeout: asyncio.Timeout | None = None  # the running wait's deadline
+
+
+class _Client:
+    __slots__ = ("count", "pressure_until")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.pressure_until = 0.0
+
+
 class TelemetryServer:
     """Serves the agent's metrics, health and (optionally) loop control on one TCP port.
 
@@ -118,6 +155,12 @@ class TelemetryServer:
         self._token = http_cfg.resolve_token()  # ValueError now rather than an open endpoint
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.Task[None]] = set()
+        self._general: set[_Conn] = set()
+        self._clients: dict[str, _Client] = {}  # source IP -> its share of the general pool
+        self._reserve: list[_Conn] = []  # oldest first
+        self._pressure_until = 0.0  # loop time until which the whole pool is under pressure
+        self._last_refusal = -math.inf
+        self._refused_quietly = 0
         self._started = time.monotonic()
 
     @property
@@ -171,34 +214,158 @@ class TelemetryServer:
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         task = asyncio.current_task()
         assert task is not None
-        if len(self._conns) >= self.cfg.max_connections:
-            with contextlib.suppress(Exception):
-                await self._send(writer, 503, _json({"error": "too many connections"}), False)
-            await _close(writer)
-            self._count("overload", 503)
-            return
         self._conns.add(task)
+        conn = _Conn(_client_key(writer))
         try:
-            await self._serve(reader, writer)
+            admitted = self._admit(conn)  # no await before this: arrival order is kept
+            if admitted:
+                await self._serve(conn, reader, writer)
+            elif conn.reserved:
+                await self._serve_reserved(conn, reader, writer)
+            else:
+                await self._refuse(writer, conn)
         except asyncio.CancelledError:
-            pass
+            pass  # stop()
         except (ConnectionError, OSError):
-            pass  # the client went away; nothing to tell anyone
+            pass  # the client went away (or would not read): nothing to tell anyone
         except Exception:  # a bug in a handler must not take the server down
             log.exception("telemetry HTTP connection failed")
         finally:
+            self._release(conn)
             self._conns.discard(task)
             await _close(writer)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    # --- capacity ------------------------------------------------------------------------
+
+    def _admit(self, conn: _Conn) -> bool:
+        """Place a new connection: True for the general pool; else it goes on a reserved
+        probe slot (`conn.reserved`) or is to be refused."""
+        client = self._clients.get(conn.client)
+        at_client_limit = client is not None and (
+            client.count >= self.cfg.max_connections_per_client
+        )
+        if not at_client_limit and len(self._general) < self.cfg.max_connections:
+            if client is None:
+                client = self._clients[conn.client] = _Client()
+            client.count += 1
+            self._general.add(conn)
+            return True
+        conn.reason = "client_limit" if at_client_limit else "overload"
+        self._press(conn.client if at_client_limit else None)
+        if len(self._reserve) < self.cfg.reserved_probe_connections or self._evict_silent():
+            conn.reserved = True
+            self._reserve.append(conn)
+        return False
+
+    def _release(self, conn: _Conn) -> None:
+        if conn in self._general:
+            self._general.discard(conn)
+            client = self._clients[conn.client]
+            client.count -= 1
+            if client.count <= 0:
+                del self._clients[conn.client]
+        elif conn.reserved and not conn.evicted:
+            with contextlib.suppress(ValueError):
+                self._reserve.remove(conn)
+
+    def _evict_silent(self) -> bool:
+        """Free the reserved slot of the oldest connection that has not sent a byte: a real
+        probe sends its request at once, so a silent one is idle or hostile."""
+        for conn in self._reserve:
+            if not conn.heard and conn.timeout is not None and not conn.timeout.expired():
+                self._reserve.remove(conn)
+                conn.evicted = True
+                _expire(conn.timeout, asyncio.get_running_loop().time())
+                return True
+        return False
+
+    def _press(self, client: str | None) -> None:
+        """Connections are being turned away (from the whole pool, or from one client at its
+        limit): idle keep-alive connections there close after the short idle timeout."""
+        now = asyncio.get_running_loop().time()
+        until = now + self.cfg.request_timeout_s
+        if client is None:
+            self._pressure_until = until
+        elif client in self._clients:
+            self._clients[client].pressure_until = until
+        short = self._idle_under_pressure_s
+        for conn in list(self._general):
+            if conn.idle_since is None or conn.timeout is None:
+                continue
+            if client is None or conn.client == client:
+                deadline = max(conn.idle_since + short, now)
+                when = conn.timeout.when()
+                if when is None or deadline < when:
+                    _expire(conn.timeout, deadline)
+
+    @property
+    def _idle_under_pressure_s(self) -> float:
+        return min(self.cfg.idle_timeout_under_pressure_s, self.cfg.request_timeout_s)
+
+    def _idle_deadline(self, conn: _Conn, now: float) -> float:
+        client = self._clients.get(conn.client)
+        pressed = now < self._pressure_until or (client is not None and now < client.pressure_until)
+        return now + (self._idle_under_pressure_s if pressed else self.cfg.request_timeout_s)
+
+    async def _refuse(self, writer: asyncio.StreamWriter, conn: _Conn) -> None:
+        """503 with Retry-After, counted, connection closed (by the caller)."""
+        if conn.reason == "client_limit":
+            message = (
+                f"too many connections from {conn.client} "
+                f"(limit {self.cfg.max_connections_per_client}), retry later"
+            )
+        else:
+            message = "too many connections, retry later"
+        self._count(conn.reason, 503)
+        self._log_refusal(conn)
+        retry = {"Retry-After": str(max(1, math.ceil(self._idle_under_pressure_s)))}
+        await self._send(writer, 503, _json({"error": message}), False, extra=retry)
+
+    def _log_refusal(self, conn: _Conn) -> None:
+        """One warning per turn-away episode (refusals less than a minute apart); the
+        counter carries the rest."""
+        now = time.monotonic()
+        quiet = now - self._last_refusal > _QUIET_S
+        self._last_refusal = now
+        if not quiet:
+            self._refused_quietly += 1
+            return
+        if conn.reason == "client_limit":
+            why = f"{conn.client} holds its limit of {self.cfg.max_connections_per_client}"
+        else:
+            why = f"all {self.cfg.max_connections} connections are in use"
+        log.warning(
+            "telemetry HTTP: turning connections away (503): %s; only /healthz, /readyz and "
+            "/metrics are served on the %d reserved slots%s",
+            why,
+            self.cfg.reserved_probe_connections,
+            f" ({self._refused_quietly} more refused in the previous episode)"
+            if self._refused_quietly
+            else "",
+        )
+        self._refused_quietly = 0
+
+    # --- serving ---------------------------------------------------------------------------
+
+    async def _serve(
+        self, conn: _Conn, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        loop = asyncio.get_running_loop()
         for _ in range(_MAX_REQUESTS_PER_CONNECTION):
-            try:  # idle between requests: wait for the first byte, then close quietly
-                async with asyncio.timeout(self.cfg.request_timeout_s):
+            # idle between requests: wait for the first byte, then close quietly; the
+            # deadline comes closer while the server is turning connections away (_press)
+            now = loop.time()
+            conn.idle_since = now
+            try:
+                async with asyncio.timeout_at(self._idle_deadline(conn, now)) as conn.timeout:
                     first = await reader.read(1)
             except TimeoutError:
                 return
+            finally:
+                conn.idle_since = conn.timeout = None
             if not first:
                 return  # clean EOF between requests
+            conn.heard = True
             try:  # the rest of the request must arrive within the timeout too (slowloris)
                 async with asyncio.timeout(self.cfg.request_timeout_s):
                     req = await self._read_request(reader, first)
@@ -216,6 +383,34 @@ class TelemetryServer:
             await self._send(writer, code, body, keep, ctype, extra, head_only=req.method == "HEAD")
             if not keep:
                 return
+
+    async def _serve_reserved(
+        self, conn: _Conn, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """One request on a reserved slot: answered if it is for a probe, else 503."""
+        wait_s = min(self.cfg.reserved_request_timeout_s, self.cfg.request_timeout_s)
+        try:
+            async with asyncio.timeout(wait_s) as conn.timeout:
+                first = await reader.read(1)
+                if not first:
+                    return
+                conn.heard = True
+                req = await self._read_request(reader, first)
+        except TimeoutError:  # silent too long, or gave its slot to a newcomer
+            await self._refuse(writer, conn)
+            return
+        except _HttpError as err:
+            await self._send(writer, err.code, _json({"error": err.message}), False)
+            self._count("invalid", err.code)
+            return
+        finally:
+            conn.timeout = None
+        if (req.path.rstrip("/") or "/") not in _PROBE_PATHS:
+            await self._refuse(writer, conn)
+            return
+        endpoint, code, body, ctype, extra = await self._dispatch(req)
+        self._count(endpoint, code)
+        await self._send(writer, code, body, False, ctype, extra, head_only=req.method == "HEAD")
 
     async def _read_request(self, reader: asyncio.StreamReader, first: bytes) -> _Request:
         try:
@@ -434,6 +629,26 @@ def _plain(obj: Any) -> Any:
     if hasattr(obj, "item"):  # numpy scalar
         return _plain(obj.item())
     return str(obj)
+
+
+def _client_key(writer: asyncio.StreamWriter) -> str:
+    """The source IP a connection counts against (IPv4-mapped IPv6 as plain IPv4)."""
+    peer = writer.get_extra_info("peername")
+    if not isinstance(peer, tuple) or not peer:
+        return "unknown"
+    host = str(peer[0])
+    with contextlib.suppress(ValueError):
+        addr = ipaddress.ip_address(host.split("%", 1)[0])
+        mapped = getattr(addr, "ipv4_mapped", None)
+        return str(mapped or addr)
+    return host
+
+
+def _expire(timeout: asyncio.Timeout, when: float) -> None:
+    """Bring a running wait's deadline forward (to now or a past time: it fires at once)."""
+    with contextlib.suppress(RuntimeError):  # already expiring or left: nothing to do
+        if not timeout.expired():
+            timeout.reschedule(when)
 
 
 async def _close(writer: asyncio.StreamWriter) -> None:

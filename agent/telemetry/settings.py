@@ -29,7 +29,16 @@ class HttpConfig(StrictModel):
     request_timeout_s: float = Field(10.0, gt=0, le=300)  # headers+body of one request, idle
     max_header_bytes: int = Field(8192, ge=1024, le=65536)
     max_body_bytes: int = Field(4096, ge=64, le=1_048_576)
-    max_connections: int = Field(16, ge=1, le=1024)
+    max_connections: int = Field(16, ge=1, le=1024)  # the general pool, every route
+    # One source IP may hold at most this many of the general pool, so a few idle or slow
+    # clients cannot fill it (on loopback every local client shares 127.0.0.1).
+    max_connections_per_client: int = Field(4, ge=1, le=1024)
+    # Beyond the general pool: connections that may only ask for /healthz, /readyz or
+    # /metrics, so probes and Prometheus get through while the pool is full; 0 = none.
+    reserved_probe_connections: int = Field(4, ge=0, le=64)
+    reserved_request_timeout_s: float = Field(2.0, gt=0, le=30)  # request on a reserved slot
+    # While connections are being turned away, keep-alive connections idle this long close.
+    idle_timeout_under_pressure_s: float = Field(1.0, gt=0, le=300)
 
     @field_validator("bind")
     @classmethod

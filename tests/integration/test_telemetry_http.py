@@ -393,12 +393,11 @@ async def test_truncated_body_is_400(server: TelemetryServer) -> None:
 
 
 async def test_connection_limit(agent: Agent) -> None:
-    srv = await _start(agent, max_connections=2, request_timeout_s=5)
+    srv = await _start(agent, max_connections=2, reserved_probe_connections=0, request_timeout_s=5)
     try:
         held = [await asyncio.open_connection("127.0.0.1", srv.port) for _ in range(2)]
-        await asyncio.sleep(0.05)
         resp = await raw(srv.port, b"")  # the server answers the third at once and closes
-        assert _status(resp) == 503
+        assert _status(resp) == 503 and b"Retry-After: 1\r\n" in resp
         for _, w in held:
             w.close()
         await asyncio.sleep(0.05)
@@ -428,3 +427,202 @@ async def test_disabled_server_does_not_listen(agent: Agent) -> None:
     async with srv:
         with pytest.raises(RuntimeError):
             _ = srv.port
+
+
+# --- capacity: per-client limits, reserved probe slots, shedding idle connections ------------
+#
+# Several loopback addresses stand for several clients: Linux routes all of 127.0.0.0/8 to
+# lo, so a socket bound to 127.0.0.2 reaches a server on 127.0.0.1 from another source IP.
+
+Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def _open(port: int, source: str = "127.0.0.1") -> Conn:
+    return await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+
+
+async def _idle(port: int, n: int, source: str = "127.0.0.1") -> list[Conn]:
+    """`n` connections that never send a byte."""
+    return [await _open(port, source) for _ in range(n)]
+
+
+async def _request(conn: Conn, path: str) -> tuple[int, bytes, bytes]:
+    """One GET on an open connection: (status, response head, body)."""
+    reader, writer = conn
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+    body = await asyncio.wait_for(reader.readexactly(length), 5)
+    return _status(head), head, body
+
+
+async def _held(port: int, n: int, source: str) -> list[Conn]:
+    """`n` connections from `source` that each got a keep-alive answer, then sit idle."""
+    conns = []
+    for _ in range(n):
+        conn = await _open(port, source)
+        code, head, _ = await _request(conn, "/healthz")
+        assert code == 200 and b"Connection: keep-alive" in head, head
+        conns.append(conn)
+    return conns
+
+
+def _close_all(conns: list[Conn]) -> None:
+    for _, w in conns:
+        w.close()
+
+
+async def test_sixteen_idle_connections_do_not_lock_out_probes_and_metrics(
+    server: TelemetryServer, agent: Agent
+) -> None:
+    """Issue 11 item 12, as reported: defaults, 16 idle sockets from one client."""
+    agent.ready = True
+    held = await _idle(server.port, 16)
+    try:
+        code, _, body = await fetch(server.port, "/metrics")
+        assert code == 200, body
+        assert (await fetch(server.port, "/readyz"))[0] == 200
+        assert (await fetch(server.port, "/healthz"))[0] == 200
+    finally:
+        _close_all(held)
+
+
+async def test_sixteen_idle_connections_from_one_client_do_not_lock_out_another(
+    server: TelemetryServer,
+) -> None:
+    held = await _idle(server.port, 16, source="127.0.0.2")
+    try:
+        code, _, body = await fetch(server.port, "/control")  # from 127.0.0.1
+        assert code == 200, body
+        assert (await fetch(server.port, "/metrics"))[0] == 200
+    finally:
+        _close_all(held)
+
+
+async def test_one_client_cannot_exceed_its_limit_and_a_second_client_is_served(
+    agent: Agent,
+) -> None:
+    # long idle timeouts: nothing is shed while the test runs, however slow the machine
+    srv = await _start(
+        agent, max_connections_per_client=2, request_timeout_s=60, idle_timeout_under_pressure_s=60
+    )
+    try:
+        held = await _held(srv.port, 2, "127.0.0.2")
+        extra = await _open(srv.port, "127.0.0.2")
+        code, head, body = await _request(extra, "/control")  # not a probe: refused
+        assert code == 503, head
+        assert b"Retry-After: " in head and b"Connection: close" in head
+        assert "limit" in json.loads(body)["error"]
+        assert await asyncio.wait_for(extra[0].read(), 5) == b""  # and closed
+        extra[1].close()
+        # the same client's probe still goes through, on a reserved slot, then closes
+        probe = await _open(srv.port, "127.0.0.2")
+        code, head, _ = await _request(probe, "/healthz")
+        assert code == 200 and b"Connection: close" in head
+        probe[1].close()
+        # a second client is served as usual, control included
+        assert (await fetch(srv.port, "/control"))[0] == 200
+        # and the first client's connections were not disturbed
+        for conn in held:
+            code, head, _ = await _request(conn, "/control")
+            assert code == 200 and b"Connection: keep-alive" in head
+        m = agent.metrics
+        assert m.get("edgeloop_http_requests_total", endpoint="client_limit", code=503) == 1
+        _close_all(held)
+    finally:
+        await srv.stop()
+
+
+async def test_full_pool_keeps_reserved_slots_for_probes_and_metrics(agent: Agent) -> None:
+    agent.ready = True
+    srv = await _start(
+        agent,
+        max_connections=2,
+        max_connections_per_client=1,
+        reserved_probe_connections=1,
+        request_timeout_s=60,
+        idle_timeout_under_pressure_s=60,
+    )
+    try:
+        held = await _held(srv.port, 1, "127.0.0.2") + await _held(srv.port, 1, "127.0.0.3")
+        code, headers, body = await fetch(srv.port, "/control")  # pool full: refused
+        assert code == 503 and "Retry-After" in headers, body
+        for path in ("/metrics", "/readyz", "/healthz"):
+            code, headers, body = await fetch(srv.port, path)
+            assert code == 200, (path, body)
+            assert headers["Connection"] == "close"
+        m = agent.metrics
+        assert m.get("edgeloop_http_requests_total", endpoint="overload", code=503) == 1
+        assert m.get("edgeloop_http_requests_total", endpoint="metrics", code=200) == 1
+        _close_all(held)
+    finally:
+        await srv.stop()
+
+
+async def test_silent_connections_cannot_hold_the_reserved_slots(agent: Agent) -> None:
+    srv = await _start(
+        agent,
+        max_connections=1,
+        reserved_probe_connections=2,
+        request_timeout_s=60,
+        idle_timeout_under_pressure_s=60,
+    )
+    try:
+        held = await _held(srv.port, 1, "127.0.0.2")
+        silent = await _idle(srv.port, 10, source="127.0.0.3")  # more than the reserve
+        assert (await fetch(srv.port, "/metrics"))[0] == 200
+        # every silent one beyond the reserve was told 503 and closed
+        answers = [await asyncio.wait_for(r.read(), 5) for r, _ in silent[:8]]
+        assert all(_status(a) == 503 and b"Retry-After: " in a for a in answers)
+        _close_all(held + silent)
+    finally:
+        await srv.stop()
+
+
+async def test_beyond_the_reserve_the_answer_is_an_immediate_503(agent: Agent) -> None:
+    srv = await _start(
+        agent, max_connections=1, reserved_probe_connections=1, reserved_request_timeout_s=30
+    )
+    try:
+        held = await _held(srv.port, 1, "127.0.0.2")
+        busy = await _open(srv.port, "127.0.0.3")
+        busy[1].write(b"GET /metr")  # half a request: it has spoken, so it keeps its slot
+        await busy[1].drain()
+        await asyncio.sleep(0.2)  # let the server read those bytes (not a timing assertion)
+        resp = await raw(srv.port, b"")  # sends nothing and still gets its answer at once
+        assert _status(resp) == 503 and b"Retry-After: " in resp
+        busy[1].write(b"ics HTTP/1.1\r\nHost: x\r\n\r\n")
+        code, _, _ = await _request_rest(busy)
+        assert code == 200
+        _close_all([*held, busy])
+    finally:
+        await srv.stop()
+
+
+async def _request_rest(conn: Conn) -> tuple[int, bytes, bytes]:
+    reader, _ = conn
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+    return _status(head), head, await asyncio.wait_for(reader.readexactly(length), 5)
+
+
+async def test_idle_keep_alive_connections_are_shed_under_pressure(agent: Agent) -> None:
+    # without pressure an idle connection would be kept for request_timeout_s (60 s)
+    srv = await _start(
+        agent, max_connections_per_client=2, request_timeout_s=60, idle_timeout_under_pressure_s=0.2
+    )
+    try:
+        other = await _held(srv.port, 1, "127.0.0.3")
+        held = await _held(srv.port, 2, "127.0.0.2")
+        code, head, _ = await _request(await _open(srv.port, "127.0.0.2"), "/control")
+        assert code == 503 and b"Retry-After: 1" in head
+        for reader, _ in held:  # closed well before the 60 s, without a word
+            assert await asyncio.wait_for(reader.read(), 20) == b""
+        code, _, _ = await _request(await _open(srv.port, "127.0.0.2"), "/control")
+        assert code == 200  # the retry gets in
+        code, head, _ = await _request(other[0], "/control")  # another client was left alone
+        assert code == 200 and b"Connection: keep-alive" in head
+        _close_all(held + other)
+    finally:
+        await srv.stop()

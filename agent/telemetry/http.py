@@ -17,6 +17,9 @@ counted (``edgeloop_http_requests_total{endpoint="overload"|"client_limit",code=
 and while connections are being turned away, keep-alive connections of those involved
 that sit idle longer than `idle_timeout_under_pressure_s` are closed to make room.
 
+A bug in one connection's handling is answered with a 500 or a closed connection; the
+server keeps serving, and the failure is logged once per episode, not once per request.
+
 Auth: when a bearer token is configured, every route except the probes (/healthz, /readyz)
 needs ``Authorization: Bearer <token>`` (compared in constant time).  The control routes,
 which change what a PLC is told to do, refuse to work at all without a configured token,
@@ -161,6 +164,7 @@ class TelemetryServer:
         self._pressure_until = 0.0  # loop time until which the whole pool is under pressure
         self._last_refusal = -math.inf
         self._refused_quietly = 0
+        self._failures: dict[str, int] = {}  # failing handler -> failures in the episode
         self._started = time.monotonic()
 
     @property
@@ -228,11 +232,14 @@ class TelemetryServer:
             pass  # stop()
         except (ConnectionError, OSError):
             pass  # the client went away (or would not read): nothing to tell anyone
-        except Exception:  # a bug in a handler must not take the server down
-            log.exception("telemetry HTTP connection failed")
+        except Exception as exc:  # a bug in a handler must not take the server down
+            self._failed("connection", exc)
         finally:
-            self._release(conn)
             self._conns.discard(task)
+            try:
+                self._release(conn)
+            except Exception as exc:  # never leak the socket over a bookkeeping bug
+                self._failed("connection", exc)
             await _close(writer)
 
     # --- capacity ------------------------------------------------------------------------
@@ -345,6 +352,22 @@ class TelemetryServer:
         )
         self._refused_quietly = 0
 
+    def _failed(self, where: str, exc: BaseException) -> None:
+        """Log the first failure of an episode with its traceback, count the rest quietly."""
+        n = self._failures.get(where, 0)
+        self._failures[where] = n + 1
+        if n == 0:
+            log.error(
+                "telemetry HTTP %s failed (further failures are not logged until it works again)",
+                where,
+                exc_info=exc,
+            )
+
+    def _worked(self, where: str) -> None:
+        n = self._failures.pop(where, 0)
+        if n:
+            log.info("telemetry HTTP %s works again after %d failure(s)", where, n)
+
     # --- serving ---------------------------------------------------------------------------
 
     async def _serve(
@@ -381,6 +404,7 @@ class TelemetryServer:
             self._count(endpoint, code)
             keep = req.keep_alive
             await self._send(writer, code, body, keep, ctype, extra, head_only=req.method == "HEAD")
+            self._worked("connection")
             if not keep:
                 return
 
@@ -411,6 +435,7 @@ class TelemetryServer:
         endpoint, code, body, ctype, extra = await self._dispatch(req)
         self._count(endpoint, code)
         await self._send(writer, code, body, False, ctype, extra, head_only=req.method == "HEAD")
+        self._worked("connection")
 
     async def _read_request(self, reader: asyncio.StreamReader, first: bytes) -> _Request:
         try:
@@ -511,12 +536,14 @@ class TelemetryServer:
                 {"Allow": ", ".join(allowed)},
             )
         try:
-            return await self._route(req, endpoint, parts)
+            result = await self._route(req, endpoint, parts)
         except _HttpError as err:
             return endpoint, err.code, _json({"error": err.message}), JSON_CONTENT_TYPE, err.headers
-        except Exception:  # a failing health_fn/status() is a 500, not a dropped connection
-            log.exception("telemetry HTTP %s %s failed", req.method, req.path)
+        except Exception as exc:  # a failing health_fn/status() is a 500, not a dropped conn
+            self._failed(f"{req.method} /{endpoint}", exc)
             return endpoint, 500, _json({"error": "internal error, see the agent log"}), *_J
+        self._worked(f"{req.method} /{endpoint}")
+        return result
 
     async def _route(
         self, req: _Request, endpoint: str, parts: list[str]

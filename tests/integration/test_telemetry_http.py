@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
@@ -626,3 +627,60 @@ async def test_idle_keep_alive_connections_are_shed_under_pressure(agent: Agent)
         _close_all(held + other)
     finally:
         await srv.stop()
+
+
+# --- robustness: handler failures ------------------------------------------------------------
+
+
+class BuggyServer(TelemetryServer):
+    """The real server with a bug planted outside the routes' own error handling."""
+
+    async def _dispatch(self, req: Any) -> Any:
+        if req.path == "/boom":
+            raise RuntimeError("planted handler bug")
+        return await super()._dispatch(req)
+
+
+def _errors(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_failing_route_is_logged_once_per_episode(
+    server: TelemetryServer, agent: Agent, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken() -> dict[str, Any]:
+        raise RuntimeError("acquirer gone")
+
+    caplog.set_level(logging.INFO, logger="agent.telemetry.http")
+    server.health_fn = broken
+    for _ in range(3):  # a scrape every 15 s must not write a traceback every 15 s
+        assert (await fetch(server.port, "/readyz"))[0] == 500
+    assert (await fetch(server.port, "/healthz"))[0] == 200
+    assert len(_errors(caplog)) == 1 and _errors(caplog)[0].exc_info
+    server.health_fn = agent.health
+    assert (await fetch(server.port, "/readyz"))[0] == 503  # works again (not ready yet)
+    assert "works again after 3 failure(s)" in caplog.text
+    server.health_fn = broken
+    assert (await fetch(server.port, "/readyz"))[0] == 500
+    assert len(_errors(caplog)) == 2  # a new episode is logged again
+
+
+async def test_a_crashing_connection_handler_never_takes_the_server_down(
+    agent: Agent, caplog: pytest.LogCaptureFixture
+) -> None:
+    srv = BuggyServer(
+        HttpConfig(port=0, max_connections=1, max_connections_per_client=1),
+        agent.metrics,
+        agent.health,
+        lambda: agent.ready,
+    )
+    async with srv:
+        for _ in range(5):
+            resp = await raw(srv.port, b"GET /boom HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert resp == b""  # the connection is closed, nothing more
+        assert len(_errors(caplog)) == 1 and "planted handler bug" in caplog.text
+        # the crashed connections gave their slot back: the only one is free again
+        conn = await _open(srv.port)
+        code, head, _ = await _request(conn, "/healthz")
+        assert code == 200 and b"Connection: keep-alive" in head
+        conn[1].close()

@@ -34,6 +34,7 @@ import numpy as np
 from agent.metrics import Metrics
 from agent.tags import Compiled
 from agent.telemetry.episodes import EpisodeLog
+from agent.writegate import WriteGate, rules_from_config
 from drivers.base import (
     ConnectError,
     Driver,
@@ -107,6 +108,7 @@ class Acquirer:
         self._rng = rng or random.Random()
         self._episodes = EpisodeLog(log)
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.gate = WriteGate(self.table, rules_from_config(compiled.config, self.table))
         self._last_good_ns = np.zeros(len(self.table), dtype=np.int64)
         self._groups: dict[str, list[GroupSpec]] = {}
         self._failing: dict[str, set[str]] = {n: set() for n in compiled.devices}
@@ -159,12 +161,17 @@ class Acquirer:
 
     # --- writes --------------------------------------------------------------------------
 
-    async def write(self, tag: str, value: float | int | bool | str) -> None:
+    async def write(
+        self, tag: str, value: float | int | bool | str, role: str | None = None
+    ) -> None:
         """Write one value in engineering units; refuses (never sends) unsafe writes.
 
-        Raises `WriteRefused` for an unknown, non-writable or out-of-bounds tag or a value
-        of the wrong kind; `DriverError` subclasses when the device is down or the write
-        fails on the wire.
+        Every write passes the `WriteGate` (agent/writegate.py): `role` says who writes
+        (`output:<loop>`, `heartbeat:<loop>`, None = operator) and must be allowed for the
+        tag; bounds, rate limit (also with the present value unknown) and write budget hold.
+        Raises `WriteRefused` for an unknown, non-writable, out-of-bounds, too fast or
+        wrong-role write or a value of the wrong kind; `DriverError` subclasses when the
+        device is down or the write fails on the wire.
         """
         idx = self.table.index.get(tag)
         if idx is None:
@@ -174,6 +181,12 @@ class Acquirer:
         if not point.writable:
             raise self._refuse(WriteRefused(f"tag {tag!r} is not writable", device=device))
         checked = self._check_value(point, value, device)
+        now_ns = time.time_ns()
+        if not isinstance(checked, str):
+            try:
+                self.gate.check(idx, float(checked), role, now_ns)
+            except WriteRefused as e:
+                raise self._refuse(WriteRefused(str(e), device=device)) from None
         drv = self.compiled.drivers.get(device)
         if drv is None or device not in self._health:
             raise self._refuse(WriteRefused(f"device of {tag!r} is not running", device=device))
@@ -188,6 +201,8 @@ class Acquirer:
             raise ConnectError(
                 f"write of {tag!r} got no answer in {guard:.1f} s", device=device
             ) from e
+        if not isinstance(checked, str):
+            self.gate.committed(idx, float(checked), now_ns)
 
     def _check_value(self, point: Any, value: Any, device: str) -> float | int | bool | str:
         name = point.name

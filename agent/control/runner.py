@@ -3,10 +3,20 @@
 One task per loop, scheduled on absolute deadlines (`start + k * period`, so jitter never
 accumulates into drift); a period that is missed entirely is skipped, never replayed.  Each
 period reads the loop's inputs from the tag table (kernel-filtered value, quality, flags,
-timestamp), calls `agent.control.loop.step`, writes the command through `write(tag, value)`
-(the Acquirer's: it refuses non-writable or out-of-bounds writes itself, a second fence),
-and writes the heartbeat register.  Nothing is queued: a setpoint or output decided for a
-period that has passed is dropped, so a stale command is never sent after a stall.
+timestamp), calls `agent.control.loop.step`, writes the command through
+`write(tag, value, role=...)` (the Acquirer's write gate: role, bounds, rate and budget, a
+second fence), and writes the heartbeat register.  Nothing is queued: a setpoint or output
+decided for a period that has passed is dropped, so a stale command is never sent after a
+stall.
+
+Fail-safe by construction:
+- the heartbeat is written last in a period, so a period that crashes or hangs feeds no
+  heartbeat and the PLC's own watchdog takes the plant;
+- with the measurement unusable for `interlocks.max_blind_s` the heartbeat stops too (the
+  loop is holding blind: the PLC's watchdog is the better judge);
+- a period that raises is logged with its traceback, counted
+  (`edgeloop_component_crashes_total{component="control"}`), shown in `status()` and
+  `/readyz`, and retried with a capped backoff; the loop task itself never dies silently.
 """
 
 from __future__ import annotations
@@ -32,11 +42,13 @@ from agent.control.settings import (
     LoopConfig,
     Mode,
     PidFallback,
+    output_bounds,
 )
 
 log = logging.getLogger("edgeloop.control")
 
 MODES: tuple[Mode, ...] = ("off", "manual", "shadow", "auto")
+CRASH_BACKOFF_MAX_S = 5.0
 
 
 class ControlError(Exception):
@@ -77,6 +89,8 @@ class _Loop:
     out_idx: int
     sp_idx: int | None
     hb_idx: int | None
+    trip_idx: int | None = None
+    applied_idx: int | None = None
     sp_override: float | None = None
     sp_last: float = math.nan
     write_ok: bool = True
@@ -90,6 +104,10 @@ class _Loop:
     shadow: _ShadowStats = field(default_factory=_ShadowStats)
     step_s: float = 0.0
     skipped: int = 0
+    blind_since_ns: int | None = None
+    hb_withheld: bool = False
+    crashes: int = 0
+    failing: str | None = None  # the last period's crash, None once a period completes
 
 
 def _num(v: float) -> float | None:
@@ -155,22 +173,18 @@ class ControlRunner:
             if _writable(t, hb_idx) is False:
                 raise ControlError(f"{where}: heartbeat tag {lc.heartbeat.tag!r} is not writable")
         sp_idx = idx(lc.setpoint.tag, "setpoint") if lc.setpoint.tag else None
-        lo = [
-            v
-            for v in (_bound(t, out_idx, "min"), lc.output_min)
-            if v is not None and math.isfinite(v)
-        ]
-        hi = [
-            v
-            for v in (_bound(t, out_idx, "max"), lc.output_max)
-            if v is not None and math.isfinite(v)
-        ]
-        if not lo or not hi:
+        trip_idx = applied_idx = None
+        if lc.plc_trip is not None:
+            trip_idx = idx(lc.plc_trip.tag, "plc_trip")
+            if lc.plc_trip.applied is not None:
+                applied_idx = idx(lc.plc_trip.applied, "plc_trip applied")
+        lo_b, hi_b = output_bounds(lc, _bound(t, out_idx, "min"), _bound(t, out_idx, "max"))
+        if lo_b is None or hi_b is None:
             raise ControlError(
                 f"{where}: output {lc.output!r} needs finite bounds (tag min/max "
                 "or the loop's output_min/output_max)"
             )
-        lo_v, hi_v = max(lo), min(hi)
+        lo_v, hi_v = lo_b, hi_b
         if lo_v >= hi_v:
             raise ControlError(f"{where}: output bounds are empty ({lo_v} .. {hi_v})")
         rate = lc.max_rate_per_s
@@ -222,7 +236,9 @@ class ControlRunner:
         if policy is not None:
             state.fs = policy.new_state()
         _ = HoldFallback  # documented alternative, nothing to compile
-        return _Loop(lc, spec, policy, state, role_idx, out_idx, sp_idx, hb_idx)
+        return _Loop(
+            lc, spec, policy, state, role_idx, out_idx, sp_idx, hb_idx, trip_idx, applied_idx
+        )
 
     # -- runtime commands -----------------------------------------------------------------
     def _get(self, name: str) -> _Loop:
@@ -289,8 +305,21 @@ class ControlRunner:
                 "periods": lp.period_no,
                 "skipped_periods": lp.skipped,
                 "shadow": lp.shadow.as_dict(),
+                "heartbeat": None
+                if lp.hb_idx is None
+                else ("withheld" if lp.hb_withheld else "running"),
+                "crashes": lp.crashes,
+                "failing": lp.failing,
             }
         return out
+
+    def healthy(self) -> bool:
+        """No loop is crashing (its last period completed)."""
+        return all(lp.failing is None for lp in self.loops.values())
+
+    def periods(self) -> int:
+        """Periods completed by every loop together (the service's watchdog progress)."""
+        return sum(lp.period_no for lp in self.loops.values())
 
     # -- the period -----------------------------------------------------------------------
     def _setpoint(self, lp: _Loop, now_ns: int) -> float:
@@ -314,11 +343,22 @@ class ControlRunner:
         t = self.table
         ri = lp.role_idx
         st = lp.state
-        if not math.isfinite(st.last_u) and int(t.quality[lp.out_idx]) == 0:
-            # bumpless start: continue from what the PLC holds now
-            v = float(t.raw[lp.out_idx])
+        if not math.isfinite(st.last_u):
+            # bumpless start: continue from what the PLC holds now, or from the configured
+            # start_output of a write-only register; unknown -> the step writes nothing
+            v = float(t.raw[lp.out_idx]) if int(t.quality[lp.out_idx]) == 0 else math.nan
+            if not math.isfinite(v) and lp.cfg.start_output is not None:
+                v = lp.cfg.start_output
             if math.isfinite(v):
                 st.last_u = min(max(v, lp.spec.envelope.lo), lp.spec.envelope.hi)
+        tripped, applied = False, math.nan
+        if lp.trip_idx is not None:
+            ti = lp.trip_idx
+            fresh = now_ns - int(t.ts_ns[ti]) <= lp.spec.max_input_age_s * 1e9
+            tv = float(t.raw[ti])
+            tripped = int(t.quality[ti]) == 0 and fresh and math.isfinite(tv) and tv != 0.0
+            if tripped and lp.applied_idx is not None and int(t.quality[lp.applied_idx]) == 0:
+                applied = float(t.raw[lp.applied_idx])
         sp = self._setpoint(lp, now_ns)
         lp.sp_last = sp
         if (
@@ -337,6 +377,8 @@ class ControlRunner:
             ts_ns=[int(t.ts_ns[i]) for i in ri],
             write_ok=lp.write_ok,
             readback_ok=lp.readback_ok,
+            tripped=tripped,
+            applied=applied,
         )
         t0 = time.perf_counter()
         d = loopmod.step(lp.spec, lp.policy, lp.state, inp)
@@ -392,10 +434,10 @@ class ControlRunner:
             },
         )
 
-    async def _send(self, lp: _Loop, tag: str, value: float) -> bool:
+    async def _send(self, lp: _Loop, tag: str, value: float, role: str) -> bool:
         try:
             async with asyncio.timeout(lp.cfg.period_s):  # not wait_for: 3.11's can eat a cancel
-                await self._write(tag, value)
+                await self._write(tag, value, role=f"{role}:{lp.cfg.name}")
         except Exception as e:  # any failure is an interlock reason; the loop runs on
             self.metrics.inc("edgeloop_control_write_errors_total", loop=lp.cfg.name)
             if type(e).__name__ == "WriteRefused":
@@ -414,7 +456,7 @@ class ControlRunner:
         lp.period_no += 1
         self._account(lp, d, prev)
         if d.command is not None:
-            lp.write_ok = await self._send(lp, lp.cfg.output, d.command)
+            lp.write_ok = await self._send(lp, lp.cfg.output, d.command, "output")
             if lp.write_ok:
                 lp.written, lp.written_ns = d.command, time.time_ns()
         else:
@@ -422,17 +464,58 @@ class ControlRunner:
         if not lp.readback_ok and READBACK_MISMATCH not in lp.logged:
             log.warning("control loop %s: read-back differs from the written value", lp.cfg.name)
         hb = lp.cfg.heartbeat
-        if hb is not None and lp.period_no % hb.every_periods == 0:
+        if hb is not None and not self._blind(lp, d) and lp.period_no % hb.every_periods == 0:
             lp.heartbeat = (lp.heartbeat + 1) % hb.modulo
-            await self._send(lp, hb.tag, float(lp.heartbeat))
+            await self._send(lp, hb.tag, float(lp.heartbeat), "heartbeat")
+
+    def _blind(self, lp: _Loop, d: loopmod.Decision) -> bool:
+        """Whether the loop has held without a usable measurement for `max_blind_s`."""
+        now = time.time_ns()
+        if d.pv_ok:
+            lp.blind_since_ns = None
+        elif lp.blind_since_ns is None:
+            lp.blind_since_ns = now
+        blind = (
+            lp.blind_since_ns is not None
+            and now - lp.blind_since_ns > lp.cfg.interlocks.max_blind_s * 1e9
+        )
+        if blind != lp.hb_withheld and lp.hb_idx is not None:
+            lp.hb_withheld = blind
+            if blind:
+                log.error(
+                    "control loop %s: no usable measurement for %.0f s: heartbeat stopped, "
+                    "the PLC's watchdog takes over",
+                    lp.cfg.name,
+                    lp.cfg.interlocks.max_blind_s,
+                )
+            else:
+                log.warning("control loop %s: measurement back, heartbeat resumed", lp.cfg.name)
+            self._emit(
+                names.EVENT_CONTROL_FALLBACK,
+                {"loop": lp.cfg.name, "heartbeat": "withheld" if blind else "running"},
+            )
+        return blind
 
     async def _run_loop(self, lp: _Loop) -> None:
         ev = asyncio.get_running_loop()
         period = lp.cfg.period_s
         start = ev.time()
         k = 0
+        backoff = period
         while not self._stopping.is_set():
-            await self.period(lp)
+            try:
+                await self.period(lp)
+            except Exception as e:  # never silent, never the end of the loop
+                self._crashed(lp, e)
+                await asyncio.sleep(min(backoff, CRASH_BACKOFF_MAX_S))
+                backoff *= 2
+                start, k = ev.time(), 0
+                continue
+            if lp.failing is not None:
+                log.warning("control loop %s: periods complete again", lp.cfg.name)
+                lp.failing = None
+                self.metrics.set("edgeloop_component_up", 1, component="control")
+            backoff = period
             k += 1
             now = ev.time()
             due = start + k * period
@@ -443,11 +526,30 @@ class ControlRunner:
                 due = start + k * period
             await asyncio.sleep(max(0.0, due - now))
 
+    def _crashed(self, lp: _Loop, e: Exception) -> None:
+        lp.crashes += 1
+        first = lp.failing is None
+        lp.failing = f"{type(e).__name__}: {e}"
+        self.metrics.inc("edgeloop_component_crashes_total", component="control")
+        self.metrics.set("edgeloop_component_up", 0, component="control")
+        if first:  # the traceback once per episode; the count says how often
+            log.error(
+                "control loop %s: period failed (no output, no heartbeat; retrying): %s",
+                lp.cfg.name,
+                lp.failing,
+                exc_info=e,
+            )
+            self._emit(
+                names.EVENT_COMPONENT_CRASH,
+                {"component": "control", "loop": lp.cfg.name, "error": lp.failing},
+            )
+
     async def run(self) -> None:
         """Run every loop until cancelled (or `stop()`)."""
         if not self.loops:
             return
         self._stopping = asyncio.Event()
+        self.metrics.set("edgeloop_component_up", 1, component="control")
         async with asyncio.TaskGroup() as tg:
             tasks = [
                 tg.create_task(self._run_loop(lp), name=f"control:{lp.cfg.name}")

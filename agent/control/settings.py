@@ -11,8 +11,10 @@ control:
       setpoint: {value: 55.0, min: 30.0, max: 80.0}   # or {tag: temp_setpoint}
       mode: shadow                       # off | manual | shadow | auto
       fallback: {kind: pid}              # SIMC defaults for the simulated heater; or kp/ti_s/td_s
-      interlocks: {max_input_age_periods: 3, healthy_s: 10}
-      heartbeat: {tag: heartbeat}
+      interlocks: {max_input_age_periods: 3, healthy_s: 10, max_blind_s: 30}
+      heartbeat: {tag: heartbeat}        # an integer register no loop writes or reads
+      plc_trip: {tag: watchdog_tripped, applied: heater_power_fb}
+      start_output: null                 # write-only output: the value to ramp from at start
 ```
 `inputs` maps the model card's signal roles to tags; `pv` is the controlled measurement every
 loop needs (the PID uses it too).  Every default lives here.
@@ -20,6 +22,7 @@ loop needs (the PID uses it too).  Every default lives here.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
@@ -92,14 +95,31 @@ class InterlockConfig(StrictModel):
     on_bad_quality: bool = True
     on_anomaly: bool = Field(True, description="kernel ANOMALOUS flag on an input -> fallback")
     on_write_failure: bool = True
+    max_blind_s: float = Field(
+        30.0,
+        gt=0,
+        le=86_400,
+        description="pv unusable this long -> stop the heartbeat so the PLC's watchdog acts",
+    )
 
 
 class HeartbeatConfig(StrictModel):
     """A register the agent changes every `every_periods` so the PLC's watchdog can act."""
 
     tag: str
-    every_periods: int = Field(1, ge=1)
+    every_periods: int = Field(1, ge=1, le=1_000_000)
     modulo: int = Field(65536, ge=2, description="counter wraps here (uint16 register)")
+
+
+class PlcTripConfig(StrictModel):
+    """The PLC's own trip indicator: while it is on the PLC, not the agent, sets the output.
+
+    The loop then follows `applied` (the value the PLC really applies, e.g. a feedback
+    register), so a reset continues from there; without `applied` it holds its last output.
+    """
+
+    tag: str = Field(description="a bool/number tag, non-zero while the PLC has tripped")
+    applied: str | None = Field(None, description="tag of the output value the PLC applies")
 
 
 class LoopConfig(StrictModel):
@@ -120,6 +140,12 @@ class LoopConfig(StrictModel):
     output_max: float | None = None
     max_rate_per_s: float | None = Field(None, gt=0, description="None = unlimited")
     manual_output: float | None = Field(None, description="initial manual output")
+    start_output: float | None = Field(
+        None,
+        description="the output's assumed present value when it cannot be read (write-only "
+        "register); the first writes ramp from here. None = write nothing until it is read",
+    )
+    plc_trip: PlcTripConfig | None = None
 
     @model_validator(mode="after")
     def _check(self) -> LoopConfig:
@@ -158,13 +184,27 @@ class ControlConfig(StrictModel):
         return self
 
 
+INTEGER_TYPES = {"int16": 32768, "uint16": 65536, "int32": 2**31, "uint32": 2**32}
+
+
+def _ref(tag_index: Any, name: str) -> Any:
+    return tag_index.get(name) if hasattr(tag_index, "get") else None
+
+
 def _writable(tag_index: Any, name: str) -> bool | None:
     """Whether `tag_index` says the tag is writable; None when it cannot tell."""
-    info = tag_index.get(name) if hasattr(tag_index, "get") else None
+    info = _ref(tag_index, name)
     if info is None:
         return None
     w = info.get("writable") if isinstance(info, dict) else getattr(info, "writable", None)
     return None if w is None else bool(w)
+
+
+def output_bounds(lp: LoopConfig, tag_min: float | None, tag_max: float | None) -> tuple:
+    """(lo, hi) of a loop's output: the tag's bounds narrowed by the loop's; None if open."""
+    los = [v for v in (tag_min, lp.output_min) if v is not None and math.isfinite(v)]
+    his = [v for v in (tag_max, lp.output_max) if v is not None and math.isfinite(v)]
+    return (max(los) if los else None, min(his) if his else None)
 
 
 def cross_check(cfg: Any, tag_index: Any) -> list[tuple[str, str]]:
@@ -172,24 +212,34 @@ def cross_check(cfg: Any, tag_index: Any) -> list[tuple[str, str]]:
 
     `cfg` is the root config (with `.control`) or a ControlConfig; `tag_index` maps tag
     name -> anything (an index, a Point, a dict with `writable`); writability is checked when
-    the value says so, and again at run time against the tag table.
+    the value says so, and again at run time against the tag table.  Everything the runner
+    would refuse at start is refused here, so `check` and `run` agree.
     """
     control = getattr(cfg, "control", cfg)
     problems: list[tuple[str, str]] = []
     names = set(tag_index)
-    for i, lp in enumerate(getattr(control, "loops", [])):
+    loops = list(getattr(control, "loops", []))
+    # who owns which tag: a loop writes its output, reads its inputs and setpoint tag
+    owners: dict[str, str] = {}
+    for lp in loops:
+        owners.setdefault(lp.output, f"the output of loop {lp.name!r}")
+        if lp.setpoint.tag is not None:
+            owners.setdefault(lp.setpoint.tag, f"the setpoint tag of loop {lp.name!r}")
+        for role, tag in lp.inputs.items():
+            owners.setdefault(tag, f"input {role!r} of loop {lp.name!r}")
+    for i, lp in enumerate(loops):
         base = f"control.loops[{i}]"
         for role, tag in lp.inputs.items():
             if tag not in names:
                 problems.append((f"{base}.inputs.{role}", f"unknown tag {tag!r}"))
+        ref = _ref(tag_index, lp.output)
+        lo = hi = None
         if lp.output not in names:
             problems.append((f"{base}.output", f"unknown tag {lp.output!r}"))
         elif _writable(tag_index, lp.output) is False:
             problems.append((f"{base}.output", f"tag {lp.output!r} is not writable"))
-        elif lp.output_min is None or lp.output_max is None:
-            ref = tag_index.get(lp.output) if hasattr(tag_index, "get") else None
-            lo = lp.output_min if lp.output_min is not None else getattr(ref, "min", None)
-            hi = lp.output_max if lp.output_max is not None else getattr(ref, "max", None)
+        else:
+            lo, hi = output_bounds(lp, getattr(ref, "min", None), getattr(ref, "max", None))
             if ref is not None and (lo is None or hi is None):
                 problems.append(
                     (
@@ -198,25 +248,93 @@ def cross_check(cfg: Any, tag_index: Any) -> list[tuple[str, str]]:
                         "(or set the loop's output_min/output_max)",
                     )
                 )
+            elif lo is not None and hi is not None and lo >= hi:
+                problems.append((f"{base}.output", f"output bounds are empty ({lo} .. {hi})"))
+        for other in loops:
+            if other is not lp and other.setpoint.tag == lp.output:
+                problems.append(
+                    (f"{base}.output", f"tag {lp.output!r} is the setpoint tag of {other.name!r}")
+                )
+            if lp.output in other.inputs.values():
+                problems.append(
+                    (f"{base}.output", f"tag {lp.output!r} is an input of loop {other.name!r}")
+                )
+        if lo is not None and hi is not None:
+            fb = lp.fallback
+            if isinstance(fb, FixedFallback) and not lo <= fb.value <= hi:
+                problems.append(
+                    (f"{base}.fallback.value", f"{fb.value} is outside the output's {lo} .. {hi}")
+                )
+            for key in ("start_output", "manual_output"):
+                v = getattr(lp, key)
+                if v is not None and not lo <= v <= hi:
+                    problems.append((f"{base}.{key}", f"{v} is outside the output's {lo} .. {hi}"))
         if lp.setpoint.tag is not None and lp.setpoint.tag not in names:
             problems.append((f"{base}.setpoint.tag", f"unknown tag {lp.setpoint.tag!r}"))
         if lp.heartbeat is not None:
-            if lp.heartbeat.tag not in names:
-                problems.append((f"{base}.heartbeat.tag", f"unknown tag {lp.heartbeat.tag!r}"))
-            elif _writable(tag_index, lp.heartbeat.tag) is False:
-                problems.append(
-                    (f"{base}.heartbeat.tag", f"tag {lp.heartbeat.tag!r} is not writable")
-                )
+            problems += _check_heartbeat(lp.heartbeat, f"{base}.heartbeat", tag_index, owners)
+        if lp.plc_trip is not None:
+            for key in ("tag", "applied"):
+                tag = getattr(lp.plc_trip, key)
+                if tag is not None and tag not in names:
+                    problems.append((f"{base}.plc_trip.{key}", f"unknown tag {tag!r}"))
+                elif tag is not None and tag == lp.output:
+                    problems.append(
+                        (f"{base}.plc_trip.{key}", "must be a PLC status tag, not the output")
+                    )
         if lp.model is not None:
             problems += _check_model(lp, base, getattr(cfg, "config_dir", None))
+    hb_tags = [lp.heartbeat.tag for lp in loops if lp.heartbeat is not None]
+    for i, lp in enumerate(loops):
+        if lp.heartbeat is not None and hb_tags.count(lp.heartbeat.tag) > 1:
+            problems.append(
+                (f"control.loops[{i}].heartbeat.tag", "two loops share one heartbeat register")
+            )
     return problems
 
 
+def _check_heartbeat(
+    hb: HeartbeatConfig, base: str, tag_index: Any, owners: dict[str, str]
+) -> list[tuple[str, str]]:
+    """A heartbeat is a counter in a register of its own: never an output, never analog."""
+    if hb.tag not in tag_index:
+        return [(f"{base}.tag", f"unknown tag {hb.tag!r}")]
+    if hb.tag in owners:
+        return [(f"{base}.tag", f"tag {hb.tag!r} is {owners[hb.tag]}; a heartbeat needs its own")]
+    if _writable(tag_index, hb.tag) is False:
+        return [(f"{base}.tag", f"tag {hb.tag!r} is not writable")]
+    ref = _ref(tag_index, hb.tag)
+    dtype = getattr(ref, "type", None)
+    if dtype is None:
+        return []
+    span = INTEGER_TYPES.get(dtype)
+    if span is None:
+        return [
+            (
+                f"{base}.tag",
+                f"tag {hb.tag!r} is {dtype}: a heartbeat counts, so it needs an integer "
+                f"register ({', '.join(INTEGER_TYPES)})",
+            )
+        ]
+    top = hb.modulo - 1
+    tmax = getattr(ref, "max", None)
+    tmin = getattr(ref, "min", None)
+    if hb.modulo > span or (tmax is not None and top > tmax) or (tmin is not None and tmin > 0):
+        return [
+            (
+                f"{base}.modulo",
+                f"the counter runs 0 .. {top}, which tag {hb.tag!r} ({dtype}, "
+                f"min {tmin}, max {tmax}) cannot hold",
+            )
+        ]
+    return []
+
+
 def _check_model(lp: LoopConfig, base: str, config_dir: Any) -> list[tuple[str, str]]:
-    """The model file and its card against the loop (card only: no interpreter here)."""
+    """The model file and its card against the loop; the interpreter loads it, as `run` does."""
     import json
 
-    from agent.control.policy import ModelError, parse_card, resolve_model_path
+    from agent.control.policy import ModelError, Policy, parse_card, resolve_model_path
 
     try:
         path = resolve_model_path(lp.model or "", config_dir)
@@ -235,4 +353,11 @@ def _check_model(lp: LoopConfig, base: str, config_dir: Any) -> list[tuple[str, 
                 f"model {lp.model} was trained at period_ms={card.get('period_ms')}",
             )
         )
+    if not out:
+        roles = ["pv"] + [r for r in lp.inputs if r != "pv"]
+        try:
+            Policy(path, signals=roles, period_ms=lp.period_ms)
+        except (ModelError, OSError, ValueError, RuntimeError) as e:
+            why = str(e).replace(str(path), path.name)  # same message on every machine
+            out.append((f"{base}.model", f"model {lp.model} does not load: {why}"))
     return out

@@ -48,6 +48,7 @@ class Rig:
         self.plant = HeaterPlant(seed=5, disturbances=False)
         self.plant.settle(0.0, temp_c=45.0)
         self.writes: list[tuple[str, float]] = []
+        self.roles: list[tuple[str, str | None]] = []
         self.events: list[tuple[str, dict]] = []
         self.fail: Exception | None = None
         self.metrics = Metrics()
@@ -59,7 +60,8 @@ class Rig:
         self.lp.state.last_u = self.plant.power_pct
         self.acquire()
 
-    async def write(self, tag: str, value: float) -> None:
+    async def write(self, tag: str, value: float, role: str | None = None) -> None:
+        self.roles.append((tag, role))
         if self.fail is not None:
             raise self.fail
         self.writes.append((tag, value))
@@ -207,7 +209,9 @@ async def test_readback_mismatch_falls_back() -> None:
     await rig.periods(8)
     assert rig.lp.last.active == "model"
 
-    async def clamping_plc(tag: str, value: float) -> None:  # the PLC applies its own limit
+    async def clamping_plc(
+        tag: str, value: float, role: str | None = None
+    ) -> None:  # the PLC applies its own limit
         rig.writes.append((tag, value))
         if tag == "heater_power":
             rig.plant.power_pct = min(value, 10.0)
@@ -218,3 +222,72 @@ async def test_readback_mismatch_falls_back() -> None:
     assert "readback_mismatch" in rig.lp.last.reasons
     n = rig.metrics.get("edgeloop_control_fallbacks_total", loop="tank", reason="readback_mismatch")
     assert n == 1
+
+
+async def test_writes_carry_their_role_for_the_gate() -> None:
+    rig = Rig()
+    await rig.periods(2)
+    assert ("heater_power", "output:tank") in rig.roles
+    assert ("heartbeat", "heartbeat:tank") in rig.roles
+    assert {r for _, r in rig.roles} == {"output:tank", "heartbeat:tank"}
+
+
+async def test_blind_hold_stops_the_heartbeat_after_max_blind_s(caplog) -> None:
+    """Issue 11 item 4: with only reads failing the heartbeat went on, the PLC's watchdog never
+    tripped and the output was held blind with no time limit."""
+    rig = Rig(interlocks={"healthy_s": 2.0, "max_blind_s": 0.2})
+    await rig.periods(3)
+    t = rig.table
+    t.quality[t.index["tank_temp"]] = 3  # reads fail: comm lost
+    beats_before = len([w for w in rig.writes if w[0] == "heartbeat"])
+    for _ in range(6):
+        await rig.runner.period(rig.lp)
+        await asyncio.sleep(0.06)
+    beats = len([w for w in rig.writes if w[0] == "heartbeat"])
+    assert beats - beats_before <= 4  # fed only until max_blind_s, then withheld
+    assert rig.runner.status()["tank"]["heartbeat"] == "withheld"
+    n = beats
+    await rig.runner.period(rig.lp)
+    assert len([w for w in rig.writes if w[0] == "heartbeat"]) == n
+    assert "heartbeat stopped" in caplog.text
+    rig.acquire()  # the measurement is back: so is the heartbeat
+    await rig.runner.period(rig.lp)
+    assert len([w for w in rig.writes if w[0] == "heartbeat"]) == n + 1
+    assert rig.runner.status()["tank"]["heartbeat"] == "running"
+
+
+async def test_a_crashing_period_is_logged_counted_reported_and_retried(caplog) -> None:
+    """Issue 11 item 5: the control task died in its first period with no log line,
+    /readyz still ready and the heartbeat frozen."""
+    rig = Rig()
+    boom = {"n": 3}
+    real = rig.runner.compute
+
+    def compute(lp, now_ns):  # type: ignore[no-untyped-def]
+        if boom["n"] > 0:  # injected fault: nothing real raises here any more
+            boom["n"] -= 1
+            raise OverflowError("cannot convert float infinity to integer")
+        return real(lp, now_ns)
+
+    rig.runner.compute = compute  # type: ignore[method-assign]
+    rig.lp.cfg = rig.lp.cfg.model_copy(update={"period_ms": 20})
+    task = asyncio.create_task(rig.runner.run())
+    for _ in range(100):
+        await asyncio.sleep(0.02)
+        if rig.runner.status()["tank"]["crashes"] >= 1 and not rig.runner.healthy():
+            break
+    assert not rig.runner.healthy()
+    assert "OverflowError" in (rig.runner.status()["tank"]["failing"] or "")
+    assert not [w for w in rig.writes if w[0] == "heartbeat"]  # no heartbeat while failing
+    assert "Traceback" in caplog.text and "period failed" in caplog.text
+    assert rig.metrics.get("edgeloop_component_crashes_total", component="control") >= 1
+    assert any(k == "component_crash" for k, _ in rig.events)
+    for _ in range(300):  # backoff 20, 40, 80 ms: then periods complete again
+        await asyncio.sleep(0.02)
+        if rig.runner.healthy() and [w for w in rig.writes if w[0] == "heartbeat"]:
+            break
+    assert rig.runner.healthy()
+    assert [w for w in rig.writes if w[0] == "heartbeat"]
+    assert rig.metrics.get("edgeloop_component_up", component="control") == 1
+    await rig.runner.stop()
+    await asyncio.wait_for(task, 2.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -89,7 +90,7 @@ def test_cross_check_reports_each_problem_with_its_path() -> None:
     assert "unknown tag 'tank_tmp'" in got["control.loops[0].inputs.pv"]
     assert "not writable" in got["control.loops[0].output"]
     assert "unknown tag 'nope'" in got["control.loops[0].setpoint.tag"]
-    assert "not writable" in got["control.loops[0].heartbeat.tag"]
+    assert "input 'flow' of loop" in got["control.loops[0].heartbeat.tag"]
 
 
 def test_cross_check_model_against_its_card() -> None:
@@ -109,3 +110,23 @@ def test_cross_check_unbounded_output() -> None:
 
 def test_loop_period_property() -> None:
     assert LoopConfig.model_validate({**LOOP, "period_ms": 250}).period_s == 0.25
+
+
+def test_check_loads_the_model_as_run_does(tmp_path, capsys) -> None:
+    """Issue 11 item 10: a corrupt model passed `check`, then `run` exited 1 (restart loop)."""
+    from agent.cli import main
+    from agent.control.policy import MODELS_DIR
+
+    case = Path(__file__).parent.parent / "cases" / "control_heartbeat_float" / "config.yaml"
+    text = case.read_text().replace("      heartbeat: {tag: safe_power}\n", "")
+    text = text.replace("inputs: {pv: temp}", "inputs: {pv: temp, flow: temp, inlet_temp: temp}")
+    text = text.replace("mode: manual", "mode: shadow\n      model: broken.tflite")
+    (tmp_path / "config.yaml").write_text(text)
+    (tmp_path / "broken.json").write_text((MODELS_DIR / "heater_policy.json").read_text())
+    (tmp_path / "broken.tflite").write_bytes(b"TFL3" + bytes(range(256)) * 8)
+    assert main(["check", str(tmp_path / "config.yaml")]) == 78
+    err = capsys.readouterr().err
+    assert "control.loops[0].model: model broken.tflite does not load" in err
+    # the same file with the shipped model passes
+    (tmp_path / "broken.tflite").write_bytes((MODELS_DIR / "heater_policy.tflite").read_bytes())
+    assert main(["check", str(tmp_path / "config.yaml")]) == 0

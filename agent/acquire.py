@@ -108,6 +108,8 @@ class Acquirer:
         self._rng = rng or random.Random()
         self._episodes = EpisodeLog(log)
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._failures: dict[str, str] = {}
+        self._crashes: dict[str, int] = {}
         self.gate = WriteGate(self.table, rules_from_config(compiled.config, self.table))
         self._last_good_ns = np.zeros(len(self.table), dtype=np.int64)
         self._groups: dict[str, list[GroupSpec]] = {}
@@ -134,7 +136,38 @@ class Acquirer:
             if name in self._tasks:
                 continue
             self.metrics.set("edgeloop_device_up", 0, device=name)
-            self._tasks[name] = asyncio.create_task(self._device_loop(name), name=f"dev:{name}")
+            self._spawn(name)
+
+    def _spawn(self, name: str) -> None:
+        task = asyncio.create_task(self._device_loop(name), name=f"dev:{name}")
+        task.add_done_callback(lambda t, n=name: self._task_done(n, t))
+        self._tasks[name] = task
+
+    def _task_done(self, name: str, task: asyncio.Task[None]) -> None:
+        """A device task ends only when cancelled: anything else is a crash, restarted."""
+        if task.cancelled() or self._tasks.get(name) is not task:
+            return
+        exc = task.exception()
+        self._crashes[name] = self._crashes.get(name, 0) + 1
+        self._failures[name] = f"device task crashed: {exc!r}"
+        self.metrics.inc("edgeloop_component_crashes_total", component="acquire")
+        self.metrics.set("edgeloop_component_up", 0, component="acquire")
+        log.critical("device %s: task crashed; restarting it", name, exc_info=exc)
+        delay = min(30.0, 0.5 * 2 ** min(self._crashes[name], 6))
+        asyncio.get_running_loop().call_later(delay, self._restart, name, task)
+
+    def _restart(self, name: str, dead: asyncio.Task[None]) -> None:
+        if self._tasks.get(name) is not dead:  # stopped meanwhile
+            return
+        self.metrics.inc("edgeloop_component_restarts_total", component="acquire")
+        self._failures.pop(name, None)
+        if not self._failures:
+            self.metrics.set("edgeloop_component_up", 1, component="acquire")
+        self._spawn(name)
+
+    def task_failures(self) -> dict[str, str]:
+        """Device tasks that crashed and wait for their restart."""
+        return dict(self._failures)
 
     async def stop(self) -> None:
         """Cancel every task and close every connection (bounded in time)."""

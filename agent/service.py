@@ -7,7 +7,18 @@ registry, the sd_notify watchdog and the signal handlers.
 
 Shutdown order follows the data: stop control (its in-flight write finishes), stop
 acquisition, then drain the store and the publisher's outbox, so nothing that was polled
-is lost on a clean stop.
+is lost on a clean stop.  The whole stop shares one deadline (`STOP_BUDGET_S`).
+
+A reload is make-before-break: the new pipeline is compiled and its acquisition connected
+and polling first, then control is handed over within one period with every loop's state
+(output, model history, run-time mode and setpoint) so nothing steps, and only then does the
+old pipeline stop.  The tag table, kernel, store, publisher and HTTP server are carried over
+unchanged when their part of the file did not change (kernel state survives).
+
+Supervision: the control task, the device tasks, the store writer and the publisher report
+crashes (`edgeloop_component_crashes_total`); `/readyz` and the sd_notify STATUS= line say
+which component is failing, and the systemd watchdog is fed only while both acquisition and
+control make progress.
 """
 
 from __future__ import annotations
@@ -32,7 +43,9 @@ EX_FATAL = 1
 EX_CONFIG = 78
 READY_TIMEOUT_S = 10.0  # READY=1 is sent after the first poll cycle, or after this at the latest
 STATUS_EVERY_S = 5.0
-STOP_BUDGET_S = 4.5  # SIGTERM -> exit within 5 s
+STOP_BUDGET_S = 4.5  # SIGTERM -> exit within 5 s: one deadline for the whole stop
+EX_SOFTWARE = 70  # a supervised component died for good: systemd restarts the service
+HANDOVER_WAIT_S = 5.0  # reload: longest wait for the new pipeline's first poll cycle
 
 
 class ConfigRefused(Exception):
@@ -59,34 +72,74 @@ class Pipeline:
     """The components built from one compiled config, started and stopped as a unit."""
 
     def __init__(
-        self, compiled: Any, metrics: Metrics, watchdog: Watchdog, config_dir: Path | None = None
+        self,
+        compiled: Any,
+        metrics: Metrics,
+        watchdog: Watchdog,
+        config_dir: Path | None = None,
+        carry: Pipeline | None = None,
     ) -> None:
+        """`carry`: the running pipeline a reload replaces; unchanged parts are reused."""
         from agent.acquire import Acquirer
         from agent.kernel import KernelRuntime
         from agent.store.history import HistoryStore
 
+        self.carried: set[str] = set()
+        if carry is not None and _same_layout(carry.table, compiled.table):
+            compiled.table = carry.table  # both acquirers fill one table during the handover
+            self.carried.add("table")
         self.compiled = compiled
         self.cfg = compiled.config
         self.table = compiled.table
         self.metrics = metrics
         self.watchdog = watchdog
         self.config_dir = config_dir
-        self.kernel = KernelRuntime(self.cfg.kernel, self.table, metrics)
-        self.store = (
-            HistoryStore(self.cfg.store, self.table, metrics) if self.cfg.store.enabled else None
-        )
-        self.publisher = self._make_publisher()
+        old = carry if "table" in self.carried else None
+        if old is not None and old.cfg.kernel == self.cfg.kernel:
+            self.kernel = old.kernel
+            self.carried.add("kernel")
+        else:
+            self.kernel = KernelRuntime(self.cfg.kernel, self.table, metrics)
+        if old is not None and old.cfg.store == self.cfg.store:
+            self.store = old.store
+            self.carried.add("store")
+        else:
+            self.store = (
+                HistoryStore(self.cfg.store, self.table, metrics)
+                if self.cfg.store.enabled
+                else None
+            )
+        if (
+            old is not None
+            and old.cfg.publish == self.cfg.publish
+            and old.cfg.site == self.cfg.site
+        ):
+            self.publisher = old.publisher
+            self.carried.add("publisher")
+        else:
+            self.publisher = self._make_publisher()
         self.acquirer = Acquirer(compiled, metrics, self._on_frame)
         for drv in compiled.drivers.values():  # drivers that count their own drops report here
             if hasattr(drv, "metrics"):
                 drv.metrics = metrics
         self.control = self._make_control()
-        self.telemetry = self._make_telemetry()
+        if carry is not None and carry.cfg.http == self.cfg.http:
+            self.telemetry = carry.telemetry
+            self.carried.add("telemetry")
+            self._bind_telemetry()
+        else:
+            self.telemetry = self._make_telemetry()
         self.frames = 0
         self.polled: set[tuple[str, str]] = set()
-        self.active_alarms: set[str] = set()
+        self.active_alarms: set[str] = set(carry.active_alarms) if carry is not None else set()
         self._attempts = 0.0
+        self._control_periods = -1
+        self._stall_logged = False
         self._tasks: list[asyncio.Task[Any]] = []
+        # during a reload's handover: run the kernel only if it is not the old one's, and
+        # store/publish nothing (the old pipeline still does) until `go_live()`
+        self.live = carry is None
+        self.fatal: str | None = None  # a component that cannot be restarted
 
     # -- construction helpers
     def _make_publisher(self) -> Any:
@@ -116,11 +169,28 @@ class Pipeline:
         from agent.telemetry.http import TelemetryServer
 
         return TelemetryServer(
-            self.cfg.http, self.metrics, self.health, self.devices_up, control=self.control
+            self.cfg.http,
+            self.metrics,
+            self.health,
+            self.ready,
+            control=self.control,
+            components_fn=self.components,
         )
+
+    def _bind_telemetry(self) -> None:
+        """Point a carried-over HTTP server at this pipeline."""
+        t = self.telemetry
+        t.health_fn, t.ready_fn, t.control = self.health, self.ready, self.control
+        if hasattr(t, "components_fn"):
+            t.components_fn = self.components
 
     # -- the hot path: one call per poll of one group
     def _on_frame(self, group: Any, ts_ns: int) -> None:
+        if not self.live:  # reload handover: the old pipeline still stores and publishes
+            if "kernel" not in self.carried:
+                self.kernel.process(group)
+            self.polled.add((group.device, group.name))
+            return
         t0 = time.perf_counter()
         events = self.kernel.process(group)
         self.metrics.observe(
@@ -136,7 +206,6 @@ class Pipeline:
             self.emit(ev["kind"], ev)
         self.frames += 1
         self.polled.add((group.device, group.name))
-        self.watchdog.progress()
 
     def emit(self, kind: str, payload: dict[str, Any]) -> None:
         """Route an event (kernel alarm, control action or mode change) to history and MQTT."""
@@ -165,6 +234,36 @@ class Pipeline:
         h = self.acquirer.health()
         return bool(h) and all(_is_up(d) for d in h.values())
 
+    def components(self) -> dict[str, Any]:
+        """State of every supervised component: ok | degraded | failed, and why."""
+        out: dict[str, Any] = {}
+        if self.control is not None:
+            why = self.control.stalled()
+            out["control"] = {"state": "failed" if why else "ok", "error": why}
+        for name, comp in (("store", self.store), ("publish", self.publisher)):
+            health = getattr(comp, "health", None)
+            if health is not None:
+                out[name] = health()
+        for name, t in self.acquirer.task_failures().items():
+            out[f"acquire:{name}"] = {"state": "failed", "error": t}
+        if self.fatal:
+            out["service"] = {"state": "failed", "error": self.fatal}
+        return out
+
+    def failing(self) -> list[str]:
+        """`component: error` of every component not ok (for STATUS= and logs)."""
+        return [
+            f"{name} {c.get('state')}: {c.get('error')}"
+            for name, c in self.components().items()
+            if c.get("state") not in (None, "ok")
+        ]
+
+    def ready(self) -> bool:
+        """Devices up and no supervised component failed (degraded is still ready)."""
+        return self.devices_up() and not any(
+            c.get("state") == "failed" for c in self.components().values()
+        )
+
     def check_progress(self) -> None:
         """Feed the watchdog's progress counter from the acquisition counters.
 
@@ -178,11 +277,21 @@ class Pipeline:
             + self.metrics.total("edgeloop_reconnects_total")
             + self.metrics.total("edgeloop_polls_total")
         )
-        if attempts != self._attempts:
-            self._attempts = attempts
-            self.watchdog.progress()
-        elif not any(_is_up(d) for d in self.acquirer.health().values()):
-            self.watchdog.progress()
+        acquiring = attempts != self._attempts or self.frames != getattr(self, "_frames_seen", -1)
+        self._attempts, self._frames_seen = attempts, self.frames
+        if not acquiring and any(_is_up(d) for d in self.acquirer.health().values()):
+            return  # devices up but no poll completing: a wedge
+        if self.control is not None:
+            why = self.control.stalled()
+            if why is not None:  # control not progressing: let systemd's watchdog act
+                if not self._stall_logged:
+                    log.error("not feeding the watchdog: %s", why)
+                    self._stall_logged = True
+                return
+            self._stall_logged = False
+        if self.acquirer.task_failures():
+            return
+        self.watchdog.progress()
 
     def first_cycle_done(self) -> bool:
         return {(g.device, g.name) for g in self.compiled.groups} <= self.polled
@@ -196,6 +305,7 @@ class Pipeline:
             parts.append("down: " + ",".join(sorted(down)))
         parts.append(f"{self.frames} frames")
         parts.append(f"{len(self.active_alarms)} alarms")
+        parts.extend(f"FAILING {f}" for f in self.failing())
         if self.control is not None:
             for name, st in self.control.status().items():
                 parts.append(f"{name}: {st.get('mode', '?')}/{st.get('active', '?')}")
@@ -203,33 +313,93 @@ class Pipeline:
 
     # -- lifecycle
     async def start(self) -> None:
-        if self.store is not None:
-            self.store.start()
-        if self.publisher is not None:
-            await self.publisher.start()
-        await self.telemetry.start()
-        t0 = time.monotonic()
-        await asyncio.to_thread(self.kernel.warmup)  # a cold numba cache compiles here
-        log.info("kernel ready in %.2f s", time.monotonic() - t0)
-        await self.acquirer.start()
-        if self.control is not None:
-            self._tasks.append(asyncio.create_task(self.control.run(), name="control"))
+        """Start everything (a fresh start; a reload uses the handover steps below)."""
+        await self.start_outputs()
+        await self.start_acquisition()
+        self.start_control()
 
-    async def stop(self) -> None:
-        """Stop in data order; each step bounded so the whole stop fits systemd's budget."""
-        for t in self._tasks:
-            t.cancel()
+    async def start_outputs(self) -> None:
+        """Store, publisher and HTTP server: the parts not carried over from a reload."""
+        if self.store is not None and "store" not in self.carried:
+            self.store.start()
+        if self.publisher is not None and "publisher" not in self.carried:
+            await self.publisher.start()
+        if "telemetry" not in self.carried:
+            await self.telemetry.start()
+
+    async def start_acquisition(self) -> None:
+        if "kernel" not in self.carried:
+            t0 = time.monotonic()
+            await asyncio.to_thread(self.kernel.warmup)  # a cold numba cache compiles here
+            log.info("kernel ready in %.2f s", time.monotonic() - t0)
+        await self.acquirer.start()
+
+    def start_control(self) -> None:
+        if self.control is not None:
+            task = asyncio.create_task(self.control.run(), name="control")
+            task.add_done_callback(self._control_done)
+            self._tasks.append(task)
+
+    def _control_done(self, task: asyncio.Task[Any]) -> None:
+        """The control task ends only by stop(); anything else is fatal, said loudly."""
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None or not getattr(self.control, "_stopping", None) or not (
+            self.control._stopping.is_set()
+        ):
+            self.fatal = f"control task ended: {exc!r}"
+            self.metrics.inc("edgeloop_component_crashes_total", component="control")
+            self.metrics.set("edgeloop_component_up", 0, component="control")
+            log.critical("%s", self.fatal, exc_info=exc)
+
+    async def stop_control(self) -> dict[str, Any]:
+        """Stop the control loops (an in-flight write finishes) and return their state."""
+        if self.control is None:
+            return {}
+        await _bounded(self.control.stop(), 1.0, "control")
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(t, 1.5)
+                async with asyncio.timeout(1.0):
+                    await t
+        self._tasks.clear()
+        return self.control.export_state()
+
+    def go_live(self) -> None:
+        """Reload handover done: this pipeline stores, publishes and feeds the kernel."""
+        self.live = True
+        if "telemetry" in self.carried:
+            self._bind_telemetry()
+
+    async def stop(self, keep: frozenset[str] = frozenset(), budget_s: float = STOP_BUDGET_S):
+        """Stop in data order within one deadline; `keep`: parts a new pipeline carries."""
+        deadline = time.monotonic() + budget_s
+
+        def left(share: float) -> float:
+            return max(0.05, min(share, deadline - time.monotonic()))
+
+        for t in self._tasks:
+            t.cancel()
+        if self._tasks:
+            await _bounded(
+                asyncio.gather(*self._tasks, return_exceptions=True), left(1.0), "control task"
+            )
+        self._tasks.clear()
         if self.control is not None and hasattr(self.control, "stop"):
-            await _bounded(self.control.stop(), 1.0, "control")
-        await _bounded(self.acquirer.stop(), 1.5, "acquire")
-        if self.publisher is not None:
-            await _bounded(self.publisher.close(drain_timeout_s=1.0), 1.5, "publish")
-        await _bounded(self.telemetry.stop(), 0.5, "telemetry")
-        if self.store is not None:
-            await _bounded(asyncio.to_thread(self.store.close), 2.0, "store")
+            await _bounded(self.control.stop(), left(0.5), "control")
+        await _bounded(self.acquirer.stop(), left(1.2), "acquire")
+        if self.publisher is not None and "publisher" not in keep:
+            drain = max(0.05, min(1.0, deadline - time.monotonic() - 1.0))
+            await _bounded(self.publisher.close(drain_timeout_s=drain), left(1.5), "publish")
+        if "telemetry" not in keep:
+            await _bounded(self.telemetry.stop(), left(0.3), "telemetry")
+        if self.store is not None and "store" not in keep:
+            await _bounded(asyncio.to_thread(self.store.close), left(2.0), "store")
+
+
+def _same_layout(a: Any, b: Any) -> bool:
+    """Two tag tables with the same tags in the same slots (a reload may share one)."""
+    return a.names == b.names and a.devices == b.devices and list(a.points) == list(b.points)
 
 
 def _is_up(dev: Any) -> bool:
@@ -259,6 +429,7 @@ class Service:
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self._ready_sent = False
+        self.exit_code = EX_OK
 
     async def run(self) -> int:
         started = time.monotonic()  # READY=1 latency is measured from here (config load on)
@@ -294,7 +465,7 @@ class Service:
                 await self.pipeline.stop()
             self.metrics.set("edgeloop_up", 0)
             log.info("stopped in %.2f s", time.monotonic() - t0)
-        return EX_OK
+        return self.exit_code
 
     async def _main_loop(self, started: float) -> None:
         next_status = 0.0
@@ -308,6 +479,10 @@ class Service:
                 await self._do_reload()
             p = self.pipeline
             assert p is not None
+            if p.fatal:
+                log.critical("stopping with status %d: %s", EX_SOFTWARE, p.fatal)
+                self.exit_code = EX_SOFTWARE
+                break
             p.check_progress()
             now = time.monotonic()
             if not self._ready_sent and (p.first_cycle_done() or now - started > READY_TIMEOUT_S):
@@ -319,43 +494,63 @@ class Service:
                 sdnotify.status(p.status_line())
 
     async def _do_reload(self) -> None:
+        """Make-before-break: the new pipeline polls before the old one stops, and control
+        passes from one to the other with its state inside one period."""
         sdnotify.reloading("reloading configuration")
         log.info("SIGHUP: reloading %s", self.config_path)
+        old = self.pipeline
+        assert old is not None
         try:
             compiled = await asyncio.to_thread(load_and_compile, self.config_path)
-            new = Pipeline(compiled, self.metrics, self.watchdog, self.config_path.parent)
+            new = Pipeline(
+                compiled, self.metrics, self.watchdog, self.config_path.parent, carry=old
+            )
         except ConfigRefused as exc:
             for line in exc.lines:
                 log.error("reload refused: %s", line)
-            self.metrics.inc("edgeloop_config_reloads_total", result="refused")
-            sdnotify.ready("reload refused; previous configuration still running")
-            return
+            return self._reload_refused("reload refused; previous configuration still running")
         except Exception as exc:
             log.error("reload refused: %s", exc)
-            self.metrics.inc("edgeloop_config_reloads_total", result="refused")
-            sdnotify.ready("reload refused; previous configuration still running")
-            return
-        old = self.pipeline
-        if old is not None:
-            await old.stop()
-        self.pipeline = new
+            return self._reload_refused("reload refused; previous configuration still running")
         try:
-            await new.start()
+            if "telemetry" not in new.carried:  # a changed HTTP section: the port moves
+                await _bounded(old.telemetry.stop(), 1.0, "telemetry")
+            await new.start_acquisition()
+            for _ in range(int(HANDOVER_WAIT_S / 0.02)):  # polling before control moves
+                if new.first_cycle_done():
+                    break
+                await asyncio.sleep(0.02)
+            if "store" not in new.carried and new.store is not None:
+                new.store.start()
         except Exception as exc:
-            # the new config compiled but could not start (port taken...): go back to the old
-            log.error("reloaded configuration failed to start (%s); restoring the previous", exc)
-            await new.stop()
-            self.metrics.inc("edgeloop_config_reloads_total", result="refused")
-            assert old is not None
-            self.pipeline = Pipeline(
-                old.compiled, self.metrics, self.watchdog, self.config_path.parent
-            )
-            await self.pipeline.start()
-            sdnotify.ready("reload failed; previous configuration restored")
-            return
+            log.error("reloaded configuration failed to start (%s); keeping the previous", exc)
+            await new.stop(keep=frozenset(new.carried))
+            if "telemetry" not in new.carried:
+                with contextlib.suppress(Exception):
+                    await old.telemetry.start()
+            return self._reload_refused("reload failed; previous configuration still running")
+        # the handover: control stops on the old table and starts on the new one at once
+        carried_state = await old.stop_control()
+        if new.control is not None:
+            kept = new.control.import_state(carried_state)
+            if kept:
+                log.info("control carried over (bumpless): %s", ", ".join(kept))
+        new.start_control()
+        new.go_live()
+        self.pipeline = new
+        await old.stop(keep=frozenset(new.carried))
+        try:
+            await new.start_outputs()
+        except Exception as exc:  # a port taken, say: the pipeline runs on without it
+            log.error("reloaded configuration: outputs failed to start: %s", exc)
         self.metrics.inc("edgeloop_config_reloads_total", result="ok")
+        carried = ", ".join(sorted(new.carried)) or "nothing"
         sdnotify.ready(f"reloaded; {new.status_line()}")
-        log.info("configuration reloaded")
+        log.info("configuration reloaded (carried over: %s)", carried)
+
+    def _reload_refused(self, status: str) -> None:
+        self.metrics.inc("edgeloop_config_reloads_total", result="refused")
+        sdnotify.ready(status)
 
 
 def run_service(config_path: str | Path, log_level: str = "INFO") -> int:

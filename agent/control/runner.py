@@ -49,6 +49,7 @@ log = logging.getLogger("edgeloop.control")
 
 MODES: tuple[Mode, ...] = ("off", "manual", "shadow", "auto")
 CRASH_BACKOFF_MAX_S = 5.0
+STALL_GRACE_S = 5.0  # a period may take this long beyond two periods before it is a stall
 
 
 class ControlError(Exception):
@@ -108,6 +109,7 @@ class _Loop:
     hb_withheld: bool = False
     crashes: int = 0
     failing: str | None = None  # the last period's crash, None once a period completes
+    completed_at: float = 0.0  # monotonic time the last period completed
 
 
 def _num(v: float) -> float | None:
@@ -148,6 +150,7 @@ class ControlRunner:
         self.metrics = metrics
         self._emit = emit_event or (lambda kind, payload: None)
         self.loops: dict[str, _Loop] = {}
+        self._started_at = 0.0
         for lc in control_cfg.loops:
             self.loops[lc.name] = self._compile(lc, config_dir)
 
@@ -312,6 +315,71 @@ class ControlRunner:
                 "failing": lp.failing,
             }
         return out
+
+    def export_state(self) -> dict[str, dict[str, Any]]:
+        """What a reload carries over per loop (see `import_state`)."""
+        return {
+            name: {
+                "cfg": lp.cfg,
+                "state": lp.state,
+                "sp_override": lp.sp_override,
+                "heartbeat": lp.heartbeat,
+                "written": (lp.written, lp.written_ns),
+            }
+            for name, lp in self.loops.items()
+        }
+
+    def import_state(self, carried: dict[str, dict[str, Any]]) -> list[str]:
+        """Continue loops of the previous pipeline: bumpless across a reload.
+
+        A loop with the same name and output continues from the previous output, PID
+        integral, model history (same model and period) and transfer state; a run-time mode
+        or setpoint set over HTTP survives unless the new file changed that setting.  Returns
+        the names of the loops carried over.
+        """
+        done = []
+        for name, lp in self.loops.items():
+            old = carried.get(name)
+            if old is None or old["cfg"].output != lp.cfg.output:
+                continue
+            ocfg, ost = old["cfg"], old["state"]
+            st = lp.state
+            st.last_u = min(max(ost.last_u, lp.spec.envelope.lo), lp.spec.envelope.hi)
+            st.manual_u = ost.manual_u  # the PID (new tuning maybe) tracks last_u first
+            if ocfg.mode == lp.cfg.mode and (ost.mode in ("off", "manual") or lp.policy):
+                st.mode = ost.mode  # a mode set at run time stays
+            same_model = lp.policy is not None and (ocfg.model, ocfg.period_ms) == (
+                lp.cfg.model,
+                lp.cfg.period_ms,
+            )
+            if same_model and ost.fs is not None:
+                st.fs = ost.fs
+                st.in_fallback, st.healthy_s, st.blend = ost.in_fallback, ost.healthy_s, ost.blend
+            sp = old["sp_override"]
+            sc = lp.cfg.setpoint
+            if (
+                sp is not None
+                and ocfg.setpoint == sc
+                and (sc.min is None or sp >= sc.min)
+                and (sc.max is None or sp <= sc.max)
+            ):
+                lp.sp_override = sp
+            if lp.cfg.heartbeat is not None:
+                lp.heartbeat = old["heartbeat"] % lp.cfg.heartbeat.modulo
+            lp.written, lp.written_ns = old["written"]
+            done.append(name)
+        return done
+
+    def stalled(self, now: float | None = None) -> str | None:
+        """A loop whose periods stopped completing (crashing or hung), or None."""
+        now = time.monotonic() if now is None else now
+        for name, lp in self.loops.items():
+            if lp.failing is not None:
+                return f"control loop {name}: {lp.failing}"
+            since = lp.completed_at or self._started_at
+            if since and now - since > 2 * lp.cfg.period_s + STALL_GRACE_S:
+                return f"control loop {name}: no period completed for {now - since:.1f} s"
+        return None
 
     def healthy(self) -> bool:
         """No loop is crashing (its last period completed)."""
@@ -511,6 +579,7 @@ class ControlRunner:
                 backoff *= 2
                 start, k = ev.time(), 0
                 continue
+            lp.completed_at = time.monotonic()
             if lp.failing is not None:
                 log.warning("control loop %s: periods complete again", lp.cfg.name)
                 lp.failing = None
@@ -549,6 +618,7 @@ class ControlRunner:
         if not self.loops:
             return
         self._stopping = asyncio.Event()
+        self._started_at = time.monotonic()
         self.metrics.set("edgeloop_component_up", 1, component="control")
         async with asyncio.TaskGroup() as tg:
             tasks = [

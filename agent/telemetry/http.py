@@ -138,7 +138,8 @@ class TelemetryServer:
     """Serves the agent's metrics, health and (optionally) loop control on one TCP port.
 
     `health_fn()` returns per-device state (``Acquirer.health()``), `ready_fn()` whether the
-    agent is ready (devices up after the first poll cycle).  Both run on the event loop and
+    agent is ready (devices up, no supervised component failed), `components_fn()` the
+    state of each supervised component (shown in /readyz).  Both run on the event loop and
     must be cheap.
     """
 
@@ -149,12 +150,14 @@ class TelemetryServer:
         health_fn: Callable[[], Mapping[str, Any]],
         ready_fn: Callable[[], bool],
         control: Control | None = None,
+        components_fn: Callable[[], Mapping[str, Any]] | None = None,
     ) -> None:
         self.cfg = http_cfg
         self.metrics = metrics
         self.health_fn = health_fn
         self.ready_fn = ready_fn
         self.control = control
+        self.components_fn = components_fn
         self._token = http_cfg.resolve_token()  # ValueError now rather than an open endpoint
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.Task[None]] = set()
@@ -557,6 +560,8 @@ class TelemetryServer:
         if endpoint == "readyz":
             ready = bool(self.ready_fn())
             body = {"ready": ready, "devices": self.health_fn()}
+            if self.components_fn is not None:  # supervised tasks: ok | degraded | failed
+                body["components"] = self.components_fn()
             return endpoint, 200 if ready else 503, _json(body), *_J
         if endpoint == "metrics":
             return endpoint, 200, self.metrics.render().encode(), METRICS_CONTENT_TYPE, {}

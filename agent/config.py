@@ -33,6 +33,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import math
+import os
 import re
 import types
 import typing
@@ -46,6 +47,7 @@ from pydantic import Field, PrivateAttr, ValidationError, field_validator, model
 from pydantic_core import PydanticCustomError
 
 from agent.configbase import StrictModel
+from agent.configyaml import MAX_CONFIG_BYTES, MERGE_TAG, YamlProblem, describe_size, load_yaml
 from agent.control.settings import ControlConfig
 from agent.kernel.settings import KernelConfig
 from agent.publish.settings import PublishConfig
@@ -54,6 +56,7 @@ from agent.telemetry.settings import HttpConfig
 
 __all__ = [
     "DEFAULT_CONFIG",
+    "MAX_CONFIG_BYTES",
     "Config",
     "ConfigError",
     "DeviceConfig",
@@ -69,6 +72,7 @@ __all__ = [
     "default_config_path",
     "load_config",
     "parse_config",
+    "read_config_bytes",
     "register_width",
     "tag_index",
 ]
@@ -721,11 +725,15 @@ def _parse_path(text: str) -> Path_:
 
 
 class _Positions:
-    """Line numbers of every YAML node by path, and the node kinds (to clean pydantic locs)."""
+    """Line numbers of every YAML node by path, and the keys of every mapping (to clean
+    pydantic locs).  Walks the composed tree before construction; merge keys (`<<: *a`)
+    count as the keys they bring in, with the lines of the anchor, and a key given beside
+    a merge key overrides the merged one (not a duplicate)."""
 
     def __init__(self) -> None:
         self.lines: dict[Path_, int] = {}
         self.nodes: dict[Path_, yaml.Node] = {}
+        self.keys: dict[Path_, set[str]] = {}
         self.duplicates: list[tuple[Path_, str]] = []
 
     def walk(self, node: yaml.Node, path: Path_ = ()) -> None:
@@ -733,19 +741,32 @@ class _Positions:
         self.lines.setdefault(path, node.start_mark.line + 1)
         if isinstance(node, yaml.MappingNode):
             seen: set[str] = set()
-            for key_node, value_node in node.value:
-                key = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "?"
-                if key == "<<":  # merge key: positions of merged keys point at the anchor
-                    continue
-                child = (*path, key)
-                if key in seen:
-                    self.duplicates.append((child, f"duplicate key {key!r}"))
-                seen.add(key)
-                self.lines[child] = key_node.start_mark.line + 1
-                self.walk(value_node, child)
+            self.keys[path] = seen
+            self._pairs(node, path, seen, explicit=True)
         elif isinstance(node, yaml.SequenceNode):
             for i, item in enumerate(node.value):
                 self.walk(item, (*path, i))
+
+    def _pairs(self, node: yaml.MappingNode, path: Path_, seen: set[str], explicit: bool) -> None:
+        merges: list[yaml.Node] = []
+        for key_node, value_node in node.value:
+            if key_node.tag == MERGE_TAG:
+                merges.append(value_node)
+                continue
+            key = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "?"
+            child = (*path, key)
+            if key in seen:
+                if not explicit:
+                    continue  # merged: the key given beside the merge key wins
+                self.duplicates.append((child, f"duplicate key {key!r}"))  # at the second
+            seen.add(key)
+            self.lines[child] = key_node.start_mark.line + 1
+            self.walk(value_node, child)
+        for merged in merges:
+            parts = merged.value if isinstance(merged, yaml.SequenceNode) else [merged]
+            for part in parts:
+                if isinstance(part, yaml.MappingNode):  # anything else: the constructor says
+                    self._pairs(part, path, seen, explicit=False)
 
     def line(self, path: Path_) -> int:
         p = tuple(path)
@@ -766,7 +787,7 @@ class _Positions:
             last = i == len(loc) - 1
             if isinstance(part, str):
                 if isinstance(node, yaml.MappingNode):
-                    keys = {str(k.value) for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
+                    keys = self.keys.get(tuple(out), set())
                     if part not in keys and not (last and missing):
                         continue
                 elif node is not None:  # below a scalar: a union member name
@@ -955,27 +976,31 @@ def _friendly(err: dict[str, Any], loc: Path_, model: type) -> list[tuple[Path_,
 # --- loading -----------------------------------------------------------------------------
 
 
-def parse_config(text: str, filename: str = "<config>") -> Config:
-    """Validate YAML text; raises `ConfigError` with every problem found."""
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        data = loader.construct_document(node) if node is not None else None
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        line = mark.line + 1 if mark else 1
-        problem = e.problem or str(e)
-        if e.context:
-            problem = f"{e.context}, {problem}"
-        raise ConfigError([Issue(filename, line, "", f"YAML syntax: {problem}")]) from None
-    except yaml.YAMLError as e:
-        raise ConfigError([Issue(filename, 1, "", f"YAML: {e}")]) from None
-    finally:
-        loader.dispose()
-    if node is None:
-        raise ConfigError([Issue(filename, 1, "", "empty file: expected a mapping with devices")])
+def parse_config(
+    text: str | bytes, filename: str = "<config>", *, max_bytes: int = MAX_CONFIG_BYTES
+) -> Config:
+    """Validate YAML text (or the bytes of a file); raises `ConfigError` with every problem
+    found.  Text beyond `max_bytes`, alias bombs, deep nesting and the like are refused
+    before they cost time or memory (`agent.configyaml`)."""
+
+    def refuse(line: int, message: str) -> ConfigError:
+        return ConfigError([Issue(filename, line, "", message)])
+
+    size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        raise refuse(1, _too_big(size, max_bytes))
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise refuse(1, f"not UTF-8 text ({e.reason})") from None
     pos = _Positions()
-    pos.walk(node)
+    try:
+        node, data = load_yaml(text, pos.walk)
+    except YamlProblem as e:
+        raise refuse(e.line, e.message) from None
+    if node is None:
+        raise refuse(1, "empty file: expected a mapping with devices")
     if not isinstance(data, dict):
         raise ConfigError(
             [Issue(filename, 1, "", "top level must be a mapping (site, devices, ...)")]
@@ -1018,18 +1043,34 @@ def default_config_path() -> Path:
     return shipped if shipped.exists() else here
 
 
-def load_config(path: str | Path) -> Config:
-    """Read and validate a YAML file; raises `ConfigError` (file:line form) on any problem."""
-    p = Path(path)
+def _too_big(size: int, limit: int) -> str:
+    return f"file is {size} bytes, larger than the {describe_size(limit)} limit of a config file"
+
+
+def read_config_bytes(path: str | Path, *, max_bytes: int = MAX_CONFIG_BYTES) -> bytes:
+    """The bytes of a config file, read only up to the size limit; `ConfigError` otherwise."""
     name = str(path)
+
+    def refuse(message: str) -> ConfigError:
+        return ConfigError([Issue(name, 1, "", message)])
+
     try:
-        text = p.read_text(encoding="utf-8")
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size > max_bytes:
+                raise refuse(_too_big(size, max_bytes))
+            data = fh.read(max_bytes + 1)  # files that do not know their size (/proc, pipes)
     except FileNotFoundError:
-        raise ConfigError([Issue(name, 1, "", "no such file")]) from None
+        raise refuse("no such file") from None
     except IsADirectoryError:
-        raise ConfigError([Issue(name, 1, "", "is a directory, not a YAML file")]) from None
-    except UnicodeDecodeError as e:
-        raise ConfigError([Issue(name, 1, "", f"not UTF-8 text ({e.reason})")]) from None
+        raise refuse("is a directory, not a YAML file") from None
     except OSError as e:
-        raise ConfigError([Issue(name, 1, "", f"cannot read: {e.strerror}")]) from None
-    return parse_config(text, name)
+        raise refuse(f"cannot read: {e.strerror}") from None
+    if len(data) > max_bytes:
+        raise refuse(f"file is larger than the {describe_size(max_bytes)} limit of a config file")
+    return data
+
+
+def load_config(path: str | Path, *, max_bytes: int = MAX_CONFIG_BYTES) -> Config:
+    """Read and validate a YAML file; raises `ConfigError` (file:line form) on any problem."""
+    return parse_config(read_config_bytes(path, max_bytes=max_bytes), str(path))

@@ -88,10 +88,13 @@ class WriteGate:
             recent = now_ns - st.written_ns <= rule.step_cap_s * 2e9
             if recent or read_ns <= st.written_ns:
                 return st.written, st.written_ns
+        # a read (or the configured start) says what the register holds, not since when:
+        # credit it with one writer period (half the cap), as if written that long ago
+        held_ns = now_ns - int(rule.step_cap_s * 0.5e9)
         if read_ok:
-            return float(t.raw[idx]), read_ns
+            return float(t.raw[idx]), min(read_ns, held_ns)
         if math.isfinite(rule.start):
-            return rule.start, now_ns - int(rule.step_cap_s * 1e9)
+            return rule.start, held_ns
         return math.nan, 0
 
     def check(self, idx: int, value: float, role: str | None, now_ns: int) -> None:

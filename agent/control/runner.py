@@ -415,6 +415,8 @@ class ControlRunner:
             # bumpless start: continue from what the PLC holds now, or from the configured
             # start_output of a write-only register; unknown -> the step writes nothing
             v = float(t.raw[lp.out_idx]) if int(t.quality[lp.out_idx]) == 0 else math.nan
+            if not math.isfinite(v):  # not readable: what we last wrote, or the configured start
+                v = lp.written if math.isfinite(lp.written) else math.nan
             if not math.isfinite(v) and lp.cfg.start_output is not None:
                 v = lp.cfg.start_output
             if math.isfinite(v):
@@ -527,6 +529,8 @@ class ControlRunner:
             lp.write_ok = await self._send(lp, lp.cfg.output, d.command, "output")
             if lp.write_ok:
                 lp.written, lp.written_ns = d.command, time.time_ns()
+            else:  # the PLC still holds what it had: continue from there, not from the command
+                lp.state.last_u = math.nan
         else:
             lp.write_ok = True
         if not lp.readback_ok and READBACK_MISMATCH not in lp.logged:

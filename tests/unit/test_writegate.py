@@ -48,11 +48,13 @@ def test_start_value_lets_a_write_only_register_ramp() -> None:
     gate, _ = _gate(start=20.0, step_cap_s=1.0, jitter_s=0.0)
     with pytest.raises(WriteRefused, match="faster"):
         gate.check(0, 30.0, "output:l", S)
-    gate.check(0, 24.0, "output:l", S)
-    gate.committed(0, 24.0, S)
-    with pytest.raises(WriteRefused, match="faster"):  # from 24, 0.5 s later: 2.5 at most
-        gate.check(0, 28.0, "output:l", S + S // 2)
-    gate.check(0, 26.4, "output:l", S + S // 2)
+    with pytest.raises(WriteRefused, match="faster"):  # credited one period: 2.5 at most
+        gate.check(0, 24.0, "output:l", S)
+    gate.check(0, 22.4, "output:l", S)
+    gate.committed(0, 22.4, S)
+    with pytest.raises(WriteRefused, match="faster"):  # from 22.4, 0.5 s later: 2.5 at most
+        gate.check(0, 26.0, "output:l", S + S // 2)
+    gate.check(0, 24.8, "output:l", S + S // 2)
 
 
 def test_a_long_pause_does_not_bank_a_large_step() -> None:

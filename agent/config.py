@@ -46,7 +46,7 @@ import yaml
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from agent.configbase import StrictModel
+from agent.configbase import ENV_NAME_HINT, EnvName, StrictModel
 from agent.configyaml import MAX_CONFIG_BYTES, MERGE_TAG, YamlProblem, describe_size, load_yaml
 from agent.control.settings import ControlConfig
 from agent.kernel.settings import KernelConfig
@@ -465,12 +465,15 @@ class OpcUaDevice(_DeviceCommon):
         None, description="Directory of trusted server certificates (instead of pinning one)."
     )
     username: str | None = Field(None, min_length=1, description="User name for login.")
-    password_env: str | None = Field(
-        None,
-        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
-        description="Name of the environment variable holding the password.",
+    password_env: EnvName | None = Field(
+        None, description="Name of the environment variable holding the password."
     )
     password_file: str | None = Field(None, description="File holding the password.")
+    allow_plaintext_password: bool = Field(
+        False,
+        description="Allow a password with security_policy None, where it crosses the network "
+        "in clear text (a closed test network); off by default.",
+    )
     timeout_s: float = Field(5.0, gt=0, le=120, description="Request timeout.")
     max_nodes_per_read: int = Field(
         0, ge=0, description="Nodes per Read request; 0 asks the server's MaxNodesPerRead."
@@ -514,6 +517,16 @@ class OpcUaDevice(_DeviceCommon):
             out.append((("password_file",), "give password_env or password_file, not both"))
         if (self.password_env or self.password_file) and not self.username:
             out.append((("username",), "required with password_env or password_file"))
+        if not self.secure and not self.allow_plaintext_password:
+            key = "password_env" if self.password_env else "password_file"
+            if getattr(self, key):
+                out.append(
+                    (
+                        (key,),
+                        "security_policy None sends the password in clear text: use a "
+                        "security policy, or set allow_plaintext_password: true",
+                    )
+                )
         nodes: dict[str, str] = {}
         for gi, g in enumerate(self.poll_groups):
             for ti, t in enumerate(g.tags):
@@ -959,8 +972,8 @@ def _friendly(err: dict[str, Any], loc: Path_, model: type) -> list[tuple[Path_,
             return [(loc, NODE_HINT)]
         if key == "endpoint":
             return [(loc, "must look like opc.tcp://host:port/path")]
-        if key == "password_env":
-            return [(loc, "must be an environment variable name (letters, digits, _)")]
+        if key.endswith("_env"):  # most likely the secret itself: never echo it
+            return [(loc, ENV_NAME_HINT)]
         return [(loc, NAME_HINT)]
     if kind == "too_short":
         if ctx.get("min_length") == 1:

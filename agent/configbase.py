@@ -11,7 +11,22 @@ because they pass range checks (`nan > 0` is False, so `gt=0` alone does not cat
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Names of environment variables that hold secrets (`password_env`, `bearer_token_env`).  A
+# value that is not a name is most likely the secret itself, pasted into the wrong field: the
+# loader refuses it with a message that never shows the value.
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+ENV_NAME_HINT = "is not a valid environment variable name (value not shown)"
+EnvName = Annotated[
+    str,
+    Field(
+        pattern=ENV_NAME_PATTERN,
+        description="Name of an environment variable (letters, digits, _; not a digit first).",
+    ),
+]
 
 
 class StrictModel(BaseModel):

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from agent.configbase import StrictModel
+from agent.configbase import EnvName, StrictModel
 
 
 class TlsConfig(StrictModel):
@@ -35,7 +35,7 @@ class MqttConfig(StrictModel):
     client_id: str | None = None  # default: edgeloop-<site>
     keepalive_s: int = Field(30, ge=5, le=3600)
     username: str | None = None
-    password_env: str | None = None
+    password_env: EnvName | None = None  # the variable's name, never the password
     password_file: str | None = None
     tls: TlsConfig | None = None
     connect_timeout_s: float = Field(10.0, gt=0)

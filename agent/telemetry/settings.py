@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
-from agent.configbase import StrictModel
+from agent.configbase import EnvName, StrictModel
 
 
 class HttpConfig(StrictModel):
@@ -24,7 +24,7 @@ class HttpConfig(StrictModel):
     enabled: bool = True
     bind: str = "127.0.0.1"
     port: int = Field(9105, ge=0, le=65535)  # 0 = let the OS pick (tests)
-    bearer_token_env: str | None = None
+    bearer_token_env: EnvName | None = None  # the variable's name, never the token
     bearer_token_file: Path | None = None
     request_timeout_s: float = Field(10.0, gt=0, le=300)  # headers+body of one request, idle
     max_header_bytes: int = Field(8192, ge=1024, le=65536)

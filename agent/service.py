@@ -140,6 +140,7 @@ class Pipeline:
         # store/publish nothing (the old pipeline still does) until `go_live()`
         self.live = carry is None
         self.fatal: str | None = None  # a component that cannot be restarted
+        self._closing = False  # stop() or a reload handover: the control task may end
 
     # -- construction helpers
     def _make_publisher(self) -> Any:
@@ -342,21 +343,20 @@ class Pipeline:
 
     def _control_done(self, task: asyncio.Task[Any]) -> None:
         """The control task ends only by stop(); anything else is fatal, said loudly."""
-        if task.cancelled():
+        if self._closing:
             return
-        exc = task.exception()
-        if exc is not None or not getattr(self.control, "_stopping", None) or not (
-            self.control._stopping.is_set()
-        ):
-            self.fatal = f"control task ended: {exc!r}"
-            self.metrics.inc("edgeloop_component_crashes_total", component="control")
-            self.metrics.set("edgeloop_component_up", 0, component="control")
-            log.critical("%s", self.fatal, exc_info=exc)
+        exc = None if task.cancelled() else task.exception()
+        how = "cancelled" if task.cancelled() else repr(exc)  # or returned: stopped all the same
+        self.fatal = f"control task ended: {how}"
+        self.metrics.inc("edgeloop_component_crashes_total", component="control")
+        self.metrics.set("edgeloop_component_up", 0, component="control")
+        log.critical("%s", self.fatal, exc_info=exc)
 
     async def stop_control(self) -> dict[str, Any]:
         """Stop the control loops (an in-flight write finishes) and return their state."""
         if self.control is None:
             return {}
+        self._closing = True
         await _bounded(self.control.stop(), 1.0, "control")
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -374,6 +374,7 @@ class Pipeline:
     async def stop(self, keep: frozenset[str] = frozenset(), budget_s: float = STOP_BUDGET_S):
         """Stop in data order within one deadline; `keep`: parts a new pipeline carries."""
         deadline = time.monotonic() + budget_s
+        self._closing = True
 
         def left(share: float) -> float:
             return max(0.05, min(share, deadline - time.monotonic()))

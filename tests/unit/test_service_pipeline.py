@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -41,3 +43,46 @@ def test_a_relative_model_path_is_found_beside_the_config(tmp_path: Path, monkey
 
     with pytest.raises(ControlError, match=r"tuned\.tflite"):
         Pipeline(compiled, Metrics(), Watchdog(interval_s=None), config_dir=None)
+
+
+def _pipeline(tmp_path: Path, **loop: object) -> Pipeline:
+    cfg = yaml.safe_load((ROOT / "config" / "edgeloop.yaml").read_text())
+    cfg["control"]["loops"][0].update(loop)
+    cfg["store"]["enabled"] = False
+    cfg.pop("publish")
+    cfg["http"]["port"] = 0
+    path = tmp_path / "edgeloop.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return Pipeline(compile_config(load_config(path)), Metrics(), Watchdog(interval_s=None))
+
+
+async def test_a_killed_control_task_is_fatal_and_reported(tmp_path: Path, caplog) -> None:
+    """Issue 11 item 5: the control task died with no log line, /readyz still ready."""
+    pipe = _pipeline(tmp_path, mode="manual")
+    pipe.start_control()
+    task = pipe._tasks[0]
+    await asyncio.sleep(0.05)
+    assert pipe.fatal is None
+    task.cancel()  # killed from outside, not by stop(): a cancel is not a clean end either
+    await asyncio.gather(task, return_exceptions=True)
+    await asyncio.sleep(0)
+    assert pipe.fatal is not None and "control task ended" in pipe.fatal
+    assert "service" in pipe.components() and not pipe.ready()
+    assert "control task ended" in caplog.text
+    assert any("FAILING" in p for p in pipe.status_line().split("; "))
+
+
+async def test_a_stalled_control_loop_stops_the_watchdog_feeds(tmp_path: Path) -> None:
+    pipe = _pipeline(tmp_path, mode="manual")
+    pipe.control._started_at = 1.0  # the loop started long ago and never completed a period
+    pipe._attempts = -1.0  # acquisition progressed
+    fed = pipe.watchdog._count
+    pipe.check_progress()
+    assert pipe.watchdog._count == fed  # no feed: control is not progressing
+    assert pipe.components()["control"]["state"] == "failed"
+    pipe.control._started_at = 0.0
+    for lp in pipe.control.loops.values():
+        lp.completed_at = time.monotonic()
+    pipe._attempts = -1.0
+    pipe.check_progress()
+    assert pipe.watchdog._count == fed + 1

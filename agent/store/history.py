@@ -34,7 +34,20 @@ from typing import Any, TextIO
 import numpy as np
 
 from agent.metrics import Metrics
+from agent.names import EVENT_STORAGE_RECOVERED
+from agent.store.durable import (
+    REOPEN_INITIAL_S,
+    REOPEN_MAX_S,
+    StorageCorrupt,
+    check_file,
+    describe,
+    health_dict,
+    is_corrupt,
+    open_recovering,
+    run_supervised,
+)
 from agent.store.settings import StoreConfig
+from agent.telemetry.episodes import EpisodeLog
 
 log = logging.getLogger("edgeloop.store")
 
@@ -163,10 +176,24 @@ def iso(ts_ns: int) -> str:
 # --- connection helpers ----------------------------------------------------------------------
 
 
-def _connect(path: str, synchronous: str = "normal") -> sqlite3.Connection:
+class HistoryCorrupt(StoreError, StorageCorrupt):
+    """The history file is not a usable SQLite database (it is moved aside at open)."""
+
+
+def _connect(path: str, synchronous: str = "normal", check: bool = True) -> sqlite3.Connection:
+    """Open (or create) the history database; HistoryCorrupt if the file is damaged.
+
+    `check` runs `PRAGMA quick_check` first (a corrupt file found now is moved aside by the
+    store instead of failing some later write).
+    """
     parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
+    con = None
     try:
+        os.makedirs(parent, exist_ok=True)
+        if check:
+            problem = check_file(path)
+            if problem is not None:
+                raise HistoryCorrupt(f"not a usable SQLite database: {problem}")
         con = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
         # page size and auto_vacuum take effect only before the first table exists. Frame rows
         # are 27 B per tag (2.7 kB for 100 tags): 16 kB pages hold several, 4 kB pages one.
@@ -181,7 +208,11 @@ def _connect(path: str, synchronous: str = "normal") -> sqlite3.Connection:
             "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
             (str(SCHEMA_VERSION),),
         )
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, OSError, StoreError) as exc:
+        if con is not None:
+            con.close()
+        if isinstance(exc, StoreError):
+            raise
         raise StoreError(f"cannot open history database {path}: {exc}") from exc
     return con
 
@@ -371,6 +402,8 @@ def open_reader(path: str) -> HistoryReader:
 # --- the writer -------------------------------------------------------------------------------
 
 _STOP = object()
+_INT64_MIN = -(2**63)
+_NS_PER_DAY = 86_400 * 10**9
 
 
 class _RetentionRequest:
@@ -382,12 +415,45 @@ class _RetentionRequest:
         self.result: dict[str, int] = {}
 
 
+def _release(waiters: Iterable[Any]) -> None:
+    """Wake flush()/retain_now() callers whose request will not be served."""
+    for w in waiters:
+        if isinstance(w, _RetentionRequest):
+            w.done.set()
+        else:
+            w.set()
+
+
+def retention_cutoff_ns(now_ns: int, retention_days: float) -> int:
+    """Oldest ts_ns kept; never overflows SQLite's int64, whatever the setting says.
+
+    A retention longer than the int64 range (or inf/NaN from a config that slipped past
+    validation) keeps everything instead of killing the writer with an OverflowError.
+    """
+    age = retention_days * _NS_PER_DAY
+    if not (0 <= age < 2**62):  # also False for NaN
+        return _INT64_MIN
+    return max(_INT64_MIN, now_ns - int(age))
+
+
+def _size_limit_bytes(max_mb: float) -> int | None:
+    """The size budget in bytes; None (no limit) for an absurd or non-finite value."""
+    b = max_mb * 1024 * 1024
+    return int(b) if 0 < b < 2**62 else None
+
+
 class HistoryStore:
     """The running store: bounded queue on the event-loop side, one writer thread on disk.
 
     Overflow policy: when `queue_max` items wait, new items are dropped and counted in
-    `edgeloop_store_dropped_total` (old data already queued is kept, so a stalled disk
-    loses the newest frames, and the event loop never waits).
+    `edgeloop_store_dropped_total` and logged once per episode (old data already queued is
+    kept, so a stalled disk loses the newest frames, and the event loop never waits).
+
+    Failures never reach the caller: `start()` and `submit_*` do not raise. A corrupt file is
+    moved aside and a fresh one started; a database that cannot be opened at all (full disk,
+    read-only directory) puts the store in state "failed" (items dropped and counted, the
+    open retried with backoff); a crash of the writer loop is logged with its traceback,
+    counted, and the loop restarted. `health()` says which.
     """
 
     def __init__(self, store_cfg: StoreConfig, table: Any, metrics: Metrics | None = None):
@@ -396,34 +462,63 @@ class HistoryStore:
         self.metrics = metrics if metrics is not None else Metrics()
         self._q: queue.Queue[Any] = queue.Queue(maxsize=store_cfg.queue_max)
         self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
         self._con: sqlite3.Connection | None = None
         self._group_keys: dict[tuple[str, str, int, int], tuple[str, str, str]] = {}
         self._group_ids: dict[tuple[str, str, str], int] = {}
         self._reader: HistoryReader | None = None
         self._last_retention = 0.0
-        self._error_episode = False
+        self._episodes = EpisodeLog(log, remind_s=600.0)
+        self._dropping = False  # in a queue-overflow episode (event-loop side)
+        # health, written by the writer thread, read by anyone
+        self._unavailable = False  # no database open: submit_* drop at once
+        self._open_error: str | None = None
+        self._crash_error: str | None = None
+        self._write_error: str | None = None
+        self._stop_error: str | None = None
+        self._crashes = 0
+        self._moved_aside: str | None = None
+        self._reopen_at = 0.0
+        self._reopen_delay = REOPEN_INITIAL_S
+        # the batch being written (for a crash) and the one to retry after a restart
+        self._hand: tuple[list[tuple], list[Any], bool] | None = None
+        self._carry: tuple[list[tuple], list[Any]] | None = None
         self.dropped = 0
         self.transactions = 0  # committed write transactions (batching is visible in tests)
 
     # -- lifecycle
     def start(self) -> None:
-        """Open (or create) the database and start the writer thread; raises StoreError."""
+        """Start the writer thread; it opens (checks, recovers) the database. Never raises."""
         if self._thread is not None:
             return
-        self._con = _connect(self.cfg.path, self.cfg.synchronous)
-        for gid, dev, name, tags in self._con.execute("SELECT id, device, name, tags FROM groups"):
-            self._group_ids[(dev, name, tags)] = gid
-        self._last_retention = time.monotonic()
-        self._update_gauges()
-        self._thread = threading.Thread(target=self._run, name="edgeloop-store", daemon=True)
+        self._stopping.clear()
+        self._set_up()
+        self._thread = threading.Thread(
+            target=self._thread_main, name="edgeloop-store", daemon=True
+        )
         self._thread.start()
 
-    def close(self, timeout_s: float = 30.0) -> None:
-        """Flush everything queued, stop the writer and close the database."""
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Flush what is queued, stop the writer and close the database, within `timeout_s`.
+
+        Never blocks longer than that: the stop marker is put without waiting (the writer
+        also watches a stop flag, so a full queue cannot keep it out), and a writer that
+        does not finish in time is left to finish on its own (a daemon thread; it closes
+        its own connection) and reported in health().
+        """
         if self._thread is None:
             return
-        self._q.put(_STOP)  # blocking put: close must not drop the stop marker
-        self._thread.join(timeout_s)
+        self._stopping.set()
+        with contextlib.suppress(queue.Full):
+            self._q.put_nowait(_STOP)
+        self._thread.join(max(0.0, timeout_s))
+        if self._thread.is_alive():
+            self._stop_error = (
+                f"history writer did not finish within {timeout_s:.1f} s; "
+                f"about {self._q.qsize()} queued items not written"
+            )
+            log.error("%s", self._stop_error)
+            self._set_up()
         self._thread = None
         if self._reader is not None:
             self._reader.close()
@@ -433,21 +528,56 @@ class HistoryStore:
         """Wait until everything submitted so far is committed (tests, report, shutdown)."""
         if self._thread is None:
             return True
+        deadline = time.monotonic() + timeout_s
         done = threading.Event()
-        self._q.put(done)
-        return done.wait(timeout_s)
+        try:
+            self._q.put(done, timeout=max(0.001, timeout_s))
+        except queue.Full:
+            return False
+        return done.wait(max(0.0, deadline - time.monotonic()))
 
     def retain_now(self, now_ns: int | None = None, timeout_s: float = 60.0) -> dict[str, int]:
         """Run retention in the writer thread now (as if at `now_ns`); rows deleted by reason."""
         req = _RetentionRequest(now_ns)
-        self._q.put(req)
-        if not req.done.wait(timeout_s):
+        deadline = time.monotonic() + timeout_s
+        try:
+            self._q.put(req, timeout=max(0.001, timeout_s))
+        except queue.Full as exc:
+            raise StoreError("retention did not finish in time") from exc
+        if not req.done.wait(max(0.0, deadline - time.monotonic())):
             raise StoreError("retention did not finish in time")
         return req.result
 
+    def health(self) -> dict[str, Any]:
+        """{state: ok|degraded|failed, error, crashes, path, dropped, moved_aside}.
+
+        failed: no database could be opened (items are dropped, the open is retried);
+        degraded: the writer crashed and is restarting, writes are failing (disk full), or
+        close() ran out of time; moved_aside: where a corrupt file was moved this run.
+        """
+        if self._unavailable:
+            state, error = "failed", self._open_error
+        else:
+            error = self._crash_error or self._write_error or self._stop_error
+            state = "degraded" if error else "ok"
+        return health_dict(
+            state=state,
+            error=error,
+            crashes=self._crashes,
+            path=self.cfg.path,
+            dropped=self.dropped,
+            moved_aside=self._moved_aside,
+        )
+
+    def _set_up(self) -> None:
+        up = self.health()["state"] == "ok"
+        self.metrics.set("edgeloop_component_up", 1 if up else 0, component="store")
+
     # -- event-loop side: copy and enqueue, never touch disk
     def submit_frame(self, group: Any, ts_ns: int) -> bool:
-        """Queue a copy of the group's slice; False (and counted) if the queue is full."""
+        """Queue a copy of the group's slice; False (and counted) if it cannot be kept."""
+        if self._unavailable:
+            return self._drop_now()
         t = self.table
         s, e = group.start, group.stop
         key = (group.device, group.name, s, e)
@@ -460,20 +590,39 @@ class HistoryStore:
 
     def submit_event(self, ts_ns: int, kind: str, source: str, payload: Any) -> bool:
         """Queue an event (anomaly, device up/down, ...); payload must be JSON-serialisable."""
+        if self._unavailable:
+            return self._drop_now()
         return self._put(("E", int(ts_ns), kind, source, json.dumps(payload, default=str)))
 
     def submit_control(self, ts_ns: int, loop: str, payload: Any) -> bool:
         """Queue a control action or mode change of `loop`."""
+        if self._unavailable:
+            return self._drop_now()
         return self._put(("C", int(ts_ns), loop, json.dumps(payload, default=str)))
 
     def _put(self, item: tuple) -> bool:
         try:
             self._q.put_nowait(item)
-            return True
         except queue.Full:
             self.dropped += 1
             self.metrics.inc("edgeloop_store_dropped_total")
+            self._dropping = True
+            self._episodes.fail(
+                "history: items dropped, queue full",
+                f"{self.cfg.queue_max} items wait for the writer (disk slow or stalled); "
+                f"the newest are dropped, {self.dropped} dropped since start",
+            )
             return False
+        if self._dropping:
+            self._dropping = False
+            self._episodes.ok("history: items dropped, queue full")
+        return True
+
+    def _drop_now(self) -> bool:
+        """Failed state: count the item as dropped (the open-failure episode logged it)."""
+        self.dropped += 1
+        self.metrics.inc("edgeloop_store_dropped_total")
+        return False
 
     # -- reads (own read-only connection; fine while the writer runs)
     def reader(self) -> HistoryReader:
@@ -493,24 +642,92 @@ class HistoryStore:
     def export(self, out: TextIO, t_from: Any, t_to: Any, **kw: Any) -> int:
         return self.reader().export_csv(out, t_from, t_to, **kw)
 
-    # -- writer thread
-    def _run(self) -> None:
+    # -- writer thread: supervision
+    def _thread_main(self) -> None:
+        try:
+            run_supervised(
+                self._work,
+                what="history writer",
+                component="store",
+                metrics=self.metrics,
+                logger=log,
+                stopping=self._stopping,
+                on_crash=self._on_crash,
+            )
+        finally:
+            self._finish()
+
+    def _on_crash(self, exc: BaseException) -> None:
+        """Keep the batch in hand for one retry after the restart; drop it if it was one."""
+        self._crashes += 1
+        self._crash_error = f"writer crashed: {describe(exc)}"
+        con = self._con
+        if con is not None and con.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                con.execute("ROLLBACK")
+            self._reload_group_ids()
+        hand, self._hand = self._hand, None
+        if hand is not None:
+            batch, waiters, retried = hand
+            if retried:
+                self._count_dropped(len(batch))
+                log.error("history: %d items dropped: they crashed the writer twice", len(batch))
+                _release(waiters)
+            else:
+                self._carry = (batch, waiters)
+        self._set_up()
+
+    def _finish(self) -> None:
+        """Thread exit: release waiters left in the queue, count what was not written."""
+        left = 0
+        while True:
+            try:
+                it = self._q.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(it, tuple):
+                left += 1
+            elif it is not _STOP:
+                _release([it])
+        if self._carry is not None:
+            left += len(self._carry[0])
+            _release(self._carry[1])
+            self._carry = None
+        if left:
+            self._count_dropped(left)
+            log.error("history: %d queued items not written at stop", left)
+        if self._con is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._con.close()
+            self._con = None
+
+    # -- writer thread: the work loop
+    def _work(self) -> None:
+        """Open the database when needed, batch items into transactions, run retention."""
+        carry, self._carry = self._carry, None
+        if carry is not None:
+            self._process(carry[0], carry[1], retried=True)
         batch_s = self.cfg.batch_ms / 1000.0
-        stop = False
-        while not stop:
+        while True:
+            if self._con is None:
+                self._open()
             try:
                 item = self._q.get(timeout=min(1.0, self.cfg.retention_interval_s))
             except queue.Empty:
+                self._recovered_from_crash()
+                if self._stopping.is_set():
+                    return  # close() asked and nothing is left (its marker may not have fit)
                 self._maybe_retention()
                 continue
             batch: list[tuple] = []
-            waiters: list[threading.Event | _RetentionRequest] = []
+            waiters: list[Any] = []
             deadline = time.monotonic() + batch_s
+            stop = False
             while True:
                 if item is _STOP:
                     stop = True
                     break
-                if isinstance(item, threading.Event | _RetentionRequest):
+                if not isinstance(item, tuple):
                     waiters.append(item)
                     break  # commit now so the waiter sees everything before it
                 batch.append(item)
@@ -523,36 +740,114 @@ class HistoryStore:
                     item = self._q.get(timeout=remaining)
                 except queue.Empty:
                     break
-            if batch:
-                self._write(batch)
-            for w in waiters:
-                if isinstance(w, _RetentionRequest):
-                    try:
-                        w.result = self.run_retention(w.now_ns)
-                    except sqlite3.Error as exc:
-                        log.error("history retention failed: %s", exc)
-                    w.done.set()
-                else:
-                    w.set()
+            self._process(batch, waiters)
+            if stop:
+                self._drain_after_stop()
+                return
             self._maybe_retention()
-        # drain whatever raced in after the stop marker
-        rest = []
+
+    def _drain_after_stop(self) -> None:
+        """Commit whatever raced in after the stop marker."""
+        rest: list[tuple] = []
+        waiters: list[Any] = []
         while True:
             try:
                 it = self._q.get_nowait()
             except queue.Empty:
                 break
-            if isinstance(it, threading.Event):
-                it.set()
-            elif isinstance(it, _RetentionRequest):
-                it.done.set()
-            elif it is not _STOP:
+            if isinstance(it, tuple):
                 rest.append(it)
-        if rest:
-            self._write(rest)
-        assert self._con is not None
-        self._con.close()
-        self._con = None
+            elif it is not _STOP:
+                waiters.append(it)
+        self._process(rest, waiters)
+
+    def _process(self, batch: list[tuple], waiters: list[Any], retried: bool = False) -> None:
+        """Write one batch, then serve the flush/retention requests that followed it."""
+        self._hand = (batch, waiters, retried)
+        if batch:
+            if self._con is None:
+                self._count_dropped(len(batch))
+            else:
+                self._write(batch)
+        for w in waiters:
+            if isinstance(w, _RetentionRequest):
+                if self._con is not None:
+                    try:
+                        w.result = self.run_retention(w.now_ns)
+                    except sqlite3.Error as exc:
+                        log.error("history retention failed: %s", exc)
+                w.done.set()
+            else:
+                w.set()
+        self._hand = None
+        self._recovered_from_crash()
+
+    def _recovered_from_crash(self) -> None:
+        if self._crash_error is not None:
+            self._crash_error = None
+            log.info("history writer running again after a crash")
+            self._set_up()
+
+    def _count_dropped(self, n: int) -> None:
+        self.dropped += n
+        self.metrics.inc("edgeloop_store_dropped_total", n)
+
+    # -- writer thread: opening, recovery
+    def _open(self) -> None:
+        """Open (quick_check, move a corrupt file aside); on failure go to "failed" and
+        retry with backoff. Runs in the writer thread: a long check never blocks the loop."""
+        now = time.monotonic()
+        if now < self._reopen_at:
+            # failed state: what arrives meanwhile is dropped (and waiters released) below
+            return
+        path = self.cfg.path
+        try:
+            con, moved, reason = open_recovering(
+                path,
+                lambda: _connect(path, self.cfg.synchronous),
+                what="history database",
+                component="store",
+                metrics=self.metrics,
+                logger=log,
+            )
+        except Exception as exc:  # any failure to open degrades, never raises
+            self._open_error = str(exc) if isinstance(exc, StoreError) else describe(exc)
+            self._unavailable = True
+            self._reopen_at = now + self._reopen_delay
+            self._reopen_delay = min(REOPEN_MAX_S, self._reopen_delay * 2)
+            self._episodes.fail(
+                "history database unavailable",
+                f"{self._open_error}; history is off (items dropped and counted in "
+                f"edgeloop_store_dropped_total), retrying",
+                logging.ERROR,
+            )
+            self._set_up()
+            return
+        self._con = con
+        self._reload_group_ids()
+        self._reopen_delay = REOPEN_INITIAL_S
+        self._open_error = None
+        self._unavailable = False
+        self._episodes.ok("history database unavailable")
+        self._last_retention = time.monotonic()
+        if moved is not None:
+            self._moved_aside = moved
+            payload = {"path": path, "moved_to": moved, "reason": reason}
+            self._write(
+                [("E", time.time_ns(), EVENT_STORAGE_RECOVERED, "store", json.dumps(payload))]
+            )
+        self._set_up()
+        self._update_gauges()
+
+    def _reload_group_ids(self) -> None:
+        """Group ids from the database (a rolled-back insert must not stay cached)."""
+        self._group_ids.clear()
+        con = self._con
+        if con is None:
+            return
+        with contextlib.suppress(sqlite3.Error):
+            for gid, dev, name, tags in con.execute("SELECT id, device, name, tags FROM groups"):
+                self._group_ids[(dev, name, tags)] = gid
 
     def _gid(self, con: sqlite3.Connection, gkey: tuple[str, str, str]) -> int:
         gid = self._group_ids.get(gkey)
@@ -592,20 +887,12 @@ class HistoryStore:
             con.execute("COMMIT")
             self.transactions += 1
         except sqlite3.Error as exc:
-            if con.in_transaction:
-                con.execute("ROLLBACK")
-            self._group_ids.clear()  # a rolled-back group insert must not stay cached
-            for gid_row in con.execute("SELECT id, device, name, tags FROM groups"):
-                self._group_ids[(gid_row[1], gid_row[2], gid_row[3])] = gid_row[0]
-            self.dropped += len(batch)
-            self.metrics.inc("edgeloop_store_dropped_total", len(batch))
-            if not self._error_episode:
-                log.error("history write failed, %d items dropped: %s", len(batch), exc)
-                self._error_episode = True
+            self._write_failed(con, exc, len(batch))
             return
-        if self._error_episode:
-            log.info("history writes recovered")
-            self._error_episode = False
+        if self._write_error is not None:
+            self._write_error = None
+            self._episodes.ok("history writes failing")
+            self._set_up()
         m = self.metrics
         if frames:
             m.inc("edgeloop_store_rows_total", len(frames), table="frames")
@@ -615,6 +902,28 @@ class HistoryStore:
             m.inc("edgeloop_store_rows_total", len(controls), table="control")
         self._update_gauges()
 
+    def _write_failed(self, con: sqlite3.Connection, exc: sqlite3.Error, n: int) -> None:
+        """Disk full, I/O error, corruption: drop the batch (counted), log once per episode."""
+        with contextlib.suppress(sqlite3.Error):
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+        self._reload_group_ids()
+        self._count_dropped(n)
+        self._write_error = f"history write failed: {describe(exc)}"
+        self._episodes.fail(
+            "history writes failing",
+            f"{exc}; {n} items dropped (edgeloop_store_dropped_total), {self.dropped} since start",
+            logging.ERROR,
+        )
+        if is_corrupt(exc):
+            # the file went bad under us: reopen, which checks it and moves it aside
+            with contextlib.suppress(sqlite3.Error):
+                con.close()
+            self._con = None
+            self._reopen_at = 0.0
+        self._set_up()
+        self._update_gauges()
+
     def _update_gauges(self) -> None:
         self.metrics.set("edgeloop_store_queue_depth", self._q.qsize())
         self.metrics.set("edgeloop_store_bytes", db_bytes(self.cfg.path))
@@ -622,7 +931,7 @@ class HistoryStore:
     # -- retention
     def _maybe_retention(self) -> None:
         now = time.monotonic()
-        if now - self._last_retention < self.cfg.retention_interval_s:
+        if self._con is None or now - self._last_retention < self.cfg.retention_interval_s:
             return
         self._last_retention = now
         try:
@@ -645,16 +954,22 @@ class HistoryStore:
         con = self._con
         assert con is not None
         now_ns = time.time_ns() if now_ns is None else now_ns
-        cutoff = now_ns - int(self.cfg.retention_days * 86400e9)
+        cutoff = retention_cutoff_ns(now_ns, self.cfg.retention_days)
         deleted = {"age": 0, "size": 0}
         con.execute("BEGIN")
-        for tbl in ("frames", "events", "control"):
-            deleted["age"] += con.execute(f"DELETE FROM {tbl} WHERE ts_ns < ?", (cutoff,)).rowcount
-        con.execute("COMMIT")
-        limit = int(self.cfg.max_mb * 1024 * 1024)
+        try:
+            for tbl in ("frames", "events", "control"):
+                deleted["age"] += con.execute(
+                    f"DELETE FROM {tbl} WHERE ts_ns < ?", (cutoff,)
+                ).rowcount
+            con.execute("COMMIT")
+        finally:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+        limit = _size_limit_bytes(self.cfg.max_mb)
         # Frames dominate the size; delete the oldest (rowid = arrival order) in 5% steps.
-        for _ in range(100):
-            if self._used_bytes(con) <= limit:
+        for _ in range(100 if limit is not None else 0):
+            if self._used_bytes(con) <= limit:  # type: ignore[operator]
                 break
             lo, hi = con.execute("SELECT min(rowid), max(rowid) FROM frames").fetchone()
             if lo is None:

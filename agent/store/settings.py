@@ -14,17 +14,19 @@ class StoreConfig(StrictModel):
 
     Retention removes the oldest frames when either limit is reached: rows older than
     `retention_days`, or a database larger than `max_mb` (pages in use, WAL included).
+    Every number has an upper bound: an absurd value (1e6 days) is a typo, and once killed
+    the history writer with an integer overflow; `check` refuses it with its line.
     """
 
     enabled: bool = True
     path: str = "/var/lib/edgeloop/history.db"
-    retention_days: float = Field(7.0, gt=0)
-    max_mb: float = Field(2048.0, gt=0)
+    retention_days: float = Field(7.0, gt=0, le=36_500)  # 100 years
+    max_mb: float = Field(2048.0, gt=0, le=1_048_576)  # 1 TiB
     # A frame waits at most batch_ms before its transaction commits; kill -9 loses at most that.
     batch_ms: int = Field(500, ge=1, le=60_000)
-    batch_max_frames: int = Field(2000, ge=1)
+    batch_max_frames: int = Field(2000, ge=1, le=1_000_000)
     # Frames waiting for the writer thread; beyond this new frames are dropped and counted.
-    queue_max: int = Field(20_000, ge=10)
-    retention_interval_s: float = Field(60.0, gt=0)
+    queue_max: int = Field(20_000, ge=10, le=1_000_000)
+    retention_interval_s: float = Field(60.0, gt=0, le=86_400)
     # normal: survives a process crash / kill -9 (WAL); full: also survives power loss, slower.
     synchronous: Literal["normal", "full"] = "normal"

@@ -26,6 +26,10 @@ or the same written as a string (`"control.loops[0].output"`) and the second ite
 message.  `TagRef` tells the name, device, group, driver type, unit, writable, min and max of
 every configured tag.  The loader maps each path to its line and reports it like any other
 problem.  Hooks are pure: no I/O, no exceptions for bad input (return the problem instead).
+
+A section module may also define `check_files(cfg) -> list[(path, message)]`: the secrets
+and certificate files its component reads at start, read now the same way (I/O), so `check`
+refuses what start-up would.  OPC UA devices do the same (`OpcUaDevice.file_problems`).
 """
 
 from __future__ import annotations
@@ -46,7 +50,16 @@ import yaml
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from agent.configbase import ENV_NAME_HINT, EnvName, StrictModel
+from agent.configbase import (
+    ENV_NAME_HINT,
+    EnvName,
+    SecretError,
+    StrictModel,
+    anchor_path,
+    env_secret,
+    read_cert_file,
+    read_secret_file,
+)
 from agent.configyaml import MAX_CONFIG_BYTES, MERGE_TAG, YamlProblem, describe_size, load_yaml
 from agent.control.settings import ControlConfig
 from agent.kernel.settings import KernelConfig
@@ -542,6 +555,66 @@ class OpcUaDevice(_DeviceCommon):
         _raise_if(out)
         return self
 
+    def read_password(self) -> str | None:
+        """The login password (trailing newline dropped) or None, as the driver reads it;
+        `SecretError` (path relative to the device) when configured but unreadable."""
+        if self.password_env:
+            return env_secret(("password_env",), self.password_env)
+        if self.password_file:
+            return read_secret_file(("password_file",), self.password_file).rstrip("\r\n")
+        return None
+
+    def file_problems(self) -> list[tuple[Path_, str]]:
+        """What the driver would fail on when it connects, found now: the password, and with
+        security on the client certificate and key, the pinned certificate or trust_dir."""
+        out: list[tuple[Path_, str]] = []
+        try:
+            self.read_password()
+        except SecretError as exc:
+            out.append((exc.path, exc.detail))
+        if not (self.secure or self.security_mode != "None"):
+            return out
+        from cryptography import x509
+        from cryptography.exceptions import UnsupportedAlgorithm
+        from cryptography.hazmat.primitives import serialization
+
+        from drivers import opcua_security as sec
+
+        for key in ("client_certificate", "server_certificate", "client_private_key"):
+            value = getattr(self, key)
+            if not value:
+                continue
+            try:
+                data = read_cert_file((key,), value)
+            except SecretError as exc:
+                out.append((exc.path, exc.detail))
+                continue
+            pem = sec.is_pem(data)
+            try:
+                if key == "client_private_key":
+                    load_key = (
+                        serialization.load_pem_private_key
+                        if pem
+                        else serialization.load_der_private_key
+                    )
+                    load_key(data, password=None)
+                else:
+                    (x509.load_pem_x509_certificate if pem else x509.load_der_x509_certificate)(
+                        data
+                    )
+            except TypeError:
+                out.append(((key,), f"{value} is encrypted: the driver needs an unencrypted key"))
+            except (ValueError, UnsupportedAlgorithm) as exc:
+                what = "private key" if key == "client_private_key" else "certificate"
+                out.append(((key,), f"{value} is not a {what} (PEM or DER): {exc}"))
+        if self.trust_dir and not self.server_certificate:
+            try:
+                sec.trusted_certs(self.trust_dir)
+            except (sec.CertificateRefused, OSError) as exc:
+                msg = str(exc).removeprefix("trust_dir: ").removeprefix("trust_dir ")
+                out.append((("trust_dir",), msg))
+        return out
+
 
 DeviceConfig = Annotated[ModbusDevice | OpcUaDevice, Field(discriminator="driver")]
 
@@ -648,6 +721,69 @@ def tag_index(cfg: Config) -> dict[str, TagRef]:
                     max=t.max,
                     path=("devices", di, "poll_groups", gi, "tags", ti),
                 )
+    return out
+
+
+_DEVICE_FILES = (
+    "client_certificate",
+    "client_private_key",
+    "server_certificate",
+    "trust_dir",
+    "password_file",
+)
+
+
+def _anchored(cfg: Config) -> Config:
+    """`cfg` with the relative paths of secret and certificate files made relative to the
+    config file's directory, so `check` (from any directory) and the service (in its state
+    directory) read the same files."""
+    base = cfg.config_dir
+    if base is None:
+        return cfg
+
+    def files(model: Any, keys: Sequence[str]) -> Any:
+        update = {k: anchor_path(getattr(model, k), base) for k in keys}
+        update = {k: v for k, v in update.items() if v != getattr(model, k)}
+        return model.model_copy(update=update) if update else model
+
+    devices = [files(d, _DEVICE_FILES) if isinstance(d, OpcUaDevice) else d for d in cfg.devices]
+    mqtt = files(cfg.publish.mqtt, ("password_file",))
+    if mqtt.tls is not None:
+        mqtt = mqtt.model_copy(
+            update={"tls": files(mqtt.tls, ("ca_file", "cert_file", "key_file"))}
+        )
+    http = cfg.http
+    if http.bearer_token_file is not None:
+        anchored = anchor_path(http.bearer_token_file, base)
+        if anchored != str(http.bearer_token_file):
+            http = http.model_copy(update={"bearer_token_file": Path(str(anchored))})
+    out = cfg.model_copy(
+        update={
+            "devices": devices,
+            "publish": cfg.publish.model_copy(update={"mqtt": mqtt}),
+            "http": http,
+        }
+    )
+    out._source = cfg._source
+    return out
+
+
+def _file_checks(cfg: Config) -> list[tuple[Path_, str]]:
+    """Secrets and certificate files the components read at start, read now (I/O, unlike the
+    cross-checks): each enabled OPC UA device, and each section module's `check_files`."""
+    out: list[tuple[Path_, str]] = []
+    for di, d in enumerate(cfg.devices):
+        if isinstance(d, OpcUaDevice) and d.enabled:
+            out += [(("devices", di, *path), msg) for path, msg in d.file_problems()]
+    for section, module_name in SECTION_MODULES.items():
+        hook = getattr(importlib.import_module(module_name), "check_files", None)
+        if hook is None:
+            continue
+        for path, message in hook(cfg) or ():
+            p = _parse_path(path) if isinstance(path, str) else tuple(path)
+            if not p or p[0] != section:
+                p = (section, *p)
+            out.append((p, message))
     return out
 
 
@@ -990,11 +1126,21 @@ def _friendly(err: dict[str, Any], loc: Path_, model: type) -> list[tuple[Path_,
 
 
 def parse_config(
-    text: str | bytes, filename: str = "<config>", *, max_bytes: int = MAX_CONFIG_BYTES
+    text: str | bytes,
+    filename: str = "<config>",
+    *,
+    max_bytes: int = MAX_CONFIG_BYTES,
+    check_files: bool = True,
 ) -> Config:
     """Validate YAML text (or the bytes of a file); raises `ConfigError` with every problem
     found.  Text beyond `max_bytes`, alias bombs, deep nesting and the like are refused
-    before they cost time or memory (`agent.configyaml`)."""
+    before they cost time or memory (`agent.configyaml`).
+
+    `check_files` (default) also reads the secrets and certificate files the components
+    read at start (environment variables set, files readable and parseable), so `check`
+    refuses what start-up would; relative paths of those files are relative to the config
+    file.  Turn it off only to validate a file for another machine (the examples).
+    """
 
     def refuse(line: int, message: str) -> ConfigError:
         return ConfigError([Issue(filename, line, "", message)])
@@ -1029,6 +1175,9 @@ def parse_config(
     if cfg is not None:
         cfg._source = Source(filename, pos.lines)  # cross-checks resolve paths from config_dir
         problems += _global_checks(cfg)
+        cfg = _anchored(cfg)
+        if check_files:
+            problems += _file_checks(cfg)
     if problems:
         issues: list[Issue] = []
         seen: set[tuple[int, str, str]] = set()
@@ -1084,6 +1233,10 @@ def read_config_bytes(path: str | Path, *, max_bytes: int = MAX_CONFIG_BYTES) ->
     return data
 
 
-def load_config(path: str | Path, *, max_bytes: int = MAX_CONFIG_BYTES) -> Config:
-    """Read and validate a YAML file; raises `ConfigError` (file:line form) on any problem."""
-    return parse_config(read_config_bytes(path, max_bytes=max_bytes), str(path))
+def load_config(
+    path: str | Path, *, max_bytes: int = MAX_CONFIG_BYTES, check_files: bool = True
+) -> Config:
+    """Read and validate a YAML file; raises `ConfigError` (file:line form) on any problem.
+    See `parse_config` for `check_files`."""
+    data = read_config_bytes(path, max_bytes=max_bytes)
+    return parse_config(data, str(path), max_bytes=max_bytes, check_files=check_files)

@@ -16,7 +16,6 @@ import datetime as dt
 import json
 import logging
 import math
-import os
 import random
 import ssl
 import time
@@ -27,6 +26,7 @@ import aiomqtt
 import numpy as np
 from aiomqtt.exceptions import MqttConnectError
 
+from agent.configbase import SecretError
 from agent.metrics import Metrics
 from agent.publish import sparkplug as spb
 from agent.publish.outbox import Outbox, OutboxError
@@ -626,32 +626,18 @@ class Publisher:
         return None
 
     # ------------------------------------------------------------------ credentials / TLS
+    # Read by the settings, exactly as `edgeloop check` reads them (agent.publish.settings).
     def _load_password(self) -> str | None:
-        m = self.cfg.mqtt
-        if m.password_env:
-            pw = os.environ.get(m.password_env)
-            if pw is None:
-                raise PublishError(
-                    f"publish.mqtt.password_env: environment variable {m.password_env} is not set"
-                )
-            return pw
-        if m.password_file:
-            try:
-                with open(m.password_file, encoding="utf-8") as fh:
-                    return fh.read().rstrip("\r\n")
-            except OSError as exc:
-                raise PublishError(f"publish.mqtt.password_file: {exc}") from exc
-        return None
+        try:
+            return self.cfg.mqtt.read_password()
+        except SecretError as exc:
+            raise PublishError(str(exc)) from exc
 
     def _tls_context(self) -> ssl.SSLContext | None:
         t = self.cfg.mqtt.tls
         if t is None:
             return None
         try:
-            ctx = ssl.create_default_context(cafile=t.ca_file)
-            if t.cert_file and t.key_file:
-                ctx.load_cert_chain(t.cert_file, t.key_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise PublishError(f"publish.mqtt.tls: {exc}") from exc
-        ctx.check_hostname = t.verify_hostname
-        return ctx
+            return t.ssl_context()
+        except SecretError as exc:
+            raise PublishError(str(exc)) from exc

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import ssl
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from agent.configbase import EnvName, StrictModel
+from agent.configbase import (
+    EnvName,
+    SecretError,
+    StrictModel,
+    env_secret,
+    read_cert_file,
+    read_secret_file,
+)
+
+_MQTT = ("publish", "mqtt")
 
 
 class TlsConfig(StrictModel):
@@ -22,6 +32,45 @@ class TlsConfig(StrictModel):
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("tls: cert_file and key_file go together")
         return self
+
+    def problems(self) -> list[SecretError]:
+        """Every reason `ssl_context()` would fail, one per file where it can tell."""
+        out: list[SecretError] = []
+        for key in ("ca_file", "cert_file", "key_file"):
+            value = getattr(self, key)
+            if value is not None:
+                try:
+                    read_cert_file((*_MQTT, "tls", key), value)
+                except SecretError as exc:
+                    out.append(exc)
+        if out:
+            return out
+        try:
+            self.ssl_context()
+        except SecretError as exc:
+            out.append(exc)
+        return out
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The client TLS context; `SecretError` when a file is unreadable or not PEM."""
+        where = (*_MQTT, "tls")
+        try:
+            ctx = ssl.create_default_context(cafile=self.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise SecretError(
+                (*where, "ca_file"), f"cannot load the CA certificates: {exc}"
+            ) from None
+        if self.cert_file and self.key_file:
+            try:  # an encrypted key would make OpenSSL prompt on the terminal: refuse it instead
+                ctx.load_cert_chain(self.cert_file, self.key_file, password=lambda: b"")
+            except (OSError, ssl.SSLError) as exc:
+                raise SecretError(
+                    (*where, "cert_file"),
+                    f"cannot load the client certificate and key (an unencrypted PEM key "
+                    f"matching the certificate): {exc}",
+                ) from None
+        ctx.check_hostname = self.verify_hostname
+        return ctx
 
 
 class MqttConfig(StrictModel):
@@ -54,6 +103,15 @@ class MqttConfig(StrictModel):
             raise ValueError("mqtt: backoff_max_s must be >= backoff_initial_s")
         return self
 
+    def read_password(self) -> str | None:
+        """The password from `password_env` or `password_file` (trailing newline dropped), or
+        None; `SecretError` when it is configured but cannot be read."""
+        if self.password_env:
+            return env_secret((*_MQTT, "password_env"), self.password_env)
+        if self.password_file:
+            return read_secret_file((*_MQTT, "password_file"), self.password_file).rstrip("\r\n")
+        return None
+
 
 class OutboxConfig(StrictModel):
     """The durable outbox: every message is committed here before it is sent."""
@@ -83,3 +141,19 @@ class PublishConfig(StrictModel):
     mqtt: MqttConfig = MqttConfig()
     outbox: OutboxConfig = OutboxConfig()
     sparkplug: SparkplugConfig = SparkplugConfig()
+
+
+def check_files(cfg: Any) -> list[tuple[tuple[str | int, ...], str]]:
+    """`agent.config` hook: the password and TLS files the publisher reads at start, read the
+    same way, so `check` refuses what start-up would (nothing when publishing is off)."""
+    pub: PublishConfig = cfg.publish
+    if not pub.enabled:
+        return []
+    errors: list[SecretError] = []
+    try:
+        pub.mqtt.read_password()
+    except SecretError as exc:
+        errors.append(exc)
+    if pub.mqtt.tls is not None:
+        errors += pub.mqtt.tls.problems()
+    return [(e.path, e.detail) for e in errors]

@@ -5,10 +5,11 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
-from agent.configbase import EnvName, StrictModel
+from agent.configbase import EnvName, SecretError, StrictModel, read_secret_file
 
 
 class HttpConfig(StrictModel):
@@ -55,26 +56,38 @@ class HttpConfig(StrictModel):
     def is_loopback(self) -> bool:
         return ipaddress.ip_address(self.bind).is_loopback
 
-    def resolve_token(self) -> str | None:
-        """The configured bearer token, or None; raises ValueError when it is configured but
-        cannot be read, so a missing secret fails start-up instead of opening the endpoints."""
+    @model_validator(mode="after")
+    def _one_token_source(self) -> HttpConfig:
         if self.bearer_token_env and self.bearer_token_file:
             raise ValueError("http: set bearer_token_env or bearer_token_file, not both")
+        return self
+
+    def resolve_token(self) -> str | None:
+        """The configured bearer token, or None; raises `SecretError` (a ValueError) when it is
+        configured but cannot be read, so a missing secret fails start-up (and `check`, via
+        `check_files`) instead of opening the endpoints.  Never shows the token or its path."""
         if self.bearer_token_env:
             token = os.environ.get(self.bearer_token_env, "").strip()
             if not token:
-                raise ValueError(
-                    f"http.bearer_token_env: environment variable {self.bearer_token_env} "
-                    "is unset or empty"
+                raise SecretError(
+                    ("http", "bearer_token_env"),
+                    f"environment variable {self.bearer_token_env} is unset or empty",
                 )
             return token
         if self.bearer_token_file:
-            path = Path(os.path.expandvars(str(self.bearer_token_file)))
-            try:
-                token = path.read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise ValueError(f"http.bearer_token_file: cannot read {path}: {exc}") from exc
+            where = ("http", "bearer_token_file")
+            token = read_secret_file(where, self.bearer_token_file, expand=True).strip()
             if not token:
-                raise ValueError(f"http.bearer_token_file: {path} is empty")
+                raise SecretError(where, "the file is empty")
             return token
         return None
+
+
+def check_files(cfg: Any) -> list[tuple[tuple[str | int, ...], str]]:
+    """`agent.config` hook: the token start-up reads (the server is built even when
+    disabled, so always), read the same way."""
+    try:
+        cfg.http.resolve_token()
+    except SecretError as exc:
+        return [(exc.path, exc.detail)]
+    return []

@@ -109,6 +109,7 @@ class Acquirer:
         self._episodes = EpisodeLog(log)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._failures: dict[str, str] = {}
+        self.frame_error: str | None = None  # the last frame's consumer (kernel...) failed
         self._crashes: dict[str, int] = {}
         self.gate = WriteGate(self.table, rules_from_config(compiled.config, self.table))
         self._last_good_ns = np.zeros(len(self.table), dtype=np.int64)
@@ -477,9 +478,16 @@ class Acquirer:
         try:
             self._on_frame(g, ts_ns)
         except Exception as e:  # a consumer bug must not stop acquisition
+            self.metrics.inc("edgeloop_component_crashes_total", component="kernel")
+            if self.frame_error is None:
+                self.metrics.set("edgeloop_component_up", 0, component="kernel")
+            self.frame_error = f"{g.device}/{g.name}: {_describe(e)}"
             if self._episodes.fail("on_frame", _describe(e), level=logging.ERROR):
                 log.exception("on_frame failed for %s/%s", g.device, g.name)
         else:
+            if self.frame_error is not None:
+                self.frame_error = None
+                self.metrics.set("edgeloop_component_up", 1, component="kernel")
             self._episodes.ok("on_frame")
 
 

@@ -245,6 +245,8 @@ class Pipeline:
             health = getattr(comp, "health", None)
             if health is not None:
                 out[name] = health()
+        if self.acquirer.frame_error is not None:
+            out["kernel"] = {"state": "failed", "error": self.acquirer.frame_error}
         for name, t in self.acquirer.task_failures().items():
             out[f"acquire:{name}"] = {"state": "failed", "error": t}
         if self.fatal:

@@ -256,6 +256,9 @@ async def test_on_frame_errors_do_not_stop_acquisition() -> None:
     await acq.stop()
     assert calls >= 4
     assert m.get("edgeloop_polls_total", device="a", group="g1") >= 3
+    # reported, not only survived: counted and named for /readyz
+    assert m.get("edgeloop_component_crashes_total", component="kernel") == calls
+    assert acq.frame_error is not None and "consumer bug" in acq.frame_error
 
 
 async def test_writes_are_checked_before_sending() -> None:

@@ -118,6 +118,27 @@ async def _jitter(period_s: float, seconds: float) -> np.ndarray:
     return np.asarray(late) * 1e3
 
 
+def _time_gate(steps: int) -> np.ndarray:
+    """`WriteGate.check` + `committed` of one rate-limited loop output (per write)."""
+    from agent.tags import TagTable
+    from agent.writegate import TagRule, WriteGate
+
+    table = TagTable.for_names(["heater_power"])
+    rule = TagRule(frozenset({"output:l"}), 0.0, 100.0, 25.0, 1.0, 0.25, 10.0)
+    gate = WriteGate(table, {0: rule})
+    ns = np.empty(steps, dtype=np.int64)
+    now, u = 10**18, 50.0
+    gate.committed(0, u, now)
+    for k in range(steps):
+        now += 500_000_000
+        u = 50.0 + 10.0 * np.sin(k / 50.0)
+        t0 = time.perf_counter_ns()
+        gate.check(0, u, "output:l", now)
+        gate.committed(0, u, now)
+        ns[k] = time.perf_counter_ns() - t0
+    return ns[100:]
+
+
 def _row(name: str, ns: np.ndarray) -> str:
     us = ns / 1e3
     return (
@@ -141,6 +162,7 @@ def main() -> None:
         print(_row(f"  of which {name}", ns[100:]))
     print(_row("PID loop step", pid))
     print(_row("MPC expert step", exp))
+    print(_row("write gate (role, bounds, rate, budget) per write", _time_gate(args.steps)))
     print()
     print(
         f"expert / TFLite compute: {exp.mean() / tfl.mean():.0f}x (mean), "

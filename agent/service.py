@@ -56,13 +56,26 @@ class ConfigRefused(Exception):
         super().__init__("\n".join(lines))
 
 
-def load_and_compile(path: str | Path) -> Any:
-    """Load and compile a config exactly as `edgeloop check` does; ConfigRefused on problems."""
-    from agent.config import ConfigError, load_config
+def load_and_compile(path: str | Path, isolated: bool = False) -> Any:
+    """Load and compile a config exactly as `edgeloop check` does; ConfigRefused on problems.
+
+    `isolated` (SIGHUP reloads, inside a running gateway): the file is read once and its
+    bytes are first validated by a child process under a memory and time budget
+    (`agent.configguard`), then the same bytes are parsed here; a file that would exhaust
+    memory or time is refused without touching this process.
+    """
+    from agent.config import ConfigError, parse_config, read_config_bytes
     from agent.tags import compile_config
 
     try:
-        cfg = load_config(path)
+        data = read_config_bytes(path)
+        if isolated:
+            from agent.configguard import validate_isolated
+
+            lines = validate_isolated(data, str(path))
+            if lines:
+                raise ConfigRefused(lines)
+        cfg = parse_config(data, str(path))
         return compile_config(cfg)
     except ConfigError as exc:
         raise ConfigRefused(str(exc).splitlines()) from exc

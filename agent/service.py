@@ -380,6 +380,13 @@ class Pipeline:
         self._tasks.clear()
         return self.control.export_state()
 
+    def restart_control(self, state: dict[str, Any]) -> None:
+        """Resume this pipeline's own loops after an aborted reload handover."""
+        if self.control is not None:
+            self.control.import_state(state)
+            self._closing = False
+            self.start_control()
+
     def go_live(self) -> None:
         """Reload handover done: this pipeline stores, publishes and feeds the kernel."""
         self.live = True
@@ -411,6 +418,15 @@ class Pipeline:
             await _bounded(self.telemetry.stop(), left(0.3), "telemetry")
         if self.store is not None and "store" not in keep:
             await _bounded(asyncio.to_thread(self.store.close), left(2.0), "store")
+
+
+def _serial_ports(cfg: Any) -> set[str]:
+    """Serial ports the config's enabled devices use (Modbus RTU)."""
+    return {
+        str(d.serial_port)
+        for d in cfg.devices
+        if getattr(d, "transport", None) == "rtu" and getattr(d, "enabled", True)
+    }
 
 
 def _same_layout(a: Any, b: Any) -> bool:
@@ -528,9 +544,17 @@ class Service:
         except Exception as exc:
             log.error("reload refused: %s", exc)
             return self._reload_refused("reload refused; previous configuration still running")
+        serial = _serial_ports(old.cfg) & _serial_ports(new.cfg)
+        carried_state: dict[str, Any] | None = None
         try:
             if "telemetry" not in new.carried:  # a changed HTTP section: the port moves
                 await _bounded(old.telemetry.stop(), 1.0, "telemetry")
+            if serial:
+                # two masters on one RS-485 line would collide: on a serial port the handover
+                # is break-before-make (control pauses for the reconnect and first poll)
+                log.info("reload: serial line(s) %s handed over break-before-make", serial)
+                carried_state = await old.stop_control()
+                await _bounded(old.acquirer.stop(), 2.0, "acquire")
             await new.start_acquisition()
             for _ in range(int(HANDOVER_WAIT_S / 0.02)):  # polling before control moves
                 if new.first_cycle_done():
@@ -544,9 +568,13 @@ class Service:
             if "telemetry" not in new.carried:
                 with contextlib.suppress(Exception):
                     await old.telemetry.start()
+            if carried_state is not None:  # the serial handover had stopped the old one
+                await old.acquirer.start()
+                old.restart_control(carried_state)
             return self._reload_refused("reload failed; previous configuration still running")
         # the handover: control stops on the old table and starts on the new one at once
-        carried_state = await old.stop_control()
+        if carried_state is None:
+            carried_state = await old.stop_control()
         if new.control is not None:
             kept = new.control.import_state(carried_state)
             if kept:

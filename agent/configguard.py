@@ -22,11 +22,27 @@ import signal
 import subprocess
 import sys
 
-__all__ = ["DEFAULT_MEMORY_MB", "DEFAULT_TIMEOUT_S", "validate_isolated"]
+__all__ = [
+    "DEFAULT_MEMORY_MB",
+    "DEFAULT_TIMEOUT_S",
+    "validate_isolated",
+    "validate_isolated_async",
+]
 
 DEFAULT_MEMORY_MB = 512
 DEFAULT_TIMEOUT_S = 30.0
 NICE = 10  # below the service, so a hostile file cannot starve control of the CPU
+
+
+def _command(filename: str, memory_mb: int, timeout_s: float) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "agent.configguard",
+        filename,
+        str(int(memory_mb)),
+        str(max(1, int(timeout_s) + 5)),  # CPU seconds: a backstop should the parent die
+    ]
 
 
 def validate_isolated(
@@ -38,40 +54,74 @@ def validate_isolated(
 ) -> list[str]:
     """Problem lines (`file:line: path: message`) for the config `data`, found by a child
     process under the budget; [] when the child accepts it.  Never raises for bad input."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "agent.configguard",
-        filename,
-        str(int(memory_mb)),
-        str(max(1, int(timeout_s) + 5)),  # CPU seconds: a backstop should the parent die
-    ]
     try:
         proc = subprocess.run(  # our own interpreter and module
-            cmd, input=data, capture_output=True, timeout=timeout_s, check=False
+            _command(filename, memory_mb, timeout_s),
+            input=data,
+            capture_output=True,
+            timeout=timeout_s,
+            check=False,
         )
     except subprocess.TimeoutExpired:
         return [f"{filename}:1: validating the file took longer than {timeout_s:g} s: refused"]
     except OSError as exc:
         return [f"{filename}:1: cannot start the validating process: {exc.strerror}"]
+    return _verdict(filename, memory_mb, timeout_s, proc.returncode, proc.stdout, proc.stderr)
+
+
+async def validate_isolated_async(
+    data: bytes,
+    filename: str,
+    *,
+    memory_mb: int = DEFAULT_MEMORY_MB,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> list[str]:
+    """`validate_isolated` for the event loop: a cancel (SIGTERM during a reload) kills the
+    child at once instead of leaving a thread waiting for it."""
+    import asyncio
+
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *_command(filename, memory_mb, timeout_s),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+    except OSError as exc:
+        return [f"{filename}:1: cannot start the validating process: {exc.strerror}"]
+    try:
+        async with asyncio.timeout(timeout_s):
+            out, err = await proc.communicate(data)
+    except TimeoutError:
+        return [f"{filename}:1: validating the file took longer than {timeout_s:g} s: refused"]
+    finally:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            with contextlib.suppress(Exception):
+                await asyncio.shield(proc.wait())
+    return _verdict(filename, memory_mb, timeout_s, proc.returncode or 0, out, err)
+
+
+def _verdict(
+    filename: str, memory_mb: int, timeout_s: float, code: int, stdout: bytes, stderr: bytes
+) -> list[str]:
     result = None
-    lines_out = proc.stdout.decode("utf-8", "replace").strip().splitlines()
+    lines_out = stdout.decode("utf-8", "replace").strip().splitlines()
     if lines_out:
         try:
             result = json.loads(lines_out[-1])
         except ValueError:
             result = None
-    if isinstance(result, dict) and proc.returncode == 0:
+    if isinstance(result, dict) and code == 0:
         if result.get("memory"):
             return [_over_budget(filename, memory_mb, timeout_s)]
         return [str(line) for line in result.get("lines", [])]
-    if proc.returncode in (-signal.SIGKILL, -signal.SIGXCPU, -signal.SIGSEGV) or (
-        b"MemoryError" in proc.stderr
-    ):
+    if code in (-signal.SIGKILL, -signal.SIGXCPU, -signal.SIGSEGV) or (b"MemoryError" in stderr):
         return [_over_budget(filename, memory_mb, timeout_s)]
-    err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+    err = stderr.decode("utf-8", "replace").strip().splitlines()
     why = f": {err[-1][:200]}" if err else ""
-    return [f"{filename}:1: the validating process failed (exit {proc.returncode}){why}"]
+    return [f"{filename}:1: the validating process failed (exit {code}){why}"]
 
 
 def _over_budget(filename: str, memory_mb: int, timeout_s: float) -> str:

@@ -81,6 +81,24 @@ def load_and_compile(path: str | Path, isolated: bool = False) -> Any:
         raise ConfigRefused(str(exc).splitlines()) from exc
 
 
+async def load_and_compile_guarded(path: str | Path) -> Any:
+    """`load_and_compile(path, isolated=True)` for the event loop (SIGHUP reloads): the
+    child's check is cancellable, and the in-process parse of the accepted bytes runs on a
+    thread."""
+    from agent.config import ConfigError, parse_config, read_config_bytes
+    from agent.configguard import validate_isolated_async
+    from agent.tags import compile_config
+
+    try:
+        data = await asyncio.to_thread(read_config_bytes, path)
+        lines = await validate_isolated_async(data, str(path))
+        if lines:
+            raise ConfigRefused(lines)
+        return await asyncio.to_thread(lambda: compile_config(parse_config(data, str(path))))
+    except ConfigError as exc:
+        raise ConfigRefused(str(exc).splitlines()) from exc
+
+
 class Pipeline:
     """The components built from one compiled config, started and stopped as a unit."""
 
@@ -462,6 +480,8 @@ class Service:
         self._reload = asyncio.Event()
         self._ready_sent = False
         self.exit_code = EX_OK
+        self._reload_task: asyncio.Task[None] | None = None
+        self._reload_phase = ""
 
     async def run(self) -> int:
         started = time.monotonic()  # READY=1 latency is measured from here (config load on)
@@ -500,15 +520,27 @@ class Service:
         return self.exit_code
 
     async def _main_loop(self, started: float) -> None:
+        try:
+            await self._main_loop_inner(started)
+        finally:
+            task = self._reload_task
+            if task is not None and not task.done():
+                if self._reload_phase == "validating":  # nothing changed yet: drop it
+                    task.cancel()
+                await asyncio.gather(task, return_exceptions=True)  # a handover is bounded
+
+    async def _main_loop_inner(self, started: float) -> None:
         next_status = 0.0
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), 0.2)
             if self._stop.is_set():
                 break
-            if self._reload.is_set():
+            if self._reload.is_set() and self._reload_task is None:
                 self._reload.clear()
-                await self._do_reload()
+                self._reload_task = asyncio.create_task(self._do_reload(), name="reload")
+            if self._reload_task is not None and self._reload_task.done():
+                self._reload_task = None
             p = self.pipeline
             assert p is not None
             if p.fatal:
@@ -533,7 +565,9 @@ class Service:
         old = self.pipeline
         assert old is not None
         try:
-            compiled = await asyncio.to_thread(load_and_compile, self.config_path)
+            self._reload_phase = "validating"  # a SIGTERM may cancel this phase
+            compiled = await load_and_compile_guarded(self.config_path)
+            self._reload_phase = "handover"
             new = Pipeline(
                 compiled, self.metrics, self.watchdog, self.config_path.parent, carry=old
             )

@@ -205,3 +205,46 @@ def test_check_exits_78_with_one_line_and_no_traceback(
     assert "Traceback" not in err
     lines = err.splitlines()
     assert len(lines) == 2 and lines[0].startswith(f"{path}:") and "YAML" in lines[0], lines
+
+
+def _guard_children() -> list[int]:
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                cmd = (d / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"agent.configguard" in cmd:
+                pids.append(int(d.name))
+    return pids
+
+
+async def test_a_cancelled_guarded_validation_kills_its_child() -> None:
+    """SIGTERM during a SIGHUP reload must not wait for the validating child (up to 30 s)."""
+    import asyncio
+
+    from agent.configguard import validate_isolated_async
+
+    task = asyncio.create_task(validate_isolated_async(b"site: x\n", "x.yaml", timeout_s=30))
+    for _ in range(200):  # until the child exists
+        await asyncio.sleep(0.01)
+        if _guard_children():
+            break
+    assert _guard_children()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert task.cancelled()
+    for _ in range(100):
+        if not _guard_children():
+            break
+        await asyncio.sleep(0.02)
+    assert not _guard_children()
+
+
+async def test_guarded_validation_async_agrees_with_the_sync_one() -> None:
+    from agent.configguard import validate_isolated, validate_isolated_async
+
+    bad = b"site: x\ndevices: 5\n"
+    assert await validate_isolated_async(bad, "x.yaml") == validate_isolated(bad, "x.yaml")
+    assert await validate_isolated_async(bad, "x.yaml")

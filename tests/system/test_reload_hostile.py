@@ -9,8 +9,14 @@ import signal
 import time
 from pathlib import Path
 
-from tests.system.test_service import _get, _start_agent, _wait_metric, _wait_status, _write_cfg
-from tests.system.test_write_safety import plant  # noqa: F401 - the fixture
+from tests.system.test_service import (  # noqa: F401 - plant is the fixture
+    _get,
+    _start_agent,
+    _wait_metric,
+    _wait_status,
+    _write_cfg,
+    plant,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 ALIAS_BOMB = (ROOT / "tests" / "cases" / "yaml_alias_bomb" / "config.yaml").read_text()

@@ -14,18 +14,17 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 import yaml
 from pymodbus.client import ModbusTcpClient
 
 from agent.demo import Ports
-from tests.system.test_service import (
+from tests.system.test_service import (  # noqa: F401 - plant is the fixture
     _get,
     _start_agent,
-    _start_sim,
     _wait_metric,
     _wait_status,
     _write_cfg,
+    plant,
 )
 
 RATE = 5.0  # %/s, the loop's max_rate_per_s
@@ -135,17 +134,7 @@ def _wait(pred, timeout_s: float) -> bool:  # type: ignore[no-untyped-def]
     return bool(pred())
 
 
-@pytest.fixture
-def plant(tmp_path: Path):  # type: ignore[no-untyped-def]
-    ports = Ports()
-    sim = _start_sim(ports, tmp_path)
-    yield ports, sim
-    if sim.poll() is None:
-        sim.terminate()
-        sim.wait(10)
-
-
-def test_no_register_moves_faster_than_its_rate_in_any_state(plant, tmp_path: Path) -> None:
+def test_no_register_moves_faster_than_its_rate_in_any_state(plant, tmp_path: Path) -> None:  # noqa: F811
     ports, _sim = plant
     reader = Reader(ports.modbus)
     reader.write_f32(10, START)

@@ -1,11 +1,14 @@
 """MQTT publisher with a durable outbox: commit first, send, delete only after PUBACK.
 
-The event-loop side (`publish_frame`, `publish_event`) encodes and commits to the outbox and
-returns; one task (`_run`) connects, publishes the birth, then drains the outbox in id order
-with up to `max_inflight` messages awaiting PUBACK, deleting the acknowledged prefix of each
-window. A lost connection leaves unacknowledged rows in place, to be re-sent (at least once,
+The event-loop side (`publish_frame`, `publish_event`) copies the frame and hands it to the
+outbox writer thread (`OutboxWriter`), which encodes and commits it: the event loop never
+waits for SQLite. One task (`_run`) connects, publishes the birth, then drains the outbox in
+id order with up to `max_inflight` messages awaiting PUBACK, deleting the acknowledged prefix
+of each window (peek and delete also run in the writer thread). Only committed rows are ever
+sent. A lost connection leaves unacknowledged rows in place, to be re-sent (at least once,
 never out of order); the reconnect loop below is plain code with capped exponential backoff
-and jitter. Topics and payloads are documented in docs/northbound.md.
+and jitter, and the task itself is supervised (a crash is logged with its traceback, counted
+and the task restarted). Topics and payloads are documented in docs/northbound.md.
 """
 
 from __future__ import annotations
@@ -28,13 +31,16 @@ from aiomqtt.exceptions import MqttConnectError
 
 from agent.configbase import SecretError
 from agent.metrics import Metrics
+from agent.names import EVENT_STORAGE_RECOVERED
 from agent.publish import sparkplug as spb
-from agent.publish.outbox import Outbox, OutboxError
+from agent.publish.outbox import Outbox, OutboxError, OutboxWriter
 from agent.publish.settings import PublishConfig
+from agent.store.durable import RESTART_INITIAL_S, RESTART_MAX_S, describe, health_dict
 
 log = logging.getLogger("edgeloop.publish")
 
 PAYLOAD_VERSION = 1
+WRITER_STOP_S = 1.0  # close(): longest wait for the outbox writer to commit and exit
 _AUTH_CODES = {4, 5, 134, 135}  # MQTT 3.1.1 / 5 CONNACK: bad user name or password, not authorized
 
 
@@ -114,7 +120,12 @@ class Publisher:
         self._spb = publish_cfg.encoding == "sparkplug_b"
         g = topic_segment(publish_cfg.sparkplug.group_id)
         self._spb_base = f"spBv1.0/{g}"
-        self._outbox: Outbox | None = None
+        self._writer: OutboxWriter | None = None
+        self._closed_writer: OutboxWriter | None = None  # after close(), for health()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._epoch: str | None = None  # of the open outbox file; set by the writer thread
+        self._task_error: str | None = None  # the connection task crashed, restarting
+        self._task_crashes = 0
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
@@ -129,7 +140,6 @@ class Publisher:
         self._pending: dict[tuple[str, str, int, int], list[tuple]] = {}
         self._flusher: asyncio.Task[None] | None = None
         self._groups: dict[str, list[Any]] = {}  # device -> groups (Sparkplug DBIRTH)
-        self._outbox_failing = False
         self._rebirth = False  # set by an NCMD rebirth request, served by the drain
         self._born: set[str] = set()  # devices with a DBIRTH in the current session
         for g in groups:
@@ -148,23 +158,33 @@ class Publisher:
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        """Open the outbox, resolve credentials and TLS, start the connection task."""
+        """Resolve credentials and TLS, start the outbox writer and the connection task.
+
+        The outbox is opened (checked, recovered) by the writer thread: a damaged or
+        unwritable outbox never makes start() fail, it shows in health() instead.
+        """
         if self._task is not None:
             return
         self._password = self._load_password()
         self._tls = self._tls_context()
-        self._outbox = Outbox(
-            self.cfg.outbox.path,
-            int(self.cfg.outbox.max_mb * 1024 * 1024),
-            self.cfg.outbox.synchronous,
+        self._loop = asyncio.get_running_loop()
+        ob = self.cfg.outbox
+        self._writer = OutboxWriter(
+            ob.path,
+            int(ob.max_mb * 1024 * 1024),
+            ob.synchronous,
+            ob.queue_max,
+            self.metrics,
+            log,
+            on_open=self._outbox_opened,
+            on_commit=self._committed,
+            on_state=self._state_changed,
         )
-        self._gauges()
+        self._closed_writer = None
+        self._writer.start()
         self.metrics.set("edgeloop_mqtt_connected", 0)
-        if self._outbox.depth:
-            log.info(
-                "outbox %s holds %d messages from before", self.cfg.outbox.path, self._outbox.depth
-            )
-        self._task = asyncio.create_task(self._run(), name="edgeloop-publish")
+        self._state_changed()
+        self._task = asyncio.create_task(self._supervised_run(), name="edgeloop-publish")
         if self.cfg.batch_window_ms > 0:
             self._flusher = asyncio.create_task(
                 self._flush_windows(), name="edgeloop-publish-window"
@@ -191,20 +211,92 @@ class Publisher:
         except TimeoutError:
             pass
         finally:  # also when close() itself is cancelled by a caller's deadline
+            writer, self._writer = self._writer, None
+            if writer is not None:
+                self._closed_writer = writer  # health() still reports on it
+                writer.stop()  # commits what is queued, then exits; never blocks here
             if not task.done():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             self._task = None
             self._set_connected(False)
-            if self._outbox is not None:
-                self._gauges()
-                self._outbox.close()
-                self._outbox = None
+            if writer is not None:
+                try:
+                    await asyncio.wait_for(asyncio.shield(writer.stopped()), WRITER_STOP_S)
+                except TimeoutError:
+                    log.error(
+                        "outbox writer did not finish within %.1f s; it goes on in the background",
+                        WRITER_STOP_S,
+                    )
+
+    async def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until everything handed over so far is committed (or counted as dropped)."""
+        writer = self._writer
+        if writer is None:
+            return True
+        try:
+            await asyncio.wait_for(writer.call(lambda ob: None), timeout_s)
+        except (TimeoutError, OutboxError):
+            return False
+        return True
+
+    def health(self) -> dict[str, Any]:
+        """{state: ok|degraded|failed, error, crashes, path} plus connected, broker_error,
+        dropped, moved_aside, epoch.
+
+        failed: no outbox could be opened or created (messages are dropped, the open is
+        retried); degraded: the writer or the connection task crashed and is restarting,
+        writes fail (disk full), another process holds the outbox lock, or the hand-over
+        queue overflows. A broker that cannot be reached is not a fault of the component
+        (the outbox keeps the data): it shows in `connected` and `broker_error`.
+        `dropped` counts messages lost locally: never committed, or deleted by the budget.
+        """
+        w = self._writer or self._closed_writer
+        state, error = w.problem() if w is not None else ("ok", None)
+        if state == "ok" and self._task_error is not None:
+            state, error = "degraded", self._task_error
+        return health_dict(
+            state=state,
+            error=error,
+            crashes=(w.crashes if w is not None else 0) + self._task_crashes,
+            path=self.cfg.outbox.path,
+            connected=self.connected,
+            broker_error=self.last_error,
+            dropped=(w.lost + w.budget_dropped) if w is not None else 0,
+            moved_aside=w.moved_aside if w is not None else None,
+            epoch=self._epoch,
+        )
+
+    # ------------------------------------------------------------------ writer callbacks
+    def _state_changed(self) -> None:
+        """Any thread: keep edgeloop_component_up{component="publish"} in step."""
+        up = self.health()["state"] == "ok"
+        self.metrics.set("edgeloop_component_up", 1 if up else 0, component="publish")
+
+    def _outbox_opened(self, ob: Outbox, moved: str | None, reason: str | None) -> None:
+        """Writer thread: payloads built from now on carry this file's epoch; a corrupt file
+        moved aside is said north, in the fresh outbox."""
+        self._epoch = ob.epoch
+        if moved is not None:
+            self.publish_event(
+                EVENT_STORAGE_RECOVERED,
+                {"component": "publish", "path": ob.path, "moved_to": moved, "reason": reason},
+            )
+
+    def _committed(self) -> None:
+        """Writer thread: new rows are durable, wake the sender."""
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to wake
+                loop.call_soon_threadsafe(self._wake.set)
 
     # ------------------------------------------------------------------ event-loop side
     def publish_frame(self, group: Any, ts_ns: int) -> None:
-        """Commit the group's current slice to the outbox (or its batch window) and return."""
+        """Hand a copy of the group's slice to the outbox writer (or its batch window).
+
+        Returns at once and never raises: the writer thread encodes and commits it.
+        """
         t = self.table
         s, e = group.start, group.stop
         texts = getattr(t, "texts", None) or {}
@@ -232,7 +324,7 @@ class Publisher:
             self._born.discard(group.device)
 
     def publish_event(self, kind: str, payload: Any) -> None:
-        """Commit an event (anomaly, control mode change, ...) for `_events/{kind}`."""
+        """Hand an event (anomaly, control mode change, ...) over for `_events/{kind}`."""
         ts_ns = time.time_ns()
         body = _json_safe(payload if isinstance(payload, dict) else {"value": payload})
 
@@ -240,6 +332,7 @@ class Publisher:
             doc = {
                 "v": PAYLOAD_VERSION,
                 "seq": seq,
+                "epoch": self._epoch,
                 "site": self.site,
                 "kind": kind,
                 "ts": _iso(ts_ns),
@@ -261,24 +354,12 @@ class Publisher:
         self._append(items)
 
     def _append(self, items: list) -> None:
-        if self._outbox is None:
-            raise PublishError("publisher not started")
-        try:
-            dropped = self._outbox.append(items)
-        except OutboxError as exc:
-            # disk full or I/O error: the frame cannot be kept; count it, log once, go on
+        writer = self._writer
+        if writer is None:  # not started or closed: nothing can keep it; count, never raise
             self.metrics.inc("edgeloop_queue_dropped_total", len(items), queue="outbox")
-            if self._outbox_failing is False:
-                log.error("%s; messages are being dropped until the outbox can be written", exc)
-            self._outbox_failing = True
             return
-        if self._outbox_failing:
-            log.info("outbox writes recovered")
-            self._outbox_failing = False
-        if dropped:
-            self.metrics.inc("edgeloop_outbox_dropped_total", dropped)
-        self._gauges()
-        self._wake.set()
+        for topic, build, is_spb in items:
+            writer.submit(topic, build, is_spb)
 
     def _json_builder(
         self, device: str, group: str, s: int, e: int, frames: list[tuple]
@@ -303,6 +384,7 @@ class Publisher:
             doc = {
                 "v": PAYLOAD_VERSION,
                 "seq": seq,
+                "epoch": self._epoch,
                 "site": self.site,
                 "device": device,
                 "group": group,
@@ -342,6 +424,38 @@ class Publisher:
             self._commit_windows()
 
     # ------------------------------------------------------------------ connection task
+    async def _supervised_run(self) -> None:
+        """`_run` under supervision: a crash (a bug; MQTT and outbox errors are handled
+        inside) is logged with its traceback, counted, and the task restarted with backoff."""
+        delay = RESTART_INITIAL_S
+        while True:
+            try:
+                await self._run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._task_crashes += 1
+                self._task_error = f"connection task crashed: {describe(exc)}"
+                self._set_connected(False)
+                self.metrics.inc("edgeloop_component_crashes_total", component="publish")
+                self._state_changed()
+                log.error(
+                    "MQTT connection task crashed (crash %d): %s; %s",
+                    self._task_crashes,
+                    describe(exc),
+                    "stopping" if self._stop.is_set() else f"restarting in {delay:.1f} s",
+                    exc_info=exc,
+                )
+                if self._stop.is_set():
+                    return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+            delay = min(RESTART_MAX_S, delay * 2)
+            self.metrics.inc("edgeloop_component_restarts_total", component="publish")
+            self._task_error = None
+            self._state_changed()
+
     async def _run(self) -> None:
         """Connect, birth, drain; on any MQTT error back off and reconnect. Plain and visible."""
         attempt = 0
@@ -416,7 +530,7 @@ class Publisher:
         m = self.cfg.mqtt
         rc = getattr(exc, "rc", None)
         code = getattr(rc, "value", rc)
-        depth = self._outbox.depth if self._outbox else 0
+        depth = int(self.metrics.get("edgeloop_outbox_depth"))
         if isinstance(exc, MqttConnectError) and code in _AUTH_CODES:
             kind = "auth"
             msg = (
@@ -439,11 +553,6 @@ class Publisher:
         self.connected = up
         self.metrics.set("edgeloop_mqtt_connected", 1 if up else 0)
 
-    def _gauges(self) -> None:
-        if self._outbox is not None:
-            self.metrics.set("edgeloop_outbox_depth", self._outbox.depth)
-            self.metrics.set("edgeloop_outbox_bytes", self._outbox.bytes)
-
     # ------------------------------------------------------------------ birth / death
     def _status(self, state: str) -> bytes:
         doc = {
@@ -452,6 +561,7 @@ class Publisher:
             "status": state,
             "ts": _iso(time.time_ns()),
             "encoding": self.cfg.encoding,
+            "epoch": self._epoch,
         }
         return json.dumps(doc, separators=(",", ":")).encode()
 
@@ -556,19 +666,23 @@ class Publisher:
                     await commands
 
     async def _drain_loop(self, client: aiomqtt.Client, disconnected: asyncio.Future) -> None:
-        ob = self._outbox
-        assert ob is not None
+        writer = self._writer
+        if writer is None:  # closing
+            return
         window = self.cfg.mqtt.max_inflight
         timeout = self.cfg.mqtt.publish_timeout_s
         while True:
             if self._rebirth:
                 self._rebirth = False
                 await self._spb_birth(client)
-            rows = ob.peek(window)
+            # cleared before the peek: a commit landing while the peek is under way sets it
+            # again, so the wait below cannot miss it
+            self._wake.clear()
+            # in the writer thread, after everything handed over before it was committed
+            ob, rows = await writer.call(lambda o: (o, o.peek(window) if o is not None else []))
             if not rows:
                 if self._closing:
                     return
-                self._wake.clear()
                 waiter = asyncio.ensure_future(self._wake.wait())
                 await asyncio.wait({waiter, disconnected}, return_when=asyncio.FIRST_COMPLETED)
                 waiter.cancel()
@@ -608,9 +722,11 @@ class Publisher:
             with contextlib.suppress(asyncio.CancelledError):
                 await everything
             if acked:
-                ob.ack(acked)
+                # ids belong to the file they were read from: never delete in a fresh one
+                await writer.call(
+                    lambda o, ids=acked, src=ob: o.ack(ids) if o is src and o is not None else 0
+                )
                 self.metrics.inc("edgeloop_publish_messages_total", len(acked))
-                self._gauges()
             if first_failure is not None:
                 cause = None if first_failure.cancelled() else first_failure.exception()
                 raise aiomqtt.MqttError(

@@ -119,9 +119,13 @@ class OutboxConfig(StrictModel):
     path: str = "/var/lib/edgeloop/outbox.db"
     # Disk budget for queued messages (payload + topic + row overhead); beyond it the
     # oldest messages are dropped and counted in edgeloop_outbox_dropped_total.
-    max_mb: float = Field(512.0, gt=0)
+    max_mb: float = Field(512.0, gt=0, le=1_048_576)  # at most 1 TiB
     # normal: survives kill -9 of the agent; full: also survives power loss (fsync per commit).
     synchronous: Literal["normal", "full"] = "normal"
+    # Messages handed over by the event loop and waiting for the outbox writer thread (a
+    # slow disk, another process holding the write lock); beyond it the newest are dropped,
+    # counted and logged. About 3.5 kB each for a 100-tag group.
+    queue_max: int = Field(5000, ge=10, le=1_000_000)
 
 
 class SparkplugConfig(StrictModel):

@@ -470,6 +470,7 @@ class HistoryStore:
         self._last_retention = 0.0
         self._episodes = EpisodeLog(log, remind_s=600.0)
         self._dropping = False  # in a queue-overflow episode (event-loop side)
+        self._last_drop = 0.0
         # health, written by the writer thread, read by anyone
         self._unavailable = False  # no database open: submit_* drop at once
         self._open_error: str | None = None
@@ -607,13 +608,20 @@ class HistoryStore:
             self.dropped += 1
             self.metrics.inc("edgeloop_store_dropped_total")
             self._dropping = True
+            self._last_drop = time.monotonic()
             self._episodes.fail(
                 "history: items dropped, queue full",
                 f"{self.cfg.queue_max} items wait for the writer (disk slow or stalled); "
                 f"the newest are dropped, {self.dropped} dropped since start",
             )
             return False
-        if self._dropping:
+        if (
+            self._dropping
+            and time.monotonic() - self._last_drop >= 1.0
+            and self._q.qsize() <= self.cfg.queue_max // 2
+        ):
+            # the episode ends once the writer has caught up (nothing dropped for a second,
+            # the queue below half), not at the first free slot
             self._dropping = False
             self._episodes.ok("history: items dropped, queue full")
         return True
@@ -832,7 +840,7 @@ class HistoryStore:
         self._last_retention = time.monotonic()
         if moved is not None:
             self._moved_aside = moved
-            payload = {"path": path, "moved_to": moved, "reason": reason}
+            payload = {"component": "store", "path": path, "moved_to": moved, "reason": reason}
             self._write(
                 [("E", time.time_ns(), EVENT_STORAGE_RECOVERED, "store", json.dumps(payload))]
             )

@@ -162,7 +162,8 @@ async def _outage(broker: Broker, tmp_path: Path, outage_s: float) -> None:
     broker.stop()
     await produce(outage_s)
     assert metrics.get("edgeloop_mqtt_connected") == 0
-    assert pub._outbox is not None and pub._outbox.depth > 0  # backlog held during the outage
+    assert await pub.flush()
+    assert metrics.get("edgeloop_outbox_depth") > 0  # backlog held during the outage
     broker.start()
     await produce(1.0)
     assert await wait_until(lambda: metrics.get("edgeloop_outbox_depth") == 0, 60)
@@ -206,7 +207,9 @@ RUNNER = textwrap.dedent(
             if i < {n}:
                 t.raw[:] = i
                 p.publish_frame(G, i)
-                print(i + 1, flush=True)
+                if i % 10 == 9:  # flush() returned => committed
+                    assert await p.flush()
+                    print(i + 1, flush=True)
                 i += 1
             await asyncio.sleep(0.002)
     asyncio.run(main())
@@ -237,7 +240,7 @@ async def test_kill9_during_outage_loses_nothing_committed(
     script.write_text(RUNNER.format(repo=str(REPO), cfg=c.model_dump_json(), n=100_000))
     committed = run_and_kill(script, 500)
     ob = Outbox(c.outbox.path, 10**9)
-    assert ob.depth >= committed  # publish_frame returned => committed
+    assert ob.depth >= committed  # flush() returned => committed
     n = ob.depth
     ob.close()
     mqtt_broker.start()
@@ -311,6 +314,7 @@ async def test_outbox_budget_drops_oldest_counted_rest_delivered(
     n = 300
     for k in range(n):
         frame(pub, table, k)
+    assert await pub.flush()
     dropped = metrics.get("edgeloop_outbox_dropped_total")
     assert dropped > 0
     assert metrics.get("edgeloop_outbox_bytes") <= 0.05 * 1024 * 1024
@@ -352,14 +356,15 @@ async def test_tls_without_client_certificate_is_refused(
     b = mqtt_broker_tls
     assert b.tls is not None
     table = Table(TABLE_NAMES)
-    pub = Publisher(cfg(b, tmp_path, mqtt={"tls": {"ca_file": b.tls.ca}}), "site", table, Metrics())
+    metrics = Metrics()
+    pub = Publisher(cfg(b, tmp_path, mqtt={"tls": {"ca_file": b.tls.ca}}), "site", table, metrics)
     await pub.start()
     frame(pub, table, 1)
     # TLS 1.3 reports the missing certificate after the handshake; the attempt then ends at
     # connect_timeout_s (2 s here), so give it a little longer
     assert await wait_until(lambda: pub.last_error is not None, 6)
     assert not pub.connected and "unavailable" in str(pub.last_error)
-    assert pub._outbox is not None and pub._outbox.depth == 2
+    assert await pub.flush() and metrics.get("edgeloop_outbox_depth") == 2
     await pub.close()
 
 

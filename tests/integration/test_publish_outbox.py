@@ -108,14 +108,18 @@ async def test_outbox_write_failure_is_logged_once_and_counted(
     pub = Publisher(cfg, "s", T(), metrics)
     await pub.start()
     pub.publish_frame(G, 1)
-    assert pub._outbox is not None
-    pub._outbox._con.close()  # the database becomes unusable under the publisher
+    assert pub._writer is not None
+    # Injected fault: the database becomes unusable under the writer (the real full disk is
+    # in test_outbox_failures.py); the connection is closed in the thread that owns it.
+    await pub._writer.call(lambda ob: ob._con.close())
     caplog.set_level(logging.ERROR, logger="edgeloop.publish")
     for k in range(5):
         pub.publish_frame(G, k)  # never raises into the acquisition callback
+        assert await pub.flush()
     assert metrics.get("edgeloop_queue_dropped_total", queue="outbox") == 5
-    assert len([r for r in caplog.records if "outbox" in r.getMessage()]) == 1
-    pub._task.cancel()  # type: ignore[union-attr]
+    assert len([r for r in caplog.records if "writes failing" in r.getMessage()]) == 1
+    assert pub.health()["state"] == "degraded"
+    await pub.close(drain_timeout_s=0.1)
 
 
 async def test_event_payloads_are_strict_json(tmp_path: Path) -> None:
@@ -136,8 +140,8 @@ async def test_event_payloads_are_strict_json(tmp_path: Path) -> None:
         "anomaly_on",
         {"score": np.float64("nan"), "n": np.int64(3), "v": np.array([1.0, np.inf]), "x": {1, 2}},
     )
-    assert pub._outbox is not None
-    row = pub._outbox.peek(1)[0]
+    assert await pub.flush() and pub._writer is not None
+    row = (await pub._writer.call(lambda ob: ob.peek(1)))[0]
     doc = json.loads(row.payload, parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
     assert doc["payload"]["score"] is None and doc["payload"]["n"] == 3
     assert doc["payload"]["v"] == [1.0, None] and isinstance(doc["payload"]["x"], str)
@@ -184,7 +188,7 @@ async def test_close_cancelled_by_a_deadline_still_stops_and_keeps_data(tmp_path
     try:
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(pub.close(drain_timeout_s=30), 0.5)
-        assert task is not None and task.done() and pub._outbox is None
+        assert task is not None and task.done() and pub._writer is None
         assert Outbox(path, 10**6).depth == 1
     finally:
         silent.close()

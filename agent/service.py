@@ -435,7 +435,8 @@ class Pipeline:
         if "telemetry" not in keep:
             await _bounded(self.telemetry.stop(), left(0.3), "telemetry")
         if self.store is not None and "store" not in keep:
-            await _bounded(asyncio.to_thread(self.store.close), left(2.0), "store")
+            budget = left(2.0)  # the store's own close honours it (never a hung thread)
+            await _bounded(asyncio.to_thread(self.store.close, budget), budget + 0.2, "store")
 
 
 def _serial_ports(cfg: Any) -> set[str]:

@@ -1,4 +1,4 @@
-"""`edgeloop train`: regenerate the heater policy from a seed (needs the `train` extra)."""
+"""`edgeloop train`: regenerate the heater policy from a seed (numpy; TensorFlow not needed)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 from agent.control.policy import MODELS_DIR
 
-HELP = "train the heater policy by imitating the MPC expert (needs tensorflow-cpu)"
+HELP = "train the heater policy by imitating the MPC expert (numpy MLP, TFLite written directly)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -17,7 +17,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--episodes", type=int, default=160, help="expert episodes (300 s each)")
     p.add_argument("--dagger-episodes", type=int, default=60, help="student-in-the-loop round")
     p.add_argument("--dagger-rounds", type=int, default=2)
-    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--epochs", type=int, default=60, help="most epochs per fit")
+    p.add_argument(
+        "--patience", type=int, default=15, help="stop a fit after N epochs without progress"
+    )
     p.add_argument("--hidden", type=int, default=64, help="units per hidden layer (2 layers)")
     p.add_argument(
         "--no-accept",
@@ -27,11 +30,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        import tensorflow  # noqa: F401
-    except ImportError:
-        print("edgeloop train needs TensorFlow: pip install 'edgeloop[train]'", file=sys.stderr)
-        return 69  # EX_UNAVAILABLE
     from agent.control.training import train
 
     try:
@@ -44,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
             dagger_rounds=args.dagger_rounds,
             hidden=args.hidden,
             accept=not args.no_accept,
+            patience=args.patience,
         )
     except RuntimeError as e:
         print(f"edgeloop train: {e}", file=sys.stderr)

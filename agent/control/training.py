@@ -1,17 +1,19 @@
-"""Training pipeline of the heater policy (`edgeloop train`; needs the `train` extra).
+"""Training pipeline of the heater policy (`edgeloop train`): numpy only, no TensorFlow.
 
 1. Data: closed-loop episodes on the simulated heater across the envelope (flows 5-15 L/min,
    inlet 14-26 degC, setpoints 35-75 degC, random disturbance schedules, sensor noise,
    plant parameters +/-15 %), driven by the MPC expert with exploration noise on the applied
    power; each period records the policy's features (built by the same `FeatureState` code
    the runtime uses) and the expert's action as the label.
-2. DAgger: a second round runs the first student in the loop (the expert still labels every
-   state), so the network also learns to recover from the states its own errors lead to.
-3. A small Keras MLP imitates the expert; converted to TFLite float32.
+2. DAgger (`agent.control.mlp.dagger`): rounds with the current student in the loop (the
+   expert still labels every state), so the network also learns to recover from the states
+   its own errors lead to.
+3. A small numpy MLP (`agent.control.mlp`) imitates the expert; it is written as TFLite
+   float32 directly (`agent.control.tflite_writer`), so this runs on the gateway itself.
 4. Closed-loop validation on the evaluation scenarios (`agent.control.evaluate`) against the
    PID and the expert; the model is accepted only if it meets the targets.
-Everything is seeded: the same seed gives the same data and, with TensorFlow's deterministic
-ops on one thread, the same weights.
+Everything is seeded: the same seed gives the same data and, on the same machine, the same
+weights and the same `.tflite` bytes.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from agent.control.evaluate import (
     evaluate,
 )
 from agent.control.expert import MpcExpert
+from agent.control.mlp import Actor, DaggerResult, TrainConfig, dagger, episode_seed
 from agent.control.policy import (
     CARD_FORMAT,
     Feature,
@@ -133,44 +136,21 @@ def _episode(
     return xs, ys
 
 
-def generate(seed: int, episodes: int, student: Any | None = None) -> tuple[np.ndarray, np.ndarray]:
-    rng = random.Random(seed)
-    xs: list[np.ndarray] = []
-    ys: list[float] = []
-    for i in range(episodes):
-        x, y = _episode(rng, seed * 1000 + i, student, explore=(i % 2 == 0))
-        xs += x
-        ys += y
+def rollout(ep_seed: int, actor: Actor | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One heater episode for `agent.control.mlp.dagger`: everything drawn from `ep_seed`;
+    exploration noise on the applied power in about half of the episodes."""
+    rng = random.Random(ep_seed)
+    explore = rng.random() < 0.5
+    xs, ys = _episode(rng, ep_seed, actor, explore)
     return np.asarray(xs, np.float32), np.asarray(ys, np.float32)
 
 
-def _fit(
-    tf: Any,
-    x: np.ndarray,
-    y: np.ndarray,
-    mean: np.ndarray,
-    std: np.ndarray,
-    seed: int,
-    epochs: int,
-    hidden: int = HIDDEN,
-) -> Any:
-    keras = tf.keras
-    keras.utils.set_random_seed(seed)
-    inp = keras.Input(shape=(x.shape[1],), batch_size=1, name="features")
-    h = keras.layers.Dense(hidden, activation="tanh")(inp)
-    h = keras.layers.Dense(hidden, activation="tanh")(h)
-    out = keras.layers.Dense(1, name="power")(h)
-    model = keras.Model(inp, out)
-    steps = epochs * ((len(x) + 255) // 256)
-    lr = keras.optimizers.schedules.CosineDecay(3e-3, steps, alpha=0.02)
-    model.compile(optimizer=keras.optimizers.Adam(lr), loss="mse")
-    xn = (x - mean) / std
-    model.fit(xn, y[:, None] / OUT_SCALE, batch_size=256, epochs=epochs, verbose=0, shuffle=True)
-    return model
-
-
-def _to_tflite(tf: Any, model: Any) -> bytes:
-    return tf.lite.TFLiteConverter.from_keras_model(model).convert()
+def generate(
+    seed: int, episodes: int, student: Actor | None = None, round_: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of `episodes` rollouts of one DAgger round (round 0: the expert acts)."""
+    parts = [rollout(episode_seed(seed, round_, i), student) for i in range(episodes)]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def _card(mean: np.ndarray, std: np.ndarray, meta: dict[str, Any]) -> dict[str, Any]:
@@ -216,38 +196,25 @@ def train(
     accept: bool = True,
     log: Any = print,
     validation_scenarios: list[Any] | None = None,
+    patience: int = 15,
 ) -> dict[str, Any]:
     """Run the pipeline; writes heater_policy.tflite + .json to `out_dir`; returns the card."""
-    import os
-
-    os.environ.setdefault("TF_DETERMINISTIC_OPS", "1")
-    import tensorflow as tf
-
-    tf.config.threading.set_inter_op_parallelism_threads(1)
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.experimental.enable_op_determinism()
     t0 = time.monotonic()
-    log(f"generating {episodes} expert episodes (seed {seed}) ...")
-    x, y = generate(seed, episodes)
-    mean = x.mean(axis=0)
-    std = np.maximum(x.std(axis=0), 1e-3)
-    model = _fit(tf, x, y, mean, std, seed, epochs, hidden)
-    for r in range(dagger_rounds if dagger_episodes else 0):
-        weights = [w.astype(np.float64) for w in model.get_weights()]
-
-        def student(feat: np.ndarray, w: list[np.ndarray] = weights) -> float:
-            # the MLP's forward pass in numpy: the same function, 100x cheaper than eager TF
-            h = np.tanh(((feat - mean) / std) @ w[0] + w[1])
-            h = np.tanh(h @ w[2] + w[3])
-            return float((h @ w[4] + w[5])[0]) * OUT_SCALE
-
-        log(f"DAgger round {r + 1}: {dagger_episodes} episodes with the student in the loop ...")
-        x2, y2 = generate(seed + 1 + r, dagger_episodes, student)
-        x, y = np.concatenate([x, x2]), np.concatenate([y, y2])
-        model = _fit(tf, x, y, mean, std, seed, epochs, hidden)
-    pred = model.predict((x - mean) / std, batch_size=4096, verbose=0)[:, 0] * OUT_SCALE
-    rmse = float(np.sqrt(np.mean((pred - y) ** 2)))
-    blob = _to_tflite(tf, model)
+    res: DaggerResult = dagger(
+        rollout,
+        episodes=episodes,
+        dagger_episodes=dagger_episodes,
+        rounds=dagger_rounds,
+        seed=seed,
+        hidden=(hidden, hidden),
+        activation="tanh",
+        out_scale=OUT_SCALE,
+        config=TrainConfig(epochs=epochs, patience=patience, seed=seed),
+        log=log,
+    )
+    mean, std = res.student.mean, res.student.std
+    rmse = res.rmse
+    blob = res.model.to_tflite(input_name="features", output_name="power")
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "heater_policy.candidate.tflite"  # renamed only once accepted
     path.write_bytes(blob)
@@ -257,9 +224,14 @@ def train(
             "episodes": episodes,
             "dagger_episodes": dagger_episodes,
             "dagger_rounds": dagger_rounds,
-            "samples": len(y),
+            "samples": len(res.y),
+            "held_out_samples": int(res.val_mask.sum()),
             "epochs": epochs,
+            "epochs_run": [f.epochs for f in res.fits],
+            "best_epoch": [f.best_epoch for f in res.fits],
             "network": f"MLP {hidden}-{hidden} tanh, float32",
+            "trainer": "numpy MLP, Adam, cosine decay, early stopping on held-out episodes "
+            "(agent/control/mlp.py); TFLite written by agent/control/tflite_writer.py",
             "expert": "constrained MPC (agent/control/expert.py), horizon 20 s, re-linearised "
             "per period, delay-aware estimator",
             "envelope": {
@@ -269,20 +241,26 @@ def train(
                 "params": "+/-15 % (loss +/-20 %)",
             },
             "imitation_rmse_pct": round(rmse, 3),
-            "tensorflow": tf.__version__,
+            "held_out_rmse_pct": round(res.val_rmse, 3) if math.isfinite(res.val_rmse) else None,
+            "numpy": np.__version__,
+            "rollout_seconds": round(res.rollout_seconds, 1),
+            "fit_seconds": round(res.fit_seconds, 1),
             "seconds": round(time.monotonic() - t0, 1),
         },
     }
     path.with_suffix(".json").write_text(json.dumps(_card(mean, std, meta), indent=1) + "\n")
-    log(f"imitation RMSE {rmse:.2f} %; closed-loop validation ...")
+    log(
+        f"imitation RMSE {rmse:.2f} % (held-out episodes {res.val_rmse:.2f} %); "
+        "closed-loop validation ..."
+    )
     policy = Policy(path, signals=SIGNALS, period_ms=round(PERIOD_S * 1000))
-    res = evaluate(
+    res_eval = evaluate(
         [LoopController(policy), LoopController(None), ExpertController()], validation_scenarios
     )
-    tfl, pid, exp = res["tflite"], res["pid"], res["expert"]
+    tfl, pid, exp = res_eval["tflite"], res_eval["pid"], res_eval["expert"]
     validation = {
         "scenarios": sorted(tfl["iae_by_scenario"]),  # type: ignore[arg-type]
-        "results": res,
+        "results": res_eval,
         "iae_vs_pid": round(tfl["iae"] / pid["iae"], 3),
         "iae_vs_expert": round(tfl["iae"] / exp["iae"], 3),
         "targets": TARGETS,

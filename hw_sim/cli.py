@@ -16,6 +16,16 @@ def _user(text: str) -> tuple[str, str]:
     return name, password
 
 
+def _loops(text: str) -> tuple[str, ...]:
+    """`--loops surge,exchanger` (or `all`)."""
+    from hw_sim.pointmap import parse_loops
+
+    try:
+        return parse_loops(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The simulator's options (also used by agent/commands/sim.py)."""
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
@@ -31,7 +41,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenario", default=None, help="scenario YAML (disturbances, faults)")
     parser.add_argument("--faults-log", default=None, help="ground-truth fault log (JSONL)")
     parser.add_argument(
-        "--print-map", action="store_true", help="print the point map as JSON and exit"
+        "--print-map",
+        action="store_true",
+        help="print the point map as JSON and exit (with the points of --loops)",
+    )
+    parser.add_argument(
+        "--loops",
+        metavar="NAMES",
+        type=_loops,
+        default=(),
+        help="also run these loop plants, comma-separated: surge (tank level, unit 3), "
+        "exchanger (heat exchanger, unit 4), or all",
+    )
+    parser.add_argument(
+        "--loop-seed",
+        type=int,
+        default=None,
+        help="seed the loop plants' parameters, disturbances and noise are drawn from "
+        "(default: --seed)",
+    )
+    parser.add_argument(
+        "--no-loop-disturbances",
+        action="store_true",
+        help="hold the loop plants' measured disturbances still",
     )
     parser.add_argument("--no-opcua", action="store_true", help="do not start the OPC UA server")
     parser.add_argument(
@@ -58,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     if args.print_map:
         from hw_sim.pointmap import print_map
 
-        print(print_map())
+        print(print_map(args.loops))
         return 0
     names = [name for name, _ in args.opcua_user]
     dup = sorted({n for n in names if names.count(n) > 1})
@@ -77,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m hw_sim",
-        description="Simulated plant (heater loop + pump skid) behind Modbus TCP/RTU and OPC UA.",
+        description="Simulated plant (heater loop + pump skid, optional loop plants) behind "
+        "Modbus TCP/RTU and OPC UA.",
     )
     add_arguments(parser)
     return run(parser.parse_args(argv))

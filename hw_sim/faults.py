@@ -57,6 +57,12 @@ MEASURED_SIGNALS: tuple[str, ...] = tuple(
     and p.type in ("float32", "float64", "int16")
     and p.name not in ("energy_kwh", "flow_total_m3")
 )
+# The loop plants' measured signals (pv, disturbance, applied output): sensor faults may
+# target them when the loop is enabled; random faults never draw them (so the random
+# schedule of a seed is the same with or without loops).
+LOOP_MEASURED_SIGNALS: tuple[str, ...] = tuple(
+    p.name for p in pointmap.loop_points() if p.table == "input" and p.type == "float32"
+)
 
 _PUMP_HYDRAULIC = ("pump_flow", "pump_discharge_pressure", "pump_motor_current")
 # Signals each process fault visibly moves (for the ground truth).
@@ -82,11 +88,11 @@ PROCESS_DEFAULT_MAGNITUDE = {
 
 def served_points(signal: str) -> list[str]:
     """The point names serving `signal`: itself and its Modbus mirror, if any."""
-    return [p.name for p in pointmap.POINTS if p.signal == signal]
+    return [p.name for p in pointmap.ALL_BY_NAME.values() if p.signal == signal]
 
 
 def _span(signal: str) -> float:
-    p = pointmap.BY_NAME[signal]
+    p = pointmap.ALL_BY_NAME[signal]
     if p.min is None or p.max is None:
         return 1.0
     return float(p.max - p.min)
@@ -127,10 +133,10 @@ class FaultSpec(StrictModel):
         if self.kind in SENSOR_KINDS:
             if self.signal is None:
                 raise ValueError(f"sensor fault {self.kind!r} needs `signal`")
-            if self.signal not in MEASURED_SIGNALS:
+            if self.signal not in MEASURED_SIGNALS + LOOP_MEASURED_SIGNALS:
                 raise ValueError(
                     f"signal {self.signal!r} is not a measured signal; "
-                    f"one of: {', '.join(MEASURED_SIGNALS)}"
+                    f"one of: {', '.join(MEASURED_SIGNALS + LOOP_MEASURED_SIGNALS)}"
                 )
         elif self.signal is not None:
             raise ValueError(f"process fault {self.kind!r} takes no `signal`")
@@ -163,6 +169,8 @@ EVENT_KEYS = (
     "ambient_temp",
     "pump_speed_setpoint",
     "pump_valve_position",
+    "surge_draw_flow",  # loop plants (ignored when the loop is not enabled)
+    "exchanger_flow",
 )
 
 

@@ -2,11 +2,12 @@
 
 Values are read from the plant at request time (no copy to refresh), writes reach the plant
 before the response is sent.  Units served: 1 (heater PLC), 2 (pump skid mirror), 10 (the
-benchmark block); others get exception 0x0B (gateway target failed to respond), as from a
-gateway.  Each table has a fixed size; reading past it gives ILLEGAL_ADDRESS, unmapped
-registers inside it read 0 (so a planner may read across gaps).  Writes are validated
-against the point map: a read-only or unmapped register gives ILLEGAL_ADDRESS, a value out
-of range gives ILLEGAL_VALUE, and nothing of a refused request is applied.
+benchmark block), and the units of the plant's enabled loop plants (3 surge, 4 exchanger);
+others get exception 0x0B (gateway target failed to respond), as from a gateway.  Each
+table has a fixed size; reading past it gives ILLEGAL_ADDRESS, unmapped registers inside it
+read 0 (so a planner may read across gaps).  Writes are validated against the point map: a
+read-only or unmapped register gives ILLEGAL_ADDRESS, a value out of range gives
+ILLEGAL_VALUE, and nothing of a refused request is applied.
 
 pymodbus 3.16 notes (checked in the installed source): `ModbusServerContext` subclasses with
 `old_simulator = True` are used as-is by the server, which then awaits
@@ -163,7 +164,11 @@ class PlantContext(ModbusServerContext):
         self.misbehaviour = misbehaviour
         self.stats = ServerStats()
         self.layout: dict[tuple[int, str], list[pointmap.SimPoint]] = {}
-        for p in pointmap.modbus_points():
+        # table sizes: the fixed units plus the plant's enabled loop plants
+        self.sizes = dict(TABLE_SIZES)
+        for name in plant.loops:
+            self.sizes[pointmap.LOOPS[name].unit_id] = dict(pointmap.LOOP_TABLE_SIZE)
+        for p in plant.modbus_points():
             if p.type == "bit":  # served through the register that holds it
                 continue
             self.layout.setdefault((p.unit_id or 0, p.table or ""), []).append(p)
@@ -171,12 +176,12 @@ class PlantContext(ModbusServerContext):
             pts.sort(key=lambda p: p.address or 0)
 
     def device_ids(self) -> list[int]:
-        return list(TABLE_SIZES)
+        return list(self.sizes)
 
     def _check(
         self, device_id: int, func_code: int, address: int, count: int
     ) -> tuple[str, ExcCodes | None]:
-        if device_id not in TABLE_SIZES:
+        if device_id not in self.sizes:
             raise NoSuchIdException(f"unit {device_id}")
         table = _FC_TABLE.get(func_code)
         if table is None:
@@ -184,7 +189,7 @@ class PlantContext(ModbusServerContext):
         limit = 2000 if table in _BIT_TABLES else 125
         if not 1 <= count <= limit and func_code not in (15, 16):
             return table, ExcCodes.ILLEGAL_VALUE
-        if address < 0 or address + count > TABLE_SIZES[device_id][table]:
+        if address < 0 or address + count > self.sizes[device_id][table]:
             return table, ExcCodes.ILLEGAL_ADDRESS
         return table, None
 

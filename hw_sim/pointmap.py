@@ -16,6 +16,10 @@ Devices:
   same TCP connection (so one connection serves several unit ids, as behind a gateway).
 * **Benchmark block**, Modbus unit 10: input registers 0..3999 hold 2000 float32 synthetic
   signals; they are not listed in `POINTS` (see `bench_points(n)`).
+* **Loop plants** (opt-in, `--loops`): the surge tank level loop on unit 3 and the heat
+  exchanger loop on unit 4, each with the same register layout (`LOOP_LAYOUT`).  They are
+  not in `POINTS` (the default plant stays exactly as it was); `loop_points(names)` /
+  `points_for(loops)` list them.
 
 Addresses are 0-based protocol addresses.  Engineering value = raw * scale (+ 0 offset).
 """
@@ -28,6 +32,8 @@ from typing import Any
 
 HEATER_UNIT = 1
 PUMP_UNIT = 2
+SURGE_UNIT = 3
+EXCHANGER_UNIT = 4
 BENCH_UNIT = 10
 BENCH_MAX_POINTS = 2000  # float32 signals in input registers 0..3999 of BENCH_UNIT
 
@@ -517,20 +523,127 @@ def bench_value(i: Any, t_s: float) -> Any:
     return (i % 100.0) + (1.0 + i % 10.0) * np.sin(2.0 * np.pi * t_s / period + 0.1 * i)
 
 
-def map_as_dicts() -> list[dict[str, Any]]:
-    """The point map as plain dicts (the `--print-map` JSON)."""
-    return [p.to_dict() for p in POINTS]
+# --- loop plants (opt-in): one Modbus unit each, one register layout for all ---------------
 
 
-def print_map() -> str:
-    """JSON text of the point map: a list, one object per point."""
-    return json.dumps(map_as_dicts(), indent=1)
+@dataclass(frozen=True, slots=True)
+class LoopSpec:
+    """A loop plant as served: name (point prefix), unit id, its pv and measured disturbance."""
+
+    name: str
+    unit_id: int
+    title: str
+    pv: tuple[str, str, float, float, str]  # (suffix, unit, min, max, description)
+    disturbance: tuple[str, str, float, float, str]
+    output: tuple[str, str]  # (suffix base, description of the manipulated variable)
+
+
+LOOPS: dict[str, LoopSpec] = {
+    "surge": LoopSpec(
+        "surge",
+        SURGE_UNIT,
+        "surge tank level, equal-percentage fill valve",
+        ("level", "m", 0.0, 2.5, "Tank level (the controlled variable); overflows at 2 m"),
+        ("draw_flow", "L/s", 0.0, 20.0, "Draw pump flow out of the tank (measured disturbance)"),
+        ("valve", "fill valve opening"),
+    ),
+    "exchanger": LoopSpec(
+        "exchanger",
+        EXCHANGER_UNIT,
+        "heat exchanger outlet temperature, hot-water valve, flow-dependent dead time",
+        (
+            "outlet_temp",
+            "degC",
+            0.0,
+            100.0,
+            "Product outlet temperature downstream (the controlled variable)",
+        ),
+        ("flow", "L/min", 0.0, 60.0, "Product flow through the exchanger (measured disturbance)"),
+        ("valve", "hot-water valve opening"),
+    ),
+}
+
+# Status word bits of a loop PLC (input register 6 of its unit).
+LOOP_STATUS_BITS = {"watchdog_tripped": 0, "watchdog_armed": 1}
+# Register sizes of a loop unit's tables (beyond them: exception 02).
+LOOP_TABLE_SIZE = {"holding": 16, "input": 16, "coil": 8, "discrete": 8}
+
+
+def _loop_points(spec: LoopSpec) -> tuple[SimPoint, ...]:
+    n, u = spec.name, spec.unit_id
+    pv, pv_unit, pv_lo, pv_hi, pv_d = spec.pv
+    dv, d_unit, d_lo, d_hi, d_d = spec.disturbance
+    out, out_d = spec.output
+
+    def mb(suffix: str, table: str, address: int, type_: str, **kw: Any) -> SimPoint:
+        return _mb(f"{n}_{suffix}", table, address, type_, unit_id=u, **kw)
+
+    return (
+        mb(pv, "input", 0, "float32", unit=pv_unit, min=pv_lo, max=pv_hi, description=pv_d),
+        mb(dv, "input", 2, "float32", unit=d_unit, min=d_lo, max=d_hi, description=d_d),
+        mb(f"{out}_fb", "input", 4, "float32", unit="%", min=0.0, max=100.0,
+           description=f"Applied {out_d} (command, or safe output while tripped)"),
+        mb("status", "input", 6, "uint16", min=0.0, max=65535.0,
+           description="Status bits: 0 watchdog tripped, 1 watchdog armed"),
+        mb(f"{out}_cmd", "holding", 0, "float32", unit="%", min=0.0, max=100.0, writable=True,
+           description=f"Command: {out_d}, the manipulated variable"),
+        mb("safe_output", "holding", 2, "float32", unit="%", min=0.0, max=100.0, writable=True,
+           description="Output the PLC applies while its heartbeat watchdog is tripped"),
+        mb("heartbeat", "holding", 4, "uint16", min=0.0, max=65535.0, writable=True,
+           description="Changed by the agent every control period; arms the watchdog"),
+        mb("watchdog_timeout_ms", "holding", 5, "uint16", unit="ms", min=0.0, max=60000.0,
+           writable=True, description="Heartbeat watchdog timeout; 0 disables the watchdog"),
+        mb("fault_reset", "coil", 0, "bool", min=0.0, max=1.0, writable=True,
+           description="Write 1 to clear a latched watchdog trip (self-clearing)"),
+        mb("watchdog_tripped", "discrete", 0, "bool", min=0.0, max=1.0,
+           description="Heartbeat watchdog tripped: safe_output applied until fault_reset"),
+    )  # fmt: skip
+
+
+LOOP_POINTS: dict[str, tuple[SimPoint, ...]] = {n: _loop_points(s) for n, s in LOOPS.items()}
+# Every point of every loop by name (the loop a point belongs to: its unit id).
+LOOP_BY_NAME: dict[str, SimPoint] = {p.name: p for pts in LOOP_POINTS.values() for p in pts}
+# Points by name whether or not their loop is enabled (faults validate against this).
+ALL_BY_NAME: dict[str, SimPoint] = {**BY_NAME, **LOOP_BY_NAME}
+
+
+def parse_loops(text: str | None) -> tuple[str, ...]:
+    """`--loops` value: comma-separated loop names, or `all`; '' / None is no loop."""
+    if not text:
+        return ()
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if names == ["all"]:
+        return tuple(LOOPS)
+    bad = [t for t in names if t not in LOOPS]
+    if bad:
+        raise ValueError(f"unknown loop(s) {', '.join(bad)}; known: {', '.join(LOOPS)}, all")
+    return tuple(dict.fromkeys(names))
+
+
+def loop_points(loops: tuple[str, ...] | list[str] = tuple(LOOPS)) -> list[SimPoint]:
+    """The points of the named loops (all loops by default)."""
+    return [p for n in loops for p in LOOP_POINTS[n]]
+
+
+def points_for(loops: tuple[str, ...] | list[str] = ()) -> tuple[SimPoint, ...]:
+    """The points a plant with these loops enabled serves: `POINTS` plus the loops'."""
+    return POINTS + tuple(loop_points(loops))
+
+
+def map_as_dicts(loops: tuple[str, ...] | list[str] = ()) -> list[dict[str, Any]]:
+    """The point map as plain dicts (the `--print-map` JSON), with the named loops."""
+    return [p.to_dict() for p in points_for(loops)]
+
+
+def print_map(loops: tuple[str, ...] | list[str] = ()) -> str:
+    """JSON text of the point map: a list, one object per point (plus the named loops')."""
+    return json.dumps(map_as_dicts(loops), indent=1)
 
 
 def _check_layout() -> None:
     """Fail at import if two Modbus points overlap (bits in a status word excepted)."""
     seen: dict[tuple[int | None, str | None, int], str] = {}
-    for p in modbus_points():
+    for p in modbus_points() + loop_points():
         if p.type == "bit":
             continue
         for a in range(p.address or 0, (p.address or 0) + p.width):
@@ -538,8 +651,11 @@ def _check_layout() -> None:
             if key in seen:
                 raise AssertionError(f"point map overlap: {p.name} and {seen[key]} at {key}")
             seen[key] = p.name
-    if len(BY_NAME) != len(POINTS):
+    if len(BY_NAME) != len(POINTS) or len(ALL_BY_NAME) != len(POINTS) + len(loop_points()):
         raise AssertionError("point map: duplicate names")
+    for p in loop_points():
+        if p.address + p.width > LOOP_TABLE_SIZE[p.table or ""]:
+            raise AssertionError(f"point map: {p.name} outside its loop unit's table")
 
 
 _check_layout()
@@ -547,11 +663,27 @@ _check_layout()
 
 def map_markdown() -> str:
     """The register map as Markdown tables (docs/hw_sim.md embeds it; a test keeps it in sync)."""
+    lines = _modbus_rows(modbus_points())
+    lines += ["", "| name | OPC UA node | unit | range | rw |", "|---|---|---|---|---|"]
+    for p in opcua_points():
+        lines.append(
+            f"| {p.name} | `{p.node}` | {p.unit} | {p.min:g} .. {p.max:g} | "
+            f"{'rw' if p.writable else 'r'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def loop_map_markdown() -> str:
+    """The loop plants' register map as a Markdown table (in docs/hw_sim.md, kept in sync)."""
+    return "\n".join(_modbus_rows(loop_points())) + "\n"
+
+
+def _modbus_rows(points: list[SimPoint]) -> list[str]:
     lines = [
         "| name | unit id | table | address | type | order (byte/word) | unit | range | rw |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for p in modbus_points():
+    for p in points:
         typ = p.type
         if p.type == "bit":
             typ = f"bit {p.bit}"
@@ -564,10 +696,4 @@ def map_markdown() -> str:
             f"| {p.name} | {p.unit_id} | {p.table} | {p.address} | {typ} | "
             f"{p.byte_order}/{p.word_order} | {p.unit} | {rng} | {'rw' if p.writable else 'r'} |"
         )
-    lines += ["", "| name | OPC UA node | unit | range | rw |", "|---|---|---|---|---|"]
-    for p in opcua_points():
-        lines.append(
-            f"| {p.name} | `{p.node}` | {p.unit} | {p.min:g} .. {p.max:g} | "
-            f"{'rw' if p.writable else 'r'} |"
-        )
-    return "\n".join(lines) + "\n"
+    return lines

@@ -14,6 +14,9 @@ PLC logic simulated here (what the heater PLC program would do):
   is applied until `fault_reset` (which restarts the timeout).  It runs on wall time while
   the plant runs in real time and on sim time when stepped offline.
 * counters: uptime, heater energy, heater off->on cycles, inlet-flow totaliser.
+
+Loop plants (`loops=("surge", "exchanger")`, opt-in) run beside them, each behind its own PLC
+(`hw_sim.loops.LoopPLC`) on its own Modbus unit, with parameters drawn from `loop_seed`.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import asyncio
 import math
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
@@ -47,6 +51,10 @@ class SimPlant:
     `seed` makes noise, disturbances and random faults reproducible; `speed` is sim seconds
     per wall second for `run()`; `scenario` is a path, a `Scenario` or None; `faults_log` a
     path or text file for the ground-truth JSONL.
+
+    `loops` enables loop plants (names of `hw_sim.pointmap.LOOPS`) whose parameters are drawn
+    from `loop_seed` (default: the seed); `loop_disturbances=False` holds their measured
+    disturbances still.  `self.loops[name].params` are their true parameters.
     """
 
     def __init__(
@@ -56,6 +64,9 @@ class SimPlant:
         scenario: str | Path | Scenario | None = None,
         faults_log: str | Path | IO[str] | None = None,
         heater_disturbances: bool | None = None,
+        loops: Iterable[str] = (),
+        loop_seed: int | None = None,
+        loop_disturbances: bool = True,
     ) -> None:
         from hw_sim.plant.heater import HeaterPlant  # owned by the control work; lazy import
 
@@ -113,6 +124,25 @@ class SimPlant:
         self._cache: dict[str, float] | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        # loop plants (opt-in), each behind its own PLC on its own unit id
+        self.loop_seed = seed if loop_seed is None else int(loop_seed)
+        self.loops: dict[str, Any] = {}
+        names = tuple(dict.fromkeys(loops))
+        unknown = [n for n in names if n not in pointmap.LOOPS]
+        if unknown:
+            raise ValueError(f"unknown loop(s) {unknown}; known: {list(pointmap.LOOPS)}")
+        if names:
+            from hw_sim.loops import LoopPLC
+
+            for n in names:
+                self.loops[n] = LoopPLC(n, self.loop_seed, self._wd_clock, loop_disturbances)
+        self.points = pointmap.points_for(names)
+        self.by_name = {p.name: p for p in self.points}
+        self._loop_units = {pointmap.LOOPS[n].unit_id: n for n in names}
+
+    def modbus_points(self) -> list[pointmap.SimPoint]:
+        """The Modbus points this plant serves (the map plus its enabled loops)."""
+        return [p for p in self.points if p.protocol == "modbus"]
 
     # -- clock ----------------------------------------------------------------------------
     def _wd_clock(self) -> float:
@@ -175,6 +205,10 @@ class SimPlant:
             }
             if heater_kw:
                 self.heater.set_disturbance(**heater_kw)
+            if "surge_draw_flow" in s and "surge" in self.loops:
+                self.loops["surge"].model.set_disturbance(draw_flow_lps=s["surge_draw_flow"])
+            if "exchanger_flow" in s and "exchanger" in self.loops:
+                self.loops["exchanger"].model.set_disturbance(flow_lpm=s["exchanger_flow"])
 
     # -- public API -----------------------------------------------------------------------
     def step(self, dt_s: float) -> None:
@@ -189,6 +223,8 @@ class SimPlant:
             p = self.heater.power_pct  # applied during this step
             self.heater.step(dt_s)
             self.pump.step(dt_s)
+            for loop in self.loops.values():
+                loop.step(dt_s)
             self.t_s += dt_s
             h = self.heater.outputs()
             self._energy_kwh += self.heater.params.rated_power_kw * p / 100.0 * health * dt_s / 3600
@@ -215,6 +251,8 @@ class SimPlant:
             "element_current": self._element_current,
         }
         sig.update(self.pump.outputs())
+        for loop in self.loops.values():
+            sig.update(loop.signals())
         return sig
 
     def values(self) -> dict[str, float]:
@@ -260,6 +298,8 @@ class SimPlant:
         )
         for name, source in _MIRRORS:
             v[name] = v[source]
+        for loop in self.loops.values():
+            v.update(loop.commands())
         return v
 
     def texts(self) -> dict[str, str]:
@@ -272,6 +312,8 @@ class SimPlant:
             t = {f"heater_{k}": val for k, val in self.heater.true_state().items()}
             t.update({f"pump_{k}": val for k, val in self.pump.true_state().items()})
             t.update({f"fault_{k}": val for k, val in self._process_inputs.items()})
+            for loop in self.loops.values():
+                t.update(loop.truth())
             return t
 
     def write(self, name: str, value: float) -> None:
@@ -280,7 +322,7 @@ class SimPlant:
         Raises SimWriteError for unknown or read-only points and values outside the map's
         min..max (the simulated PLC validates, as a careful PLC program does).
         """
-        p = pointmap.BY_NAME.get(name)
+        p = self.by_name.get(name)
         if p is None:
             raise SimWriteError(f"unknown point {name!r}")
         if not p.writable:
@@ -294,6 +336,11 @@ class SimPlant:
             raise SimWriteError(f"{name}={value} outside {p.min}..{p.max}")
         sig = p.signal
         with self._lock:
+            loop = self._loop_units.get(p.unit_id or 0) if p.protocol == "modbus" else None
+            if loop is not None:
+                self.loops[loop].write(name, value)
+                self._cache = None
+                return
             if sig == "pump_speed_setpoint":
                 self.pump.speed_setpoint_pct = value
             elif sig == "pump_valve_position":
@@ -340,6 +387,8 @@ class SimPlant:
         self.realtime = True
         with self._lock:
             self._wd_last_change = time.monotonic()
+            for loop in self.loops.values():
+                loop.restart_clock()
         last = time.monotonic()
         next_t = last + period_s
         try:
@@ -361,6 +410,8 @@ class SimPlant:
         self.realtime = True
         with self._lock:
             self._wd_last_change = time.monotonic()
+            for loop in self.loops.values():
+                loop.restart_clock()
         self._stop.clear()
 
         def loop() -> None:

@@ -24,7 +24,13 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     plant = SimPlant(
-        seed=args.seed, speed=args.speed, scenario=args.scenario, faults_log=args.faults_log
+        seed=args.seed,
+        speed=args.speed,
+        scenario=args.scenario,
+        faults_log=args.faults_log,
+        loops=args.loops,
+        loop_seed=args.loop_seed,
+        loop_disturbances=not args.no_loop_disturbances,
     )
     mis = Misbehaviour()
     servers: list[SimModbusServer] = [
@@ -45,6 +51,12 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
                 print(f"hw_sim: OPC UA server not available ({exc}); skipped", flush=True)
             else:
                 opcua = await _start_opcua(start_opcua_server, plant, args)
+        for name, loop in plant.loops.items():
+            print(
+                f"hw_sim: loop {name} unit {loop.spec.unit_id} seed {loop.seed} "
+                f"({loop.spec.title})",
+                flush=True,
+            )
         scen = plant.scenario.name if args.scenario else "none"
         print(
             f"hw_sim: running seed={plant.seed} speed={plant.speed:g} scenario={scen}"

@@ -207,3 +207,18 @@ def test_episode_seeds_differ_by_round_and_episode() -> None:
     seeds = {episode_seed(1, r, i) for r in range(3) for i in range(50)}
     assert len(seeds) == 150 and episode_seed(1, 0, 0) == episode_seed(1, 0, 0)
     assert episode_seed(1, 0, 0) != episode_seed(2, 0, 0)
+
+
+def test_fit_runs_blas_single_threaded_and_restores_it() -> None:
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def blas() -> list[int]:
+        return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+
+    seen: list[list[int]] = []
+    x, y = _regression(500)
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = blas()
+        fit(Mlp.create([4, 8, 1]), x, y, TrainConfig(epochs=2), log=lambda _m: seen.append(blas()))
+        assert blas() == before
+    assert seen and all(t == [1] for t in seen)

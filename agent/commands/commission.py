@@ -38,7 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--loop", required=True, help="the control loop to commission")
     parser.add_argument("--out", required=True, help="directory for the model, card and report")
     parser.add_argument(
-        "--amplitude", type=float, help="output step/PRBS amplitude (default 10 %% of the range)"
+        "--amplitude", type=float, help="output step/PRBS amplitude (default 5 %% of the range)"
+    )
+    parser.add_argument(
+        "--pv-dev",
+        type=float,
+        help="largest pv excursion the test may cause (default 10 %% of the pv band)",
     )
     parser.add_argument(
         "--budget-s", type=float, default=900.0, help="plant time the test may take (900)"
@@ -98,6 +103,7 @@ async def run_plant_test(
     pv_band: tuple[float, float] | None,
     seed: int,
     stop: asyncio.Event,
+    pv_dev: float | None = None,
     progress: bool = True,
 ) -> tuple[Recording, Any]:
     """The test on the live plant; returns what was recorded and the finished `PlantTest`."""
@@ -136,10 +142,11 @@ async def run_plant_test(
             u0=u0,
             lo=env.lo,
             hi=env.hi,
-            amplitude=amplitude if amplitude is not None else 0.1 * span,
+            amplitude=amplitude if amplitude is not None else 0.05 * span,
             budget_s=budget_s,
             period_s=loop_cfg.period_s,
             seed=seed,
+            pv_dev_max=pv_dev if pv_dev is not None else 0.1 * (pv_band[1] - pv_band[0]),
         )
         bar = _Progress()
         last = u0
@@ -249,6 +256,7 @@ async def _commission(compiled: Any, args: argparse.Namespace, out: Path) -> int
             pv_band=tuple(args.pv_band) if args.pv_band else None,
             seed=args.seed,
             stop=stop,
+            pv_dev=args.pv_dev,
         )
     except RuntimeError as e:
         print(f"commission: {e}; the output was not moved", file=sys.stderr)
@@ -290,30 +298,59 @@ def _identify_and_train(
     y = np.asarray(rec.y)
     d = np.asarray(rec.d) if rec.roles else None
     t = np.asarray(rec.t)
-    res = ident.identify(t, u, y, d, rec.period_s)
+    res = ident.identify(t, u, y, d, rec.period_s, d_names=rec.roles)
     report["identification"] = {
         "fit_pct": res.fit_pct,
         "ok": res.ok,
         "why": res.why,
         "fopdt": asdict(res.fopdt),
+        "summary": res.summary(),
     }
-    print(f"identified: fit {res.fit_pct:.1f} % on held-out data; {res.why}", file=sys.stderr)
+    for line in res.summary():
+        print(f"  {line}", file=sys.stderr)
     if not res.ok:
+        print(f"commission: identification refused: {res.why}", file=sys.stderr)
         return 1
     (out / f"{args.loop}.model.json").write_text(json.dumps(res.model.to_card(), indent=2))
     pid = ident.simc_pid(res.fopdt)
     report["simc_pid"] = pid
     print(
-        f"SIMC PID: kp {pid['kp']:.4g}, ti_s {pid['ti_s']:.4g}, td_s {pid['td_s']:.4g}",
+        f"SIMC PID for the fallback: kp {pid['kp']:.4g}, ti_s {pid['ti_s']:.4g}, "
+        f"td_s {pid['td_s']:.4g}",
         file=sys.stderr,
     )
     if args.no_train:
         return 0
-    try:
-        from agent.control.learn import learn_policy
-    except ImportError:
-        report["policy"] = "not trained: the learning pieces are not installed in this build"
-        print("commission: identification done; policy training not available", file=sys.stderr)
-        return 1
-    verdict = learn_policy(compiled, args.loop, res, pid, out, seed=args.seed, report=report)
-    return 0 if verdict else 1
+    from agent.control.learn import learn_policy
+
+    d_ranges = (
+        [(float(np.nanmin(col)), float(np.nanmax(col))) for col in np.asarray(rec.d).T]
+        if rec.roles
+        else []
+    )
+    base = [y[i] for i, p in enumerate(rec.phase) if p == "baseline"]
+    noise = float(np.std(base)) if len(base) > 3 else 0.0
+    prov = {
+        "config_sha256": report["config_sha256"],
+        "plant_test": {
+            "rows": len(rec.t),
+            "seconds": rec.t[-1] if rec.t else 0.0,
+            "log": report["plant_test"]["log"],
+            "file": f"{args.loop}.test.csv",
+        },
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    ok = learn_policy(
+        compiled,
+        args.loop,
+        res,
+        pid,
+        out,
+        seed=args.seed,
+        report=report,
+        d_ranges=d_ranges,
+        noise_std=noise,
+        provenance=prov,
+        log=lambda m: print(f"  {m}", file=sys.stderr),
+    )
+    return 0 if ok else 1

@@ -1,0 +1,598 @@
+"""Validation before acceptance: closed loop on the identified model, with model mismatch.
+
+A controller learned from the plant's data can only be checked against what was learned
+from that data: the identified linear model is the "true plant" here, and +/-30 % gain and
++/-25 % dead time versions of it stand in for the model being wrong.  The candidate (any
+plain callable `(sp, y, d, u_prev) -> u`: the MPC expert, the TFLite policy through the
+loop step, anything) is compared with a SIMC PID tuned on the same model, both through the
+same `Envelope` as the run-time loop, on the same scenarios and the same noise.
+
+* Scenarios come from the loop's setpoint range and the disturbance ranges seen in the
+  data: large setpoint steps across the range (the rate limit and the bounds bind), a
+  small step (linear behaviour), a step of each measured disturbance over its range, and
+  an unmeasured load on the plant input (offset-free or not).  Setpoints are kept where
+  the weakest mismatched plant can still reach them inside the output bounds.
+* Metrics per scenario: IAE on the noise-free output (a controller cannot score by chasing
+  noise), overshoot past a new setpoint, settling time, output travel, and violations:
+  periods where the applied output broke the envelope (bounds, rate), the controller
+  returned a non-finite value, or the pv left `pv_limits`.  How often the envelope had to
+  cut the controller's request (`refused`, `rate_limited`) is reported beside them.
+* `acceptance(report)` turns it into a verdict with reasons.
+
+Pure numpy; the plant is the model's state space stepped period by period.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from agent.control.mpc import (
+    ModelMpc,
+    StateSpaceLike,
+    _arrays,
+    dead_steps,
+    fopdt_fit,
+    settling_steps,
+    steady_gain,
+)
+from agent.control.pid import Pid, PidState
+from agent.control.safety import Envelope
+
+Controller = Callable[[float, float, Sequence[float], float], float]
+"""One control period: (setpoint, measured pv, measured disturbances, applied output) -> u."""
+
+
+@dataclass(frozen=True)
+class Start:
+    """Where a scenario starts: the plant at rest with this output, pv, disturbances, sp."""
+
+    u: float
+    y: float
+    d: tuple[float, ...]
+    sp: float
+
+
+ControllerFactory = Callable[[Start], Controller]
+"""A fresh controller per scenario, started bumplessly from `Start`."""
+
+
+class ModelLike(Protocol):
+    """What validation needs from `agent.control.ident.LinearModel`."""
+
+    dt_s: float
+
+    def to_state_space(self) -> StateSpaceLike: ...
+
+    def perturbed(self, gain_factor: float, extra_delay_steps: int) -> ModelLike: ...
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """Schedules over `duration_s`: (time s, value) pairs, each value held until the next."""
+
+    name: str
+    kind: str  # setpoint | disturbance | load
+    duration_s: float
+    setpoints: tuple[tuple[float, float], ...]
+    disturbances: tuple[tuple[float, tuple[float, ...]], ...] = ()  # empty: the nominal d
+    load: tuple[tuple[float, float], ...] = ()  # unmeasured, added to the plant input
+    band: float = 0.0  # settling band (pv units) for disturbance and load events
+
+
+@dataclass
+class Metrics:
+    iae: float = 0.0  # integral |sp - y_true| dt
+    overshoot: float = 0.0  # largest excursion past a new setpoint (pv units)
+    overshoot_pct: float = 0.0  # the same, % of that step
+    peak_dev: float = 0.0  # largest |sp - y_true| after a disturbance or load event
+    settling_s: float = 0.0  # worst time to stay inside the band after an event
+    travel: float = 0.0  # sum |du| of the applied output
+    violations: int = 0  # applied output outside the envelope, NaN request, pv outside limits
+    refused: int = 0  # requests outside the output bounds (clamped by the envelope)
+    rate_limited: int = 0  # requests beyond the rate limit (cut by the envelope)
+    step_us_mean: float = 0.0
+    step_us_p99: float = 0.0
+
+
+@dataclass
+class Trace:
+    t: np.ndarray
+    sp: np.ndarray
+    y: np.ndarray  # noise-free output
+    y_meas: np.ndarray
+    u: np.ndarray
+    d: np.ndarray
+
+
+@dataclass(frozen=True)
+class Row:
+    plant: str
+    scenario: str
+    controller: str
+    metrics: Metrics
+
+
+@dataclass
+class ValidationReport:
+    candidate: str
+    baseline: str
+    pid_tuning: dict[str, Any]
+    rows: list[Row] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def totals(self, controller: str) -> dict[str, float]:
+        """Sums (IAE, travel, violations, ...), worst cases (overshoot, settling)."""
+        ms = [r.metrics for r in self.rows if r.controller == controller]
+        us = [m.step_us_p99 for m in ms]
+        return {
+            "iae": sum(m.iae for m in ms),
+            "overshoot_pct": max((m.overshoot_pct for m in ms), default=0.0),
+            "settling_s": max((m.settling_s for m in ms), default=0.0),
+            "travel": sum(m.travel for m in ms),
+            "violations": sum(m.violations for m in ms),
+            "refused": sum(m.refused for m in ms),
+            "rate_limited": sum(m.rate_limited for m in ms),
+            "step_us_p99": max(us, default=0.0),
+        }
+
+    @property
+    def iae_ratio(self) -> float:
+        """Geometric mean over plant x scenario of candidate IAE / baseline IAE: each case
+        counts once, whatever its units - a summed IAE is dominated by the largest setpoint
+        steps, where the output's bounds and rate limit leave any controller little to win."""
+        r = list(self.ratios().values())
+        if not r or not all(math.isfinite(v) and v > 0 for v in r):
+            return math.inf if r else math.nan
+        return float(np.exp(np.mean(np.log(r))))
+
+    @property
+    def iae_ratio_sum(self) -> float:
+        """Candidate IAE over baseline IAE, each summed over every plant and scenario."""
+        base = self.totals(self.baseline)["iae"]
+        return self.totals(self.candidate)["iae"] / base if base > 0 else math.inf
+
+    def ratios(self) -> dict[tuple[str, str], float]:
+        """IAE ratio per (plant, scenario)."""
+        base = {
+            (r.plant, r.scenario): r.metrics.iae for r in self.rows if r.controller == self.baseline
+        }
+        out = {}
+        for r in self.rows:
+            if r.controller == self.candidate:
+                b = base.get((r.plant, r.scenario), 0.0)
+                out[(r.plant, r.scenario)] = r.metrics.iae / b if b > 0 else math.inf
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, for the model card and the commissioning report."""
+        return {
+            "candidate": self.candidate,
+            "baseline": self.baseline,
+            "pid_tuning": self.pid_tuning,
+            "iae_ratio": round(self.iae_ratio, 4),
+            "iae_ratio_sum": round(self.iae_ratio_sum, 4),
+            "totals": {c: self.totals(c) for c in (self.candidate, self.baseline)},
+            "settings": self.settings,
+            "rows": [
+                {"plant": r.plant, "scenario": r.scenario, "controller": r.controller}
+                | {
+                    k: round(v, 4) if isinstance(v, float) else v
+                    for k, v in asdict(r.metrics).items()
+                }
+                for r in self.rows
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class Verdict:
+    accepted: bool
+    reasons: tuple[str, ...]
+    iae_ratio: float
+
+
+# -- the plant ---------------------------------------------------------------------------
+def _sched(items: Sequence[tuple[float, Any]], t: float, default: Any) -> Any:
+    v = default
+    for ts, x in items:
+        if t >= ts - 1e-9:
+            v = x
+    return v
+
+
+def steady_output(ss: StateSpaceLike, y: float, d: Sequence[float]) -> float:
+    """The output that holds the model's pv at `y` with disturbances `d` (at rest)."""
+    k, kd = steady_gain(ss)
+    if not math.isfinite(k) or k == 0.0:
+        raise ValueError("validation needs a self-regulating model (finite, nonzero gain)")
+    dd = np.asarray(d, np.float64) - np.asarray(ss.d0, np.float64).reshape(-1)
+    return float(ss.u0 + (y - ss.y0 - float(kd @ dd)) / k)
+
+
+def run_scenario(
+    plant: StateSpaceLike,
+    make: ControllerFactory,
+    sc: Scenario,
+    env: Envelope,
+    *,
+    noise_std: float = 0.0,
+    seed: int = 0,
+    pv_limits: tuple[float, float] | None = None,
+    keep_trace: bool = False,
+) -> tuple[Metrics, Trace | None]:
+    """Run one scenario closed loop on `plant` (the model's state space as the true plant).
+
+    The plant starts at rest at the first setpoint (output clamped into the envelope); each
+    period the controller sees the noisy pv and the measured disturbances, its request goes
+    through `env`, and the plant advances one period on the applied output plus the load.
+    """
+    a, b, bd, c = _arrays(plant)
+    nd = bd.shape[1]
+    dt = float(plant.dt_s)
+    d_nom = tuple(float(v) for v in np.asarray(plant.d0, np.float64).reshape(-1))
+    d_first = _sched(sc.disturbances, 0.0, d_nom)
+    sp = float(sc.setpoints[0][1])
+    u = min(max(steady_output(plant, sp, d_first), env.lo), env.hi)
+    dd = np.asarray(d_first, np.float64) - np.asarray(d_nom)
+    x = np.linalg.solve(np.eye(a.shape[0]) - a, b * (u - plant.u0) + bd @ dd)
+    rng = np.random.default_rng(seed)
+    n = round(sc.duration_s / dt)
+    noise = rng.normal(0.0, noise_std, n) if noise_std > 0 else np.zeros(n)
+    y = float(plant.y0 + c @ x)
+    ctrl = make(Start(u, y + float(noise[0]), tuple(d_first), sp))
+    m = Metrics()
+    tr = Trace(*(np.empty(n) for _ in range(5)), np.empty((n, nd))) if keep_trace else None
+    ns = np.empty(n)
+    tol = 1e-9 * max(1.0, env.hi - env.lo)
+    # event bookkeeping: the last setpoint step, or the last disturbance/load change
+    ev_t: float | None = None
+    ev_band = 0.0
+    ev_from = sp
+    last_out = 0.0
+    settle: list[float] = []
+    d_prev, load_prev = tuple(d_first), 0.0
+    for k in range(n):
+        t = k * dt
+        new_sp = float(_sched(sc.setpoints, t, sp))
+        d = tuple(_sched(sc.disturbances, t, d_nom))
+        load = float(_sched(sc.load, t, 0.0))
+        if new_sp != sp or d != d_prev or load != load_prev:
+            if ev_t is not None:
+                settle.append(last_out)
+            if new_sp != sp:
+                ev_band = max(0.02 * abs(new_sp - sp), sc.band)
+                ev_from = sp
+            else:
+                ev_band = sc.band
+                ev_from = new_sp  # not a setpoint step: no overshoot to measure
+            sp, ev_t, last_out = new_sp, t, 0.0
+        d_prev, load_prev = d, load
+        y_meas = y + float(noise[k])
+        t0 = time.perf_counter_ns()
+        req = ctrl(sp, y_meas, d, u)
+        ns[k] = time.perf_counter_ns() - t0
+        if not math.isfinite(req):
+            m.violations += 1
+        else:
+            if req < env.lo - tol or req > env.hi + tol:
+                m.refused += 1
+            if abs(req - u) > env.max_step + tol:
+                m.rate_limited += 1
+        u_new, _ = env.apply(req, u)
+        if not (env.lo - tol <= u_new <= env.hi + tol) or abs(u_new - u) > env.max_step + tol:
+            m.violations += 1  # the envelope itself failed: never expected
+        m.travel += abs(u_new - u)
+        if tr is not None:
+            tr.t[k], tr.sp[k], tr.y[k], tr.y_meas[k], tr.u[k] = t, sp, y, y_meas, u_new
+            tr.d[k] = d
+        u = u_new
+        x = a @ x + b * (u + load - plant.u0) + bd @ (np.asarray(d) - d_nom)
+        y = float(plant.y0 + c @ x)
+        if pv_limits is not None and not pv_limits[0] <= y <= pv_limits[1]:
+            m.violations += 1
+        err = sp - y
+        m.iae += abs(err) * dt
+        if ev_t is not None:
+            if ev_from != sp:
+                past = (y - sp) if sp > ev_from else (sp - y)
+                if past > m.overshoot:
+                    m.overshoot = past
+                    m.overshoot_pct = 100.0 * past / abs(sp - ev_from)
+            else:
+                m.peak_dev = max(m.peak_dev, abs(err))
+            if abs(err) > ev_band:
+                last_out = t + dt - ev_t
+    if ev_t is not None:
+        settle.append(last_out)
+    m.settling_s = max(settle, default=0.0)
+    m.step_us_mean = float(ns.mean()) / 1e3 if n else 0.0
+    m.step_us_p99 = float(np.percentile(ns, 99)) / 1e3 if n else 0.0
+    return m, tr
+
+
+# -- scenarios and plants ----------------------------------------------------------------
+def scenarios(
+    ss: StateSpaceLike,
+    sp_range: tuple[float, float],
+    envelope: Envelope,
+    *,
+    d_ranges: Sequence[tuple[float, float]] = (),
+    d_nominal: Sequence[float] | None = None,
+    hold_s: float | None = None,
+    gain_margin: float = 0.7,
+    load: bool = True,
+) -> list[Scenario]:
+    """The scenario set for one loop, from its setpoint and disturbance ranges.
+
+    `hold_s` (each step held this long) defaults to 1.5 open-loop settling times.  Setpoint
+    levels stay where a plant with `gain_margin` times the model's gain still reaches them
+    with the output 5 % inside its bounds, at the nominal disturbances.
+    """
+    dt = float(ss.dt_s)
+    if hold_s is None:
+        hold_s = 1.5 * settling_steps(ss) * dt
+    hold_s = max(round(hold_s / dt), 10) * dt
+    d_nom = tuple(
+        float(v)
+        for v in (np.asarray(ss.d0, np.float64).reshape(-1) if d_nominal is None else d_nominal)
+    )
+    lo, hi = float(min(sp_range)), float(max(sp_range))
+    k, _ = steady_gain(ss)
+    margin = 0.05 * (envelope.hi - envelope.lo)
+    # the pv a weaker plant reaches at the output margins, from the middle of the range
+    mid_sp = (lo + hi) / 2.0
+    u_mid = steady_output(ss, mid_sp, d_nom)
+    reach = sorted(
+        mid_sp + gain_margin * k * (v - u_mid) for v in (envelope.lo + margin, envelope.hi - margin)
+    )
+    r_lo, r_hi = max(lo, reach[0]), min(hi, reach[1])
+    if not r_lo < r_hi:
+        raise ValueError(
+            f"no setpoint in {sp_range} is reachable inside the output bounds "
+            f"[{envelope.lo}, {envelope.hi}] with the model's gain {k:.4g}"
+        )
+    span = r_hi - r_lo
+    mid = (r_lo + r_hi) / 2.0
+    band = 0.01 * (hi - lo)
+    nominal_d = ((0.0, d_nom),) if d_nom else ()  # every scenario runs at d_nominal
+    out = [
+        Scenario(
+            "sp_steps",
+            "setpoint",
+            4 * hold_s,
+            (
+                (0.0, mid),
+                (hold_s * 0.25, mid + 0.35 * span),
+                (hold_s * 1.25, mid - 0.35 * span),
+                (hold_s * 2.25, mid),
+            ),
+            disturbances=nominal_d,
+        ),
+        Scenario(
+            "sp_small_step",
+            "setpoint",
+            1.5 * hold_s,
+            ((0.0, mid), (hold_s * 0.25, mid + 0.05 * span)),
+            disturbances=nominal_d,
+        ),
+    ]
+    for i, (d_lo, d_hi) in enumerate(d_ranges):
+        seq = []
+        for j, v in enumerate((d_hi, d_lo, d_nom[i])):
+            dv = list(d_nom)
+            dv[i] = float(v)
+            seq.append((hold_s * (0.25 + j), tuple(dv)))
+        out.append(
+            Scenario(
+                f"d{i}_steps",
+                "disturbance",
+                3.25 * hold_s,
+                ((0.0, mid),),
+                disturbances=((0.0, d_nom), *seq),
+                band=band,
+            )
+        )
+    if load:
+        # an unmeasured step on the plant input worth 10 % of the setpoint span
+        du = 0.1 * (hi - lo) / abs(k)
+        out.append(
+            Scenario(
+                "load_steps",
+                "load",
+                2.25 * hold_s,
+                ((0.0, mid),),
+                disturbances=nominal_d,
+                load=((0.0, 0.0), (hold_s * 0.25, du), (hold_s * 1.25, 0.0)),
+                band=band,
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class PlantCase:
+    name: str
+    ss: StateSpaceLike
+
+
+def plant_cases(
+    model: ModelLike,
+    *,
+    gains: Sequence[float] = (0.7, 1.3),
+    delays: Sequence[float] = (-0.25, 0.25),
+) -> list[PlantCase]:
+    """The nominal model and its mismatched versions: gain factors, and relative changes of
+    the dead time in whole periods (rounded half away from zero; at least one period when
+    the model has any dead time, never below the model's one-period minimum)."""
+    nominal = model.to_state_space()
+    out = [PlantCase("nominal", nominal)]
+    out += [PlantCase(f"gain_x{g:g}", model.perturbed(g, 0).to_state_space()) for g in gains]
+    theta = dead_steps(nominal)
+    nk = getattr(model, "nk", None)
+    floor = 1 - int(nk[0]) if nk else -theta
+    for f in delays:
+        steps = int(math.copysign(math.floor(abs(f * theta) + 0.5), f))
+        if steps == 0 and theta > 0 and f != 0:
+            steps = 1 if f > 0 else -1
+        steps = max(steps, floor, -theta)
+        if steps:
+            name = f"delay_{'+' if f > 0 else '-'}{abs(round(100 * f))}pct"
+            out.append(PlantCase(name, model.perturbed(1.0, steps).to_state_space()))
+    return out
+
+
+# -- the two controllers the harness builds itself ----------------------------------------
+def simc_tuning(ss: StateSpaceLike, simc_model: Any = None) -> dict[str, Any]:
+    """SIMC on the identified model by `agent.control.ident.simc_pid`: on `simc_model` (the
+    identification's `Fopdt`/`Sopdt`) when given, else on the FOPDT of the model's own step
+    response."""
+    from agent.control import ident
+
+    if simc_model is None:
+        k, tau, theta = fopdt_fit(ss)
+        simc_model = ident.Fopdt(K=k, tau_s=tau, theta_s=theta)
+    return ident.simc_pid(simc_model)
+
+
+def pid_factory(tuning: Mapping[str, Any], envelope: Envelope, dt_s: float) -> ControllerFactory:
+    """The run-time `Pid` with the envelope's limits, started bumplessly (tracking).
+
+    `tuning` as `simc_pid` gives it: kp, ti_s, td_s, direct_acting (a negative kp also
+    means direct acting)."""
+    kp = float(tuning["kp"])
+    pid = Pid(
+        kp=abs(kp),
+        ti_s=float(tuning["ti_s"]),
+        td_s=float(tuning.get("td_s", 0.0)),
+        out_min=envelope.lo,
+        out_max=envelope.hi,
+        direct_acting=bool(tuning.get("direct_acting", False)) != (kp < 0),
+    )
+
+    def make(start: Start) -> Controller:
+        st = PidState()
+        pid.track(st, start.u, start.sp, start.y)
+
+        def step(sp: float, y: float, d: Sequence[float], u_prev: float) -> float:
+            return pid.step(st, sp, y, dt_s, u_prev)
+
+        return step
+
+    return make
+
+
+def mpc_factory(ss: StateSpaceLike, envelope: Envelope, **kw: Any) -> ControllerFactory:
+    """The MPC expert on the model (built once; reset per scenario)."""
+    mpc = ModelMpc(ss, u_lo=envelope.lo, u_hi=envelope.hi, max_step=envelope.max_step, **kw)
+
+    def make(start: Start) -> Controller:
+        mpc.reset(start.u, start.y, start.d)
+        return mpc.step
+
+    return make
+
+
+# -- the comparison ----------------------------------------------------------------------
+def validate(
+    model: ModelLike,
+    candidate: ControllerFactory,
+    *,
+    envelope: Envelope,
+    sp_range: tuple[float, float],
+    d_ranges: Sequence[tuple[float, float]] = (),
+    d_nominal: Sequence[float] | None = None,
+    pid_tuning: Mapping[str, Any] | None = None,
+    simc_model: Any = None,
+    gains: Sequence[float] = (0.7, 1.3),
+    delays: Sequence[float] = (-0.25, 0.25),
+    noise_std: float = 0.0,
+    seed: int = 0,
+    pv_limits: tuple[float, float] | None = None,
+    hold_s: float | None = None,
+    candidate_name: str = "candidate",
+) -> ValidationReport:
+    """Candidate vs SIMC PID (tuned on `model`, or `pid_tuning`) on every plant case x
+    scenario, with the same envelope, starts and noise for both."""
+    nominal = model.to_state_space()
+    tuning = dict(pid_tuning) if pid_tuning is not None else simc_tuning(nominal, simc_model)
+    pid = pid_factory(tuning, envelope, float(nominal.dt_s))
+    scs = scenarios(
+        nominal,
+        sp_range,
+        envelope,
+        d_ranges=d_ranges,
+        d_nominal=d_nominal,
+        hold_s=hold_s,
+        gain_margin=min((*gains, 1.0)),
+    )
+    cases = plant_cases(model, gains=gains, delays=delays)
+    rep = ValidationReport(
+        candidate_name,
+        "simc_pid",
+        tuning,
+        settings={
+            "plants": [c.name for c in cases],
+            "scenarios": [s.name for s in scs],
+            "noise_std": noise_std,
+            "seed": seed,
+            "envelope": {"lo": envelope.lo, "hi": envelope.hi, "max_step": envelope.max_step},
+            "sp_range": list(sp_range),
+            "d_ranges": [list(r) for r in d_ranges],
+        },
+    )
+    for ci, case in enumerate(cases):
+        for si, sc in enumerate(scs):
+            for name, make in ((candidate_name, candidate), ("simc_pid", pid)):
+                met, _ = run_scenario(
+                    case.ss,
+                    make,
+                    sc,
+                    envelope,
+                    noise_std=noise_std,
+                    seed=seed + 1000 * ci + si,
+                    pv_limits=pv_limits,
+                )
+                rep.rows.append(Row(case.name, sc.name, name, met))
+    return rep
+
+
+def acceptance(
+    report: ValidationReport,
+    max_iae_ratio: float = 0.8,
+    *,
+    max_violations: int = 0,
+    max_case_ratio: float | None = 1.5,
+) -> Verdict:
+    """Accept the candidate when it beats the PID by `max_iae_ratio` overall, breaks the
+    envelope at most `max_violations` times, and is nowhere much worse than the PID
+    (`max_case_ratio` per plant x scenario: a controller that wins on average but falls
+    apart on one mismatch case is not safe to run)."""
+    reasons = []
+    ratio = report.iae_ratio
+    if not math.isfinite(ratio) or ratio > max_iae_ratio:
+        reasons.append(f"IAE {ratio:.3f}x the SIMC PID (must be <= {max_iae_ratio})")
+    viol = int(report.totals(report.candidate)["violations"])
+    if viol > max_violations:
+        bad = sorted(
+            {
+                f"{r.plant}/{r.scenario}"
+                for r in report.rows
+                if r.controller == report.candidate and r.metrics.violations
+            }
+        )
+        reasons.append(f"{viol} envelope violations (allowed {max_violations}): {', '.join(bad)}")
+    if max_case_ratio is not None:
+        worst = [
+            f"{p}/{s} {v:.2f}x"
+            for (p, s), v in sorted(report.ratios().items())
+            if not math.isfinite(v) or v > max_case_ratio
+        ]
+        if worst:
+            reasons.append(f"worse than {max_case_ratio}x the PID on: {', '.join(worst)}")
+    return Verdict(not reasons, tuple(reasons), ratio)

@@ -201,7 +201,7 @@ class PlantTest:
         if not math.isfinite(self.pv_dev_max) or dy <= 0:
             return
         # cut short: the steady-state move would have been larger still; be conservative
-        factor = 0.5 * self.pv_dev_max / dy * (0.5 if cut_short else 1.0)
+        factor = 0.5 * self.pv_dev_max / dy * (0.75 if cut_short else 1.0)
         if factor < 1.0:
             self._up *= factor
             self._down *= factor
@@ -229,9 +229,10 @@ class PlantTest:
         self._switch_s = max(2 * self.period_s, self.step.t63_s / 3.0)
         spent = now_s - self._t0
         left = self.budget_s - spent
-        # at least three settling times of excitation, within the budget where it can be
+        # the rest of the budget (more data, better fit), but at least three settling times
+        # of excitation; keep time to return to u0
         want = max(3.0 * self.step.settle_s, 20 * self._switch_s)
-        self._prbs_end = now_s + max(min(left, 4.0 * want), min(want, left))
+        self._prbs_end = now_s + max(want, left - max(self.step.settle_s, 5 * self.period_s))
         self._level = 1 if self.step.du > 0 else -1
         self._enter("prbs", now_s)
         self._next_switch = now_s

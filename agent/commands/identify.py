@@ -48,6 +48,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--holdout", type=float, default=0.3, help="share of the data held out to check the fit"
     )
+    p.add_argument(
+        "--max-periods",
+        type=int,
+        default=20_000,
+        help="use at most the latest N periods of the window (20000; the fit takes ~5 s on "
+        "a PC at that size, minutes on a Pi)",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
 
 
@@ -192,6 +199,12 @@ def run(args: argparse.Namespace) -> int:
             f"({i1 - i0} of {len(vals)} periods)"
         )
     t_s, vals = t_s[i0:i1], vals[i0:i1]
+    if args.max_periods > 0 and len(t_s) > args.max_periods:
+        notes.append(
+            f"{len(t_s)} periods in the window: using the latest {args.max_periods} "
+            f"({args.max_periods * period / 3600:.1f} h); give --since/--until or --max-periods"
+        )
+        t_s, vals = t_s[-args.max_periods :], vals[-args.max_periods :]
     u, y, D = vals[:, 0], vals[:, 1], vals[:, 2:]
     names = [r for r, _ in dist]
     for n in notes:

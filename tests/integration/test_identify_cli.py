@@ -230,3 +230,15 @@ def test_resample_holds_the_last_good_sample_and_gaps_split() -> None:
     # a gap of 4 periods splits the data; one of up to `max_fill` periods would be filled
     assert identify_cmd.longest_run(vals, max_fill=2) == (0, 6)
     assert identify_cmd.longest_run(vals, max_fill=4) == (0, 13)
+
+
+def test_long_windows_are_capped_with_a_note(
+    setup: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg, db = setup
+    args = ["identify", str(cfg), "--loop", "outlet_temp", "--history", str(db), "--json"]
+    rc = cli.main([*args, "--max-periods", "1500"])
+    got = capsys.readouterr()
+    assert rc == 0, got.err
+    assert "3000 periods in the window: using the latest 1500" in got.err
+    assert json.loads(got.out.strip().splitlines()[-1])["samples"] == 1500

@@ -49,6 +49,10 @@ METRICS: dict[str, tuple[str, str]] = {
     "edgeloop_control_writes_total": ("counter", "Setpoint writes sent, by loop."),
     "edgeloop_control_write_errors_total": ("counter", "Setpoint writes that failed, by loop."),
     "edgeloop_control_step_seconds": ("summary", "Control step compute time, by loop."),
+    "edgeloop_control_model_mismatch": (
+        "gauge",
+        "Run-time model check: prediction error RMS / what commissioning saw, by loop.",
+    ),
     "edgeloop_control_refused_total": (
         "counter",
         "Writes refused by the safety envelope, by loop.",

@@ -287,6 +287,25 @@ async def _commission(compiled: Any, args: argparse.Namespace, out: Path) -> int
     return verdict
 
 
+def model_check_reference(
+    model: Any, u: Any, d: Any, y: Any, holdout: float = 0.3
+) -> dict[str, float]:
+    """What the run-time model check compares with: the RMS error of the model run free over
+    the held-out part of the commissioning data (what the identification's fit % measured),
+    from a state rebuilt from the samples before it."""
+    import numpy as np
+
+    u, y = np.asarray(u, float), np.asarray(y, float)
+    n = len(u)
+    s = int(n * (1.0 - holdout))
+    y_sim = model.simulate(u, None if d is None else np.asarray(d, float), y_init=float(y[0]))
+    err = (y - y_sim)[s:]
+    err = err[np.isfinite(err)]
+    err = err - err.mean()  # an offset is what the run-time bias absorbs
+    rms = float(np.sqrt(np.mean(err**2))) if err.size else float("nan")
+    return {"reference_rms": rms, "threshold": 3.0, "hold_s": 3.0 * model.settling_time_s()}
+
+
 def _identify_and_train(
     compiled: Any, args: argparse.Namespace, rec: Recording, report: dict[str, Any], out: Path
 ) -> int:
@@ -328,6 +347,8 @@ def _identify_and_train(
         if rec.roles
         else []
     )
+    check = model_check_reference(res.model, u, d, y)
+    report["model_check"] = check
     base = [y[i] for i, p in enumerate(rec.phase) if p == "baseline"]
     noise = float(np.std(base)) if len(base) > 3 else 0.0
     prov = {
@@ -351,6 +372,7 @@ def _identify_and_train(
         d_ranges=d_ranges,
         noise_std=noise,
         provenance=prov,
+        model_check=check,
         log=lambda m: print(f"  {m}", file=sys.stderr),
     )
     return 0 if ok else 1

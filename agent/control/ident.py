@@ -384,6 +384,8 @@ class Predictor:
         if self._x is None:
             if not math.isfinite(y_meas):
                 return math.nan
+            # at rest with the first output (a loop starts from the PLC's present output,
+            # which the plant has been holding); any offset goes into the bias
             n = len(self._c)
             rhs = self._B * du + self._Bd @ dd
             self._x = np.linalg.lstsq(np.eye(n) - self._A, rhs, rcond=None)[0]

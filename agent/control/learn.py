@@ -198,6 +198,7 @@ def learn_policy(
     d_ranges: Sequence[tuple[float, float]] = (),
     noise_std: float = 0.0,
     provenance: dict[str, Any] | None = None,
+    model_check: dict[str, float] | None = None,
     episodes: int = 48,
     dagger_episodes: int = 24,
     rounds: int = 2,
@@ -278,6 +279,7 @@ def learn_policy(
             "max": hi,
         },
         "plant_model": model.to_card(),
+        "model_check": model_check or {},
         "identification": {
             "fit_pct": round(float(res.fit_pct), 2),
             "whiteness_p": round(float(res.whiteness_p), 4),

@@ -70,6 +70,7 @@ class LoopInputs:
     readback_ok: bool = True
     tripped: bool = False  # the PLC's trip indicator is on (fresh and good)
     applied: float = math.nan  # what the PLC applies while tripped (its feedback tag)
+    mismatch: bool = False  # the run-time model check says the plant has changed
 
 
 @dataclass
@@ -128,6 +129,8 @@ def step(spec: LoopSpec, policy: Policy | None, st: LoopState, inp: LoopInputs) 
         reasons.append(safety.READBACK_MISMATCH)
     if inp.tripped:
         reasons.append(safety.PLC_TRIPPED)
+    if inp.mismatch:
+        reasons.append(safety.MODEL_MISMATCH)
 
     model_u = math.nan
     if policy is not None and st.fs is not None:

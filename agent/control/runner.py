@@ -110,6 +110,65 @@ class _Loop:
     crashes: int = 0
     failing: str | None = None  # the last period's crash, None once a period completes
     completed_at: float = 0.0  # monotonic time the last period completed
+    check: Any = None  # ModelCheck: the identified plant model against the measured pv
+
+
+def st_mode_checks(mode: str) -> bool:
+    """The model check runs where the model matters: shadow (before auto) and auto."""
+    return mode in ("shadow", "auto")
+
+
+class ModelCheck:
+    """Run-time honesty: the identified plant model (in the card) predicts pv from the
+    applied output and the measured disturbances (`ident.Predictor`, free-run with a slow
+    bias); its error RMS over about a settling time, divided by what it was on the
+    commissioning data, is `edgeloop_control_model_mismatch`. Above `threshold` for `hold_s`
+    the loop falls back with reason `model_mismatch` and says to re-commission; it clears
+    once the ratio is back under the threshold."""
+
+    def __init__(self, predictor: Any, reference: float, threshold: float, hold_s: float):
+        self.predictor, self.reference = predictor, reference
+        self.threshold, self.hold_s = threshold, hold_s
+        self.dt = float(predictor.model.dt_s)
+        self.over_s = 0.0
+        self.mismatched = False
+        self.told = False
+
+    @classmethod
+    def from_card(cls, card: dict[str, Any], roles: list[str]) -> ModelCheck | None:
+        check = card.get("model_check")
+        pm = card.get("plant_model")
+        if not check or not pm:
+            return None  # a model without its plant model (e.g. the shipped heater's)
+        from agent.control.ident import LinearModel, Predictor
+
+        model = LinearModel.from_card(pm)
+        if list(model.d_names) != list(roles[1 : 1 + len(model.d_names)]):
+            return None
+        return cls(
+            Predictor(model),
+            float(check["reference_rms"]),
+            float(check.get("threshold", 3.0)),
+            float(check.get("hold_s", 3.0 * model.settling_time_s())),
+        )
+
+    def update(self, u: float, d: list[float], y: float, pv_ok: bool) -> float:
+        if not pv_ok or not math.isfinite(u):
+            return math.nan
+        self.predictor.step(u, d, y)
+        rms = self.predictor.rms
+        ratio = rms / self.reference if self.reference > 0 and math.isfinite(rms) else math.nan
+        p = self.predictor  # after its first window: the bias has caught up with the start
+        warm = p.steps * self.dt >= 2.0 * p.window_s
+        if warm and math.isfinite(ratio) and ratio > self.threshold:
+            self.over_s += self.dt
+        else:
+            self.over_s = 0.0
+        was = self.mismatched
+        self.mismatched = self.over_s >= self.hold_s
+        if was and not self.mismatched:
+            self.told = False
+        return ratio
 
 
 def _num(v: float) -> float | None:
@@ -239,9 +298,12 @@ class ControlRunner:
         if policy is not None:
             state.fs = policy.new_state()
         _ = HoldFallback  # documented alternative, nothing to compile
-        return _Loop(
+        loop = _Loop(
             lc, spec, policy, state, role_idx, out_idx, sp_idx, hb_idx, trip_idx, applied_idx
         )
+        if policy is not None:
+            loop.check = ModelCheck.from_card(policy.card, roles)
+        return loop
 
     # -- runtime commands -----------------------------------------------------------------
     def _get(self, name: str) -> _Loop:
@@ -449,6 +511,7 @@ class ControlRunner:
             readback_ok=lp.readback_ok,
             tripped=tripped,
             applied=applied,
+            mismatch=lp.check is not None and lp.check.mismatched,
         )
         t0 = time.perf_counter()
         d = loopmod.step(lp.spec, lp.policy, lp.state, inp)
@@ -525,6 +588,26 @@ class ControlRunner:
         lp.last = d
         lp.period_no += 1
         self._account(lp, d, prev)
+        if lp.check is not None and st_mode_checks(lp.state.mode):
+            t = self.table
+            ratio = lp.check.update(
+                lp.state.last_u,
+                [float(t.raw[i]) for i in lp.role_idx[1:]],
+                float(t.raw[lp.role_idx[0]]),
+                d.pv_ok,
+            )
+            self.metrics.set(
+                "edgeloop_control_model_mismatch", _num(ratio) or 0.0, loop=lp.cfg.name
+            )
+            if lp.check.mismatched and not lp.check.told:
+                lp.check.told = True
+                log.error(
+                    "control loop %s: the plant no longer behaves like the model's (prediction "
+                    "error %.1fx what commissioning saw for %.0f s): fallback; re-commission",
+                    lp.cfg.name,
+                    ratio,
+                    lp.check.hold_s,
+                )
         if d.command is not None:
             lp.write_ok = await self._send(lp, lp.cfg.output, d.command, "output")
             if lp.write_ok:

@@ -34,6 +34,7 @@ READBACK_MISMATCH = "readback_mismatch"
 NO_SETPOINT = "no_setpoint"
 PLC_TRIPPED = "plc_tripped"  # the PLC's own watchdog/interlock took the output
 OUTPUT_UNKNOWN = "output_unknown"  # the output's present value is not known: nothing written
+MODEL_MISMATCH = "model_mismatch"  # the plant no longer behaves like the model was trained on
 REASONS = (
     STALE_INPUT,
     BAD_QUALITY,
@@ -46,6 +47,7 @@ REASONS = (
     NO_SETPOINT,
     PLC_TRIPPED,
     OUTPUT_UNKNOWN,
+    MODEL_MISMATCH,
 )
 
 

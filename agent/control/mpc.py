@@ -257,8 +257,15 @@ class ModelMpc:
         self.ba = np.concatenate([b, [0.0]])
         self.bda = np.vstack([bd, np.zeros((1, nd))])
 
+        # noise on the disturbance state only, so a steady error goes into it and not into
+        # the plant states (an identified ARX realisation has modes that only a measured
+        # disturbance drives: given noise, the filter parks offsets there and sags back);
+        # an integrating plant needs a little on its states for the Riccati to be solvable
+        stable = bool(np.max(np.abs(np.linalg.eigvals(a)), initial=0.0) < 1.0 - 1e-9)
+        q_plant = 0.0 if stable else 1e-6
+
         def gain_for(ratio: float) -> np.ndarray:
-            q = np.full(n + 1, 1e-6 * ratio)  # a little on the plant keeps it well posed
+            q = np.full(n + 1, q_plant * ratio)
             q[n] = ratio * w_scale
             return kalman_gain(aa, ca, np.diag(q), 1.0)
 

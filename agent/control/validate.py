@@ -102,11 +102,13 @@ class Metrics:
 
 @dataclass
 class Trace:
+    """Per period, at its start: what the controller saw and what was applied."""
+
     t: np.ndarray
     sp: np.ndarray
-    y: np.ndarray  # noise-free output
+    y: np.ndarray  # noise-free output (the metrics use the one a period later)
     y_meas: np.ndarray
-    u: np.ndarray
+    u: np.ndarray  # applied, after the envelope
     d: np.ndarray
 
 

@@ -4,7 +4,7 @@
 1. the expert: `ModelMpc` on the identified model (offset-free, feed-forward on the measured
    disturbances, the loop's envelope);
 2. imitation by DAgger (`agent.control.mlp.dagger`) on rollouts of the identified model with
-   its gain drawn in 0.8-1.2 and its dead time moved by up to a period, setpoints over the
+   its gain drawn in 0.65-1.35 and its dead time moved by up to 30 %, setpoints over the
    loop's range, disturbances over the range the plant test saw, measurement noise as
    identified: the policy must be robust to the model being wrong, not fit one model;
 3. the features sized from the model: error and output history covering the dead time plus
@@ -97,8 +97,11 @@ class _Rollouts:
         self.cache: dict[tuple[float, int], Any] = {}
 
     def _plant(self, rng: np.random.Generator) -> Any:
-        g = round(float(rng.uniform(0.8, 1.2)), 2)
-        dk = int(rng.integers(-1, 2)) if self.theta >= 2 else int(rng.integers(0, 2))
+        # the mismatch validation will apply (gain x0.7-1.3, dead time +-25 %), and a bit more
+        g = round(float(rng.uniform(0.65, 1.35)), 2)
+        span = max(1, round(0.3 * self.theta))
+        dk = int(rng.integers(-span, span + 1))
+        dk = max(dk, 1 - int(self.model.nk[0]))  # never below the model's one-period minimum
         key = (g, dk)
         if key not in self.cache:
             self.cache[key] = self.model.perturbed(g, dk).to_state_space()
@@ -301,7 +304,7 @@ def learn_policy(
             else None,
             "network": "MLP 64-64 tanh, float32 (agent/control/mlp.py, numpy)",
             "expert": "ModelMpc on the identified model (agent/control/mpc.py)",
-            "mismatch": "gain x0.8-1.2, dead time +-1 period",
+            "mismatch": "gain x0.65-1.35, dead time +-30 %",
             "seconds": round(train_s, 1),
         },
     }

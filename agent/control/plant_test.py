@@ -13,7 +13,7 @@ Phases, each decided from what the measurement did, not from a model of the plan
    `u0 + a`, with a mean switching time of about a third of the step's (dead time +
    63 % time), for the rest of the budget but at least a few settling times; a seeded RNG.
    The centre of the PRBS follows a slow integral action on pv's deviation from where the
-   test started (time constant about two settling times, sign and size from the step's
+   test started (time constant about one settling time, sign and size from the step's
    gain): a disturbance or a nearly integrating plant would otherwise walk pv out of its
    band. With the dither as external excitation the data stays informative (closed-loop
    identification); should pv still pass 80 % of `pv_dev_max`, the level that brings it
@@ -162,7 +162,7 @@ class PlantTest:
             dt = 0.0 if math.isnan(self._last_t) else now_s - self._last_t
             self._last_t = now_s
             if gain and math.isfinite(gain):
-                ti = max(2.0 * self.step.settle_s, 10 * self.period_s)  # type: ignore[union-attr]
+                ti = max(self.step.settle_s, 10 * self.period_s)  # type: ignore[union-attr]
                 self._centre -= dev / gain * dt / ti
                 lo_c = self.lo + self._down - self.u0
                 hi_c = self.hi - self._up - self.u0

@@ -195,6 +195,9 @@ class Pipeline:
             self.metrics,
             self.emit,
             config_dir=self.config_dir,  # a relative model path is relative to the config file
+            commission_dir=Path(
+                self.cfg.control.commission_dir or Path(self.cfg.store.path).parent / "models"
+            ),
         )
 
     def _make_telemetry(self) -> Any:

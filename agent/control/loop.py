@@ -183,8 +183,8 @@ def step(spec: LoopSpec, policy: Policy | None, st: LoopState, inp: LoopInputs) 
         # follow what the PLC applies, so its reset continues from there (no step)
         u = inp.applied if math.isfinite(inp.applied) else last
     elif active == "manual":
-        if not math.isfinite(st.manual_u):
-            st.manual_u = last if math.isfinite(last) else spec.envelope.lo
+        if not math.isfinite(st.manual_u) and math.isfinite(last):
+            st.manual_u = last  # hold what the PLC has (never a default: NaN until known)
         u = st.manual_u
     elif active == "model":
         u = model_u + st.blend

@@ -22,12 +22,14 @@ Fail-safe by construction:
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from agent import names
@@ -111,6 +113,34 @@ class _Loop:
     failing: str | None = None  # the last period's crash, None once a period completes
     completed_at: float = 0.0  # monotonic time the last period completed
     check: Any = None  # ModelCheck: the identified plant model against the measured pv
+    commission: Any = None  # a plant test running on this loop (start_commission)
+
+
+class _Commissioning:
+    """A plant test running on a loop of the service, and its result."""
+
+    def __init__(self, test: Any, band: tuple[float, float], train: bool) -> None:
+        self.test, self.band, self.train = test, band, train
+        self.rows: list[tuple[float, float, float, list[float], str]] = []
+        self.running = True
+        self.stop_requested = False
+        self.result: dict[str, Any] | None = None
+        self.finishing: asyncio.Task[Any] | None = None
+
+    def status(self) -> dict[str, Any]:
+        if self.running:
+            state = self.test.phase
+        elif self.result is None:
+            state = "identifying and training"
+        else:
+            state = "done"
+        return {
+            "state": state,
+            "left_s": round(self.test.time_left_s(), 1) if self.running else 0.0,
+            "rows": len(self.rows),
+            "log": list(self.test.log),
+            "result": self.result,
+        }
 
 
 def st_mode_checks(mode: str) -> bool:
@@ -202,6 +232,7 @@ class ControlRunner:
         metrics: Any,
         emit_event: Callable[[str, dict[str, Any]], None] | None = None,
         config_dir: str | Path | None = None,
+        commission_dir: str | Path | None = None,
     ) -> None:
         self.cfg = control_cfg
         self.table = table
@@ -210,6 +241,7 @@ class ControlRunner:
         self._emit = emit_event or (lambda kind, payload: None)
         self.loops: dict[str, _Loop] = {}
         self._started_at = 0.0
+        self.commission_dir = Path(commission_dir) if commission_dir is not None else None
         for lc in control_cfg.loops:
             self.loops[lc.name] = self._compile(lc, config_dir)
 
@@ -335,6 +367,8 @@ class ControlRunner:
         if mode in ("shadow", "auto") and lp.policy is None:
             raise ValueError(f"loop {loop!r} has no model: {mode} is not available")
         st = lp.state
+        if lp.commission is not None and lp.commission.running:
+            lp.commission.stop_requested = True  # the test ramps back, then the mode applies
         if mode == st.mode:
             return
         if mode == "manual":
@@ -375,6 +409,7 @@ class ControlRunner:
                 else ("withheld" if lp.hb_withheld else "running"),
                 "crashes": lp.crashes,
                 "failing": lp.failing,
+                "commission": lp.commission.status() if lp.commission is not None else None,
             }
         return out
 
@@ -581,8 +616,138 @@ class ControlRunner:
         self.metrics.inc("edgeloop_control_writes_total", loop=lp.cfg.name)
         return True
 
+    # -- commissioning on the running service ---------------------------------------------
+    def start_commission(self, loop: str, opts: dict[str, Any]) -> dict[str, Any]:
+        """Start a plant test on `loop` (POST /control/<loop>/commission): the loop's output
+        follows the test inside the envelope, the heartbeat runs on; when the test is done,
+        identification, PID tuning and training run on a thread and write to
+        `commission_dir`; progress and the result are in `status()[loop]["commission"]`."""
+        from agent.control.plant_test import PlantTest
+
+        lp = self._get(loop)
+        if lp.commission is not None and lp.commission.running:
+            raise ValueError(f"loop {loop!r} is already being commissioned")
+        if lp.state.mode in ("auto", "shadow") and not opts.get("force"):
+            raise ValueError("switch the loop to manual (or off) before a plant test")
+        if not math.isfinite(lp.state.last_u):
+            raise ValueError("the output's present value is not known yet")
+        if self.commission_dir is None:
+            raise ValueError("no commission_dir configured")
+        env = lp.spec.envelope
+        sc = lp.cfg.setpoint
+        band = (
+            float(opts.get("pv_lo", sc.min if sc.min is not None else -math.inf)),
+            float(opts.get("pv_hi", sc.max if sc.max is not None else math.inf)),
+        )
+        try:
+            test = PlantTest(
+                u0=lp.state.last_u,
+                lo=env.lo,
+                hi=env.hi,
+                amplitude=float(opts.get("amplitude", 0.05 * (env.hi - env.lo))),
+                budget_s=float(opts.get("budget_s", 900.0)),
+                period_s=lp.cfg.period_s,
+                seed=int(opts.get("seed", 0)),
+                pv_dev_max=float(opts.get("pv_dev", 0.1 * (band[1] - band[0]))),
+            )
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"cannot start the plant test: {e}") from None
+        lp.commission = _Commissioning(test, band, bool(opts.get("train", True)))
+        log.warning("control loop %s: plant test started (%s)", loop, opts)
+        self._emit(names.EVENT_CONTROL_MODE, {"loop": loop, "commission": "started"})
+        return {"started": True}
+
+    async def _commission_period(self, lp: _Loop, now_ns: int) -> None:
+        from agent.control import safety as sf
+
+        c = lp.commission
+        t = self.table
+        i = lp.role_idx[0]
+        y = float(t.raw[i])
+        max_age = int(lp.spec.max_input_age_s * 1e9)
+        why = sf.input_problem(y, int(t.quality[i]), 0, now_ns - int(t.ts_ns[i]), max_age)
+        if why is None and not c.band[0] <= y <= c.band[1]:
+            why = f"pv {y:g} left its band {c.band[0]:g} .. {c.band[1]:g}"
+        if why is None and c.stop_requested:
+            why = "stopped over HTTP"
+        if why is not None:
+            c.test.abort(why)
+        st = lp.state
+        u, _ = lp.spec.envelope.apply(c.test.target(now_ns / 1e9, y), st.last_u)
+        if await self._send(lp, lp.cfg.output, u, "output"):
+            st.last_u = u
+            lp.written, lp.written_ns = u, time.time_ns()
+        else:
+            c.test.abort("write failed")
+        c.rows.append(
+            (now_ns / 1e9, st.last_u, y, [float(t.raw[j]) for j in lp.role_idx[1:]], c.test.phase)
+        )
+        if c.test.phase == "return" and abs(st.last_u - c.test.u0) <= 1e-9:
+            c.test.returned()
+        if c.test.phase == "done":
+            c.running = False
+            if c.test.abort_reason is not None:
+                c.result = {"accepted": False, "aborted": c.test.abort_reason}
+                log.warning("control loop %s: plant test aborted: %s", lp.cfg.name, c.result)
+            else:
+                c.finishing = asyncio.create_task(asyncio.to_thread(self._finish, lp, c))
+
+    def _finish(self, lp: _Loop, c: Any) -> None:
+        """Identification, PID tuning and (optionally) training, on a worker thread."""
+        import numpy as np
+
+        from agent.commands.commission import model_check_reference
+        from agent.control import ident
+
+        out = self.commission_dir
+        assert out is not None
+        out.mkdir(parents=True, exist_ok=True)
+        ts = np.asarray([r[0] for r in c.rows]) - c.rows[0][0]
+        u = np.asarray([r[1] for r in c.rows])
+        y = np.asarray([r[2] for r in c.rows])
+        roles = list(lp.spec.roles[1:])
+        d = np.asarray([r[3] for r in c.rows]) if roles else None
+        res = ident.identify(ts, u, y, d, lp.cfg.period_s, d_names=roles)
+        result: dict[str, Any] = {"fit_pct": res.fit_pct, "ok": res.ok, "why": res.why}
+        if res.ok:
+            (out / f"{lp.cfg.name}.model.json").write_text(
+                json.dumps(res.model.to_card(), indent=2)
+            )
+            result["simc_pid"] = ident.simc_pid(res.fopdt)
+            if c.train:
+                from agent.control.learn import learn_policy
+
+                shim = SimpleNamespace(config=SimpleNamespace(control=self.cfg), table=self.table)
+                base = [y[k] for k, r in enumerate(c.rows) if r[4] == "baseline"]
+                result["accepted"] = learn_policy(
+                    shim,
+                    lp.cfg.name,
+                    res,
+                    result["simc_pid"],
+                    out,
+                    d_ranges=[(float(v.min()), float(v.max())) for v in np.asarray(d).T]
+                    if roles
+                    else [],
+                    noise_std=float(np.std(base)) if len(base) > 3 else 0.0,
+                    model_check=model_check_reference(res.model, u, d, y),
+                    provenance={"source": "POST /control/<loop>/commission"},
+                    report=result,
+                    log=lambda m: log.info("commission %s: %s", lp.cfg.name, m),
+                )
+        (out / f"{lp.cfg.name}.report.json").write_text(json.dumps(result, indent=2, default=str))
+        c.result = result
+        log.warning("control loop %s: commissioning finished: %s", lp.cfg.name, result)
+
     async def period(self, lp: _Loop) -> None:
         """One period: decide, write, heartbeat (public for tests that drive time)."""
+        if lp.commission is not None and lp.commission.running:
+            lp.period_no += 1
+            await self._commission_period(lp, time.time_ns())
+            hb = lp.cfg.heartbeat
+            if hb is not None and lp.period_no % hb.every_periods == 0:
+                lp.heartbeat = (lp.heartbeat + 1) % hb.modulo
+                await self._send(lp, hb.tag, float(lp.heartbeat), "heartbeat")
+            return
         prev = lp.last
         d = self.compute(lp, time.time_ns())
         lp.last = d

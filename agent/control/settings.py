@@ -170,6 +170,11 @@ class ControlConfig(StrictModel):
     """Settings of the control component; every default lives here."""
 
     loops: list[LoopConfig] = Field(default_factory=list)
+    commission_dir: str | None = Field(
+        None,
+        description="where POST /control/<loop>/commission writes the model, card and report "
+        "(None: a models/ folder beside the history database)",
+    )
 
     @model_validator(mode="after")
     def _unique(self) -> ControlConfig:

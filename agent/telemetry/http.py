@@ -523,7 +523,11 @@ class TelemetryServer:
         if path in ("/healthz", "/readyz", "/metrics", "/control"):
             endpoint = path[1:]
             allowed = ("GET", "HEAD")
-        elif len(parts) == 3 and parts[0] == "control" and parts[2] in ("setpoint", "mode"):
+        elif (
+            len(parts) == 3
+            and parts[0] == "control"
+            and parts[2] in ("setpoint", "mode", "commission")
+        ):
             endpoint = f"control_{parts[2]}"
             allowed = ("POST",)
         elif path == "/":
@@ -616,6 +620,11 @@ class TelemetryServer:
                 ):
                     raise _HttpError(422, 'expected {"value": <finite number>}')
                 result = control.set_setpoint(loop, float(value))
+            elif what == "commission":  # a plant test on the running service
+                start = getattr(control, "start_commission", None)
+                if start is None:
+                    raise _HttpError(501, "this control runner cannot commission")
+                result = start(loop, data)
             else:
                 mode = data.get("mode")
                 if not isinstance(mode, str) or not mode:
@@ -640,6 +649,7 @@ _INDEX = [
     "GET /control",
     "POST /control/<loop>/setpoint",
     "POST /control/<loop>/mode",
+    "POST /control/<loop>/commission",
 ]
 
 

@@ -99,3 +99,15 @@ def test_plc_trip_leaves_the_model_with_a_reason() -> None:
     assert d.active == "plc_tripped"
     assert st.in_fallback and d.entered_fallback
     assert not math.isnan(d.command or math.nan)
+
+
+def test_manual_mode_started_before_the_output_is_known_holds_the_plc_value() -> None:
+    """Found commissioning on the service: manual mode with no manual_output took the
+    envelope's low bound as its output while the PLC value was still unknown, then ramped
+    the real valve down to it once the value was read."""
+    spec = _spec()
+    st = L.LoopState(mode="manual")
+    assert L.step(spec, None, st, _inp(0, pv=20.0)).command is None  # unknown: nothing
+    st.last_u = 61.7  # the runner seeded it from the PLC's read
+    outs = [L.step(spec, None, st, _inp(k * NS, pv=20.0)).command for k in range(1, 6)]
+    assert outs == [61.7] * 5

@@ -1,6 +1,8 @@
 """Commissioning benchmark: `edgeloop commission` on hw_sim's loop plants, seeds the code
 never saw, served over Modbus at `--speed`; then the accepted policy and the SIMC PID of the
-identified model on the TRUE plant (hw_sim's model in simulated time, same seed).
+identified model on the TRUE plant (hw_sim's model in simulated time, same seed). The plant
+test may move pv within a band wider than the setpoint range (`--pv-band`: what the plant
+physically tolerates), because the plants' own disturbances move pv in manual mode.
 
 Prints one row per plant and seed: plant-test time (plant seconds), held-out fit %, training
 time on this box, validation IAE ratio (identified model with mismatch), true-plant IAE
@@ -37,10 +39,12 @@ U_LO, U_HI, RATE = 5.0, 95.0, 100.0  # the loop's envelope (rate per wall second
 
 PLANTS: dict[str, dict[str, Any]] = {
     "surge": {
-        "unit": 3, "pv": (0.0, 2.5), "d": (0, 20), "sp": (0.5, 1.5), "cls": SurgePlant,
+        "unit": 3, "pv": (0.0, 2.5), "d": (0, 20), "sp": (0.5, 1.5), "band": (0.2, 1.9),
+        "cls": SurgePlant,
     },
     "exchanger": {
-        "unit": 4, "pv": (0, 100), "d": (0, 60), "sp": (35.0, 55.0), "cls": ExchangerPlant,
+        "unit": 4, "pv": (0, 100), "d": (0, 60), "sp": (35.0, 55.0), "band": (25.0, 70.0),
+        "cls": ExchangerPlant,
     },
 }  # fmt: skip
 
@@ -110,7 +114,8 @@ def commission(name: str, seed: int, speed: float, budget_s: float, work: Path) 
         t0 = time.monotonic()
         proc = subprocess.run(
             [sys.executable, "-m", "agent", "commission", str(cfg), "--loop", name,
-             "--out", str(out), "--budget-s", str(budget_s), "--seed", "1"],
+             "--out", str(out), "--budget-s", str(budget_s), "--seed", "1",
+             "--pv-band", *(str(v) for v in PLANTS[name]["band"])],
             capture_output=True, text=True, cwd=ROOT, timeout=1200,
         )  # fmt: skip
         wall = time.monotonic() - t0

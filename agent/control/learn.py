@@ -42,9 +42,10 @@ from agent.control.policy import (
     raw_features,
 )
 from agent.control.safety import Envelope
-from agent.control.validate import Start, acceptance, steady_output, validate
+from agent.control.validate import Start, Verdict, acceptance, steady_output, validate
 
 MAX_IAE_RATIO = 0.8
+MIN_PLAUSIBLE_RATIO = 0.25  # below: the model and the PID's FOPDT disagree (see learn_policy)
 
 
 def _lags(top: int, n: int) -> list[int]:
@@ -325,6 +326,20 @@ def learn_policy(
         candidate_name="tflite",
     )
     verdict = acceptance(rep, MAX_IAE_RATIO)
+    if verdict.accepted and verdict.iae_ratio < MIN_PLAUSIBLE_RATIO:
+        # a policy this much better than SIMC on a linear model means the PID (tuned on the
+        # FOPDT approximation) fails on the identified model: the two disagree, and the
+        # validation's "true plant" cannot be trusted (seen: 0.07 here, 4.8x worse than the
+        # PID on the real plant)
+        verdict = Verdict(
+            False,
+            (
+                f"IAE {verdict.iae_ratio:.3f}x the PID is implausibly good: the PID tuned on the "
+                "FOPDT approximation fails on the identified model, so they disagree; repeat "
+                "the plant test with more budget or amplitude",
+            ),
+            verdict.iae_ratio,
+        )
     card["validation"] = {
         **rep.to_dict(),
         "iae_vs_pid": round(float(verdict.iae_ratio), 4),

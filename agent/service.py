@@ -393,11 +393,11 @@ class Pipeline:
         if self.control is None:
             return {}
         self._closing = True
-        await _bounded(self.control.stop(), 1.0, "control")
+        await _bounded(self.control.stop(), 1.0, "control")  # loops end after this period
+        if self._tasks:
+            await _bounded(asyncio.gather(*self._tasks, return_exceptions=True), 1.0, "control")
         for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                async with asyncio.timeout(1.0):
-                    await t
+            t.cancel()
         self._tasks.clear()
         return self.control.export_state()
 
@@ -422,15 +422,15 @@ class Pipeline:
         def left(share: float) -> float:
             return max(0.05, min(share, deadline - time.monotonic()))
 
-        for t in self._tasks:
-            t.cancel()
+        if self.control is not None and hasattr(self.control, "stop"):
+            await _bounded(self.control.stop(), left(0.5), "control")  # loops end on their own
         if self._tasks:
             await _bounded(
                 asyncio.gather(*self._tasks, return_exceptions=True), left(1.0), "control task"
             )
+        for t in self._tasks:
+            t.cancel()
         self._tasks.clear()
-        if self.control is not None and hasattr(self.control, "stop"):
-            await _bounded(self.control.stop(), left(0.5), "control")
         await _bounded(self.acquirer.stop(), left(1.2), "acquire")
         if self.publisher is not None and "publisher" not in keep:
             drain = max(0.05, min(1.0, deadline - time.monotonic() - 1.0))
@@ -463,12 +463,20 @@ def _is_up(dev: Any) -> bool:
 
 
 async def _bounded(aw: Any, timeout_s: float, what: str) -> None:
-    try:
-        async with asyncio.timeout(timeout_s):
-            await aw
-    except TimeoutError:
+    """Await `aw` for at most `timeout_s`, whatever it does with a cancellation.
+
+    `asyncio.wait` with a timeout returns when the time is up even if the task ignores its
+    cancel (Python 3.11's `asyncio.timeout`/`wait_for` can turn a cancel into a TimeoutError
+    that a component catches and runs on; awaiting it under a timeout then never returns -
+    seen as a 300 s hang of a pipeline stop on a loaded machine)."""
+    task = aw if isinstance(aw, asyncio.Future) else asyncio.ensure_future(aw)
+    done, _ = await asyncio.wait({task}, timeout=max(0.0, timeout_s))
+    if not done:
+        task.cancel()
         log.warning("%s did not stop within %.1f s; continuing shutdown", what, timeout_s)
-    except Exception as exc:  # shutdown goes on whatever one component does
+        return
+    exc = None if task.cancelled() else task.exception()
+    if exc is not None:  # shutdown goes on whatever one component does
         log.error("%s failed while stopping: %s", what, exc)
 
 

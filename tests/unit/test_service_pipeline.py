@@ -86,3 +86,21 @@ async def test_a_stalled_control_loop_stops_the_watchdog_feeds(tmp_path: Path) -
     pipe._attempts = -1.0
     pipe.check_progress()
     assert pipe.watchdog._count == fed + 1
+
+
+async def test_a_stop_step_that_ignores_its_cancel_cannot_hang_the_stop(caplog) -> None:
+    """Seen once on a loaded machine: a pipeline stop hung 300 s awaiting a task that had
+    turned its cancel into a TimeoutError (Python 3.11) and run on."""
+    from agent.service import _bounded
+
+    async def stubborn() -> None:
+        while True:
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                continue  # a component that swallows its cancellation
+
+    t0 = time.monotonic()
+    await _bounded(stubborn(), 0.2, "stubborn")
+    assert time.monotonic() - t0 < 1.0
+    assert "stubborn did not stop within 0.2 s" in caplog.text

@@ -93,14 +93,21 @@ async def test_a_stop_step_that_ignores_its_cancel_cannot_hang_the_stop(caplog) 
     turned its cancel into a TimeoutError (Python 3.11) and run on."""
     from agent.service import _bounded
 
+    release = asyncio.Event()
+
     async def stubborn() -> None:
-        while True:
+        while not release.is_set():
             try:
-                await asyncio.sleep(10)
+                await asyncio.sleep(0.05)
             except asyncio.CancelledError:
                 continue  # a component that swallows its cancellation
 
+    task = asyncio.ensure_future(stubborn())
     t0 = time.monotonic()
-    await _bounded(stubborn(), 0.2, "stubborn")
+    await _bounded(task, 0.2, "stubborn")
     assert time.monotonic() - t0 < 1.0
     assert "stubborn did not stop within 0.2 s" in caplog.text
+    assert not task.done()  # it is still running: the stop went on without it
+    release.set()
+    await asyncio.wait({task}, timeout=2.0)
+    assert task.done()

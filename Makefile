@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	DEMO_SECONDS=$(DEMO_SECONDS) $(BIN)/python -m agent.demo
+	DEMO_SECONDS=$(DEMO_SECONDS) $(BIN)/python -m lab.demo
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -2,7 +2,9 @@
 
 A command module defines `HELP` (one line), `add_arguments(parser)` and `run(args) -> int`.
 Commands are discovered, so adding one is adding one file; imports stay lazy so
-`edgeloop --help` and `edgeloop check` do not pay for numba or TFLite.
+`edgeloop --help` and `edgeloop check` do not pay for numba or TFLite. Modules outside the
+runtime (the simulator tooling in `lab/`, a third-party package) join through the
+`edgeloop.commands` entry-point group: name = "package.module".
 """
 
 from __future__ import annotations
@@ -11,16 +13,25 @@ import argparse
 import importlib
 import pkgutil
 import sys
+from importlib.metadata import entry_points
 
 import agent.commands as _commands
 
 EX_CONFIG = 78  # sysexits.h EX_CONFIG: systemd's RestartPreventExitStatus=78 stops a loop
 
 
+ENTRY_POINT_GROUP = "edgeloop.commands"
+
+
 def _command_modules() -> list[str]:
-    return sorted(
-        m.name for m in pkgutil.iter_modules(_commands.__path__) if not m.name.startswith("_")
+    """Dotted module names: the runtime's own commands, then the registered ones."""
+    own = sorted(
+        f"agent.commands.{m.name}"
+        for m in pkgutil.iter_modules(_commands.__path__)
+        if not m.name.startswith("_")
     )
+    extra = sorted(ep.value for ep in entry_points(group=ENTRY_POINT_GROUP))
+    return own + [m for m in extra if m not in own]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,9 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
         "learned closed-loop control, history and MQTT store-and-forward.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for mod_name in _command_modules():
-        mod = importlib.import_module(f"agent.commands.{mod_name}")
-        name = getattr(mod, "NAME", mod_name.replace("_", "-"))
+    for mod_path in _command_modules():
+        try:
+            mod = importlib.import_module(mod_path)
+        except ModuleNotFoundError:  # a registered tool whose package is not installed here
+            continue
+        name = getattr(mod, "NAME", mod_path.rsplit(".", 1)[-1].replace("_", "-"))
         p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)

@@ -2,9 +2,9 @@
 
 Two views an engineer asks for after a run: the control loop (PV, SP and MV with the spans
 where the fallback or manual was in charge shaded) and the monitored equipment (signals,
-anomaly scores and alarm spans against the ground-truth fault spans when a hw_sim fault log
-is given).  Everything comes from what the agent stored, so a report of a real site is made
-the same way as the demo's.
+anomaly scores and alarm spans against known fault spans when a JSONL span file - the
+simulator's ground-truth log, or incidents written by hand - is given).  Everything comes
+from what the agent stored, so a report of a real site is made the same way as the demo's.
 """
 
 from __future__ import annotations
@@ -104,13 +104,25 @@ def alarm_spans(
     return out
 
 
+def read_spans(path: Path) -> list[dict[str, Any]]:
+    """Marked spans from a JSONL file: one object per line with `id`, `start_wall` (epoch s)
+    and, once known, `end_wall`; a later line with the same id updates the earlier one.
+
+    The simulator writes its ground-truth fault log in this form; an operator can write
+    known incidents (maintenance, trips) the same way to see them against the alarms."""
+    by_id: dict[Any, dict[str, Any]] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            by_id.setdefault(rec["id"], {}).update({k: v for k, v in rec.items() if k != "event"})
+    return list(by_id.values())
+
+
 def fault_spans(faults_log: Path | None, t_end: float) -> list[dict[str, Any]]:
     if faults_log is None or not faults_log.exists():
         return []
-    from hw_sim.faults import read_ground_truth
-
     out = []
-    for f in read_ground_truth(faults_log):
+    for f in read_spans(faults_log):
         if f.get("start_wall") is None:
             continue
         out.append({**f, "t0": float(f["start_wall"]), "t1": float(f.get("end_wall") or t_end)})

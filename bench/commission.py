@@ -30,9 +30,9 @@ if str(ROOT) not in sys.path:
 from agent.control.pid import Pid, PidState  # noqa: E402
 from agent.control.policy import Policy  # noqa: E402
 from agent.control.safety import Envelope  # noqa: E402
-from agent.demo import Ports, wait_port  # noqa: E402
 from hw_sim.plant.exchanger import ExchangerPlant  # noqa: E402
 from hw_sim.plant.surge import SurgePlant  # noqa: E402
+from lab.demo import Ports, wait_port  # noqa: E402
 
 PERIOD_S = 0.1  # wall seconds per control period (plant seconds = PERIOD_S * speed)
 U_LO, U_HI, RATE = 5.0, 95.0, 100.0  # the loop's envelope (rate per wall second)

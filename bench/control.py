@@ -13,12 +13,12 @@ import time
 import numpy as np
 
 from agent.control import loop as L
-from agent.control.evaluate import ROLES, ExpertController
 from agent.control.pid import Pid
 from agent.control.policy import MODELS_DIR, Policy
 from agent.control.safety import Envelope
 from agent.control.settings import DEFAULT_KP, DEFAULT_TI_S
 from hw_sim.plant.heater import HeaterPlant
+from lab.heater_eval import ROLES, ExpertController
 
 
 def _spec(policy: Policy | None) -> L.LoopSpec:

@@ -57,9 +57,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent.demo import free_port, wait_port  # noqa: E402
-from agent.demo import stop_process as stop  # noqa: E402
 from hw_sim import pointmap  # noqa: E402
+from lab.demo import free_port, wait_port  # noqa: E402
+from lab.demo import stop_process as stop  # noqa: E402
 
 EDGELOOP = Path(sys.executable).with_name("edgeloop")  # the venv's console script
 RSS_TARGET_MB = 150.0

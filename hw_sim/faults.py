@@ -32,10 +32,19 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 import yaml
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from agent.configbase import StrictModel
 from hw_sim import pointmap
+
+
+class StrictModel(BaseModel):
+    """Scenario models refuse unknown keys and non-finite numbers (the simulator keeps its
+    own base: it never imports the agent)."""
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False
+    )
+
 
 SENSOR_KINDS = ("spike", "stuck", "drift", "noise_burst", "dropout")
 PROCESS_KINDS = (

@@ -11,7 +11,11 @@ HELP = "plot the control loop and the monitored equipment from the history datab
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", help="the config file (its store.path is used) or a history .db")
     p.add_argument("--out", required=True, help="report.png or report.html")
-    p.add_argument("--faults", help="hw_sim ground-truth fault log (JSONL) to draw fault spans")
+    p.add_argument(
+        "--faults",
+        help="JSONL spans (id, start_wall, end_wall) to draw: the simulator's fault log, "
+        "or known incidents written by hand",
+    )
     p.add_argument("--from", dest="t_from", default="0", help="start (epoch s or ISO 8601)")
     p.add_argument("--to", dest="t_to", default="4e9", help="end (epoch s or ISO 8601)")
     p.add_argument("--tags", help="monitored tags to plot (default: the kernel groups' tags)")

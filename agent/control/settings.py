@@ -32,7 +32,7 @@ from agent.configbase import StrictModel
 Mode = Literal["off", "manual", "shadow", "auto"]
 
 # SIMC tuning of the simulated heater at its nominal point (10 L/min, 20 degC inlet, 55 degC);
-# derivation in docs/control.md and `agent.control.tuning`.
+# derivation in docs/control.md and `lab.heater_tuning`.
 DEFAULT_KP = 2.7  # % per K
 DEFAULT_TI_S = 17.8
 

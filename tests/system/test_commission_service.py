@@ -15,8 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from agent.demo import Ports, wait_port
 from bench.commission import config_text
+from lab.demo import Ports, wait_port
 from tests.system.test_service import _get, _wait_status
 
 ROOT = Path(__file__).resolve().parents[2]

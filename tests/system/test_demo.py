@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_short_demo_runs_end_to_end(tmp_path: Path) -> None:
     env = {**os.environ, "DEMO_SECONDS": "45", "DEMO_OUT": str(tmp_path)}
     proc = subprocess.run(
-        [sys.executable, "-m", "agent.demo"],
+        [sys.executable, "-m", "lab.demo"],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent.demo import Ports, demo_config, wait_port
+from lab.demo import Ports, demo_config, wait_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 from pymodbus.client import ModbusTcpClient
 
-from agent.demo import Ports
+from lab.demo import Ports
 from tests.system.test_service import (  # noqa: F401 - plant is the fixture
     _get,
     _start_agent,

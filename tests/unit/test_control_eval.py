@@ -7,7 +7,7 @@ import json
 import pytest
 
 from agent import cli
-from agent.control import evaluate as ev
+from lab import heater_eval as ev
 
 
 @pytest.fixture

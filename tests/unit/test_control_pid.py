@@ -86,7 +86,7 @@ def test_default_tuning_controls_the_heater() -> None:
 
 
 def test_default_tuning_is_the_simc_result_of_the_step_test() -> None:
-    from agent.control.tuning import simc_from_step_test
+    from lab.heater_tuning import simc_from_step_test
 
     r = simc_from_step_test()
     assert 0.5 < r.gain_k_per_pct < 0.62  # 400 W/% into ~713 W/K

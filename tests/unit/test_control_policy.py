@@ -157,7 +157,7 @@ def test_error_integral_is_leaky_and_clipped() -> None:
 
 def test_card_validation_reproduces_in_closed_loop() -> None:
     """The card's recorded closed-loop result is what this code measures for this model."""
-    from agent.control.evaluate import LoopController, evaluate, scenarios
+    from lab.heater_eval import LoopController, evaluate, scenarios
 
     pol = Policy(SHIPPED, signals=ROLES, period_ms=500)
     sc = next(s for s in scenarios() if s.name == "flow_disturbance")

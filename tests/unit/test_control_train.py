@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.control.evaluate import scenarios
 from agent.control.mlp import episode_seed
 from agent.control.policy import CARD_FORMAT, Policy
-from agent.control.training import FEATURES, generate, rollout
+from lab.heater_eval import scenarios
+from lab.heater_training import FEATURES, generate, rollout
 
 
 def test_data_generation_is_reproducible_from_a_seed() -> None:
@@ -39,7 +39,7 @@ def test_student_in_the_loop_changes_the_visited_states_not_the_labeller() -> No
 
 
 def test_training_pipeline_without_tensorflow(tmp_path: Path) -> None:
-    from agent.control.training import train
+    from lab.heater_training import train
 
     assert "tensorflow" not in sys.modules
     card = train(
@@ -86,7 +86,7 @@ def test_rejected_candidate_stays_for_inspection(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("hidden", [16])
 def test_training_is_deterministic(tmp_path: Path, hidden: int) -> None:
-    from agent.control.training import train
+    from lab.heater_training import train
 
     blobs = []
     for run in ("a", "b"):

@@ -7,7 +7,7 @@ two-point method (times to 28.3 % and 63.2 % of the final change), and SIMC give
     tau_c = theta (tight but robust),  Kc = tau / (K (tau_c + theta)),
     Ti = min(tau, 4 (tau_c + theta))
 
-`python -m agent.control.tuning` prints the numbers recorded in docs/control.md and used as
+`python -m lab.heater_tuning` prints the numbers recorded in docs/control.md and used as
 the defaults in `agent.control.settings`.
 """
 

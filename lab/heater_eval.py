@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from agent.control import loop as loopmod
-from agent.control.expert import MpcExpert
 from agent.control.pid import Pid
 from agent.control.policy import Policy
 from agent.control.safety import Envelope
 from agent.control.settings import DEFAULT_KP, DEFAULT_TI_S
 from hw_sim.plant.heater import HeaterParams, HeaterPlant
+from lab.heater_expert import MpcExpert
 
 PERIOD_S = 0.5
 MAX_RATE_PER_S = 25.0  # heater_power's rate limit in the shipped config

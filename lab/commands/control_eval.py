@@ -51,8 +51,8 @@ def table(res: dict[str, dict], per_scenario: bool = False) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agent.control.evaluate import PERIOD_S, ROLES, ExpertController, LoopController, evaluate
     from agent.control.policy import ModelError, Policy, resolve_model_path
+    from lab.heater_eval import PERIOD_S, ROLES, ExpertController, LoopController, evaluate
 
     try:
         policy = Policy(

@@ -10,7 +10,7 @@
    its own errors lead to.
 3. A small numpy MLP (`agent.control.mlp`) imitates the expert; it is written as TFLite
    float32 directly (`agent.control.tflite_writer`), so this runs on the gateway itself.
-4. Closed-loop validation on the evaluation scenarios (`agent.control.evaluate`) against the
+4. Closed-loop validation on the evaluation scenarios (`lab.heater_eval`) against the
    PID and the expert; the model is accepted only if it meets the targets.
 Everything is seeded: the same seed gives the same data and, on the same machine, the same
 weights and the same `.tflite` bytes.
@@ -28,14 +28,6 @@ from typing import Any
 
 import numpy as np
 
-from agent.control.evaluate import (
-    MAX_RATE_PER_S,
-    PERIOD_S,
-    ExpertController,
-    LoopController,
-    evaluate,
-)
-from agent.control.expert import MpcExpert
 from agent.control.mlp import Actor, DaggerResult, TrainConfig, dagger, episode_seed
 from agent.control.policy import (
     CARD_FORMAT,
@@ -47,6 +39,14 @@ from agent.control.policy import (
 )
 from agent.control.safety import Envelope
 from hw_sim.plant.heater import HeaterParams, HeaterPlant
+from lab.heater_eval import (
+    MAX_RATE_PER_S,
+    PERIOD_S,
+    ExpertController,
+    LoopController,
+    evaluate,
+)
+from lab.heater_expert import MpcExpert
 
 SIGNALS = ["pv", "flow", "inlet_temp"]
 ERR_LAGS = (0, 1, 2, 3, 4, 6, 8, 12, 16)
@@ -232,7 +232,7 @@ def train(
             "network": f"MLP {hidden}-{hidden} tanh, float32",
             "trainer": "numpy MLP, Adam, cosine decay, early stopping on held-out episodes "
             "(agent/control/mlp.py); TFLite written by agent/control/tflite_writer.py",
-            "expert": "constrained MPC (agent/control/expert.py), horizon 20 s, re-linearised "
+            "expert": "constrained MPC (lab/heater_expert.py), horizon 20 s, re-linearised "
             "per period, delay-aware estimator",
             "envelope": {
                 "flow_lpm": [5, 15],

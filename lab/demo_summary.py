@@ -164,16 +164,16 @@ def replay_pid_vs_model(
 ) -> dict[str, float] | None:
     """What the PID would have done: this run's setpoints and measured disturbances replayed
     offline on the heater model, once with the shipped policy and once with the fallback PID
-    alone (`agent.control.evaluate`, the same loop step the service runs).  IAE is on the
+    alone (`lab.heater_eval`, the same loop step the service runs).  IAE is on the
     model's true temperature, so both controllers face exactly the same plant."""
-    from agent.control.evaluate import (
+    from agent.control.policy import Policy, resolve_model_path
+    from lab.heater_eval import (
         PERIOD_S,
         ROLES,
         LoopController,
         Scenario,
         run_scenario,
     )
-    from agent.control.policy import Policy, resolve_model_path
 
     steps = [r for r in rows if r["payload"].get("kind") == "control_action"]
     if len(steps) < 10 or "inlet_flow" not in series or "inlet_temp" not in series:

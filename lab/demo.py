@@ -180,7 +180,7 @@ def _f(v: Any) -> str:
 
 def run_demo(seconds: float, out: Path, quiet: bool = False) -> int:
     """Run the demo for `seconds`; returns the exit status (0 when every part worked)."""
-    from agent.demo_summary import summarise
+    from lab.demo_summary import summarise
 
     out.mkdir(parents=True, exist_ok=True)
     for f in (

@@ -1,0 +1,1 @@
+"""`edgeloop` sub-commands that need the simulator (registered as entry points)."""

@@ -257,7 +257,7 @@ def load_kernel_config(path: str | None, names: list[str], warmup: int | None) -
     problems = cfg.unknown_tags(names)
     if problems:
         raise ReplayError(f"{path}: " + "; ".join(problems) + f" (columns: {names})", EX_CONFIG)
-    groups = [g.model_dump() for g in cfg.groups]
+    groups = [g.model_dump(exclude_unset=True) for g in cfg.groups]  # keep what was set
     if not groups and len(names) >= 2:
         groups = [{"name": "all", "tags": list(names)}]
     if warmup is not None:

@@ -52,7 +52,9 @@ class _Group:
         self.settings = settings
         self.idx = idx
         self.buf = np.empty((settings.warmup_samples, idx.size))
+        self.ts = np.zeros(settings.warmup_samples, dtype=np.int64)  # for the sample period
         self.n = 0
+        self.contrib: dict[str, float] = {}  # top contributions at the last alarm onset
         self.model: mv.GroupModel | None = None
         self.failed: str | None = None
 
@@ -109,7 +111,7 @@ class KernelRuntime:
             rng = np.random.default_rng(0)
             X = rng.normal(size=(max(g.settings.warmup_samples, 4 * k), k))
             try:
-                m = mv.fit_group(g.settings, np.arange(k, dtype=np.int64), X)
+                m = mv.fit_group(g.settings, np.arange(k, dtype=np.int64), X, 1.0)
             except mv.GroupFitError:
                 return
             mv.group_step(X[0].copy(), np.zeros(k, np.uint16), *mv.model_args(m))
@@ -164,10 +166,11 @@ class KernelRuntime:
             if np.any(fl & (F.INVALID | F.OUT_OF_RANGE)) or not np.all(np.isfinite(x)):
                 return None
             g.buf[g.n] = x
+            g.ts[g.n] = int(tb.ts_ns[g.idx].max())
             g.n += 1
             if g.n == g.buf.shape[0]:
                 try:
-                    g.model = mv.fit_group(g.settings, g.idx, g.buf)
+                    g.model = mv.fit_group(g.settings, g.idx, g.buf, _period_s(g.ts))
                 except mv.GroupFitError as exc:
                     g.failed = str(exc)
                     log.warning("kernel group disabled: %s", exc)
@@ -193,8 +196,8 @@ class KernelRuntime:
     def _group_event(self, g: _Group, on: bool, ts_ns: int) -> dict[str, Any]:
         m = g.model
         assert m is not None
-        contrib = mv.contributions(m)
-        top = np.argsort(contrib)[::-1][:3]
+        if on:
+            g.contrib = top_contributions(m, g.settings.tags)
         return {
             "kind": N.EVENT_ANOMALY_ON if on else N.EVENT_ANOMALY_OFF,
             "source": m.name,
@@ -202,7 +205,7 @@ class KernelRuntime:
             "score": m.score,
             "t2": float(m.fs[mv.GS_T2]),
             "spe": float(m.fs[mv.GS_SPE]),
-            "contributions": {g.settings.tags[int(j)]: round(float(contrib[j]), 3) for j in top},
+            "contributions": dict(g.contrib),
             "ts_ns": ts_ns,
         }
 
@@ -216,6 +219,11 @@ class KernelRuntime:
                 out[g.settings.name] = (g.model.score, g.model.alarm)
         return out
 
+    def last_contributions(self) -> dict[str, dict[str, float]]:
+        """Per group: the top contributing tags (share of the deviation) at its last alarm
+        onset; empty for a group that has not alarmed.  Kept after the alarm clears."""
+        return {g.settings.name: dict(g.contrib) for g in self.groups}
+
     def group_info(self) -> dict[str, dict[str, Any]]:
         """Learning progress and model facts per group, for status pages and `replay`."""
         info: dict[str, dict[str, Any]] = {}
@@ -228,6 +236,9 @@ class KernelRuntime:
                 d["t2_limit"] = float(g.model.lims[0])
                 d["spe_limit"] = float(g.model.lims[1])
                 d["excluded"] = [g.settings.tags[j] for j in g.model.excluded]
+                d.update(g.model.info)
+                if g.contrib:
+                    d["contributions"] = dict(g.contrib)
             info[g.settings.name] = d
         return info
 
@@ -259,12 +270,31 @@ class KernelRuntime:
                 ok = np.all(np.isfinite(rows), axis=1) & ~np.any(
                     flags[:w, g.idx] & (F.INVALID | F.OUT_OF_RANGE), axis=1
                 )
-                g.model = mv.fit_group(g.settings, g.idx, rows[ok])
+                t_ok = ts_ns[:w][ok] if ts_ns is not None else None
+                period = _period_s(t_ok) if t_ok is not None else period_s
+                g.model = mv.fit_group(g.settings, g.idx, rows[ok], period)
                 g.n = int(ok.sum())
                 mv.group_run(value, flags, w, *mv.model_args(g.model), s_out, a_out)
             g_score[g.settings.name] = s_out
             g_alarm[g.settings.name] = a_out
         return RunResult(value, flags, score, g_score, g_alarm)
+
+
+TOP_CONTRIBUTORS = 3  # tags named in a group alarm event
+
+
+def top_contributions(m: mv.GroupModel, tags: list[str]) -> dict[str, float]:
+    """The members with the largest reconstruction-based contribution to the last sample."""
+    contrib = mv.contributions(m)
+    top = np.argsort(contrib, kind="stable")[::-1][:TOP_CONTRIBUTORS]
+    return {tags[int(j)]: round(float(contrib[j]), 3) for j in top}
+
+
+def _period_s(ts_ns: np.ndarray) -> float | None:
+    """Median spacing of increasing timestamps in seconds; None when they do not advance."""
+    d = np.diff(np.asarray(ts_ns, dtype=np.int64))
+    d = d[d > 0]
+    return float(np.median(d)) / 1e9 if d.size else None
 
 
 class RunResult:

@@ -15,6 +15,9 @@ from pydantic import Field, create_model, field_validator, model_validator
 from agent.configbase import StrictModel
 
 MAX_HAMPEL_WINDOW = 63
+MAX_LAGS = 8  # dynamic PCA lags per group
+MAX_AUTO_LAGS = 3  # the most `lags: auto` picks
+MAX_PERSISTENCE_WINDOW = 64
 AlarmCause = Literal["score", "drift", "spike", "stuck", "out_of_range"]
 
 
@@ -84,12 +87,38 @@ class GroupSettings(StrictModel):
     alarm_on_samples: Annotated[int, Field(ge=1)] = 10
     alarm_off_samples: Annotated[int, Field(ge=1)] = 20
     adapt_alpha: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0  # 0 = frozen model
+    # false-alarm budget (either, not both): limits and a k-out-of-n persistence computed from
+    # the warm-up so that normal data alarm this often; replaces alpha and the hysteresis
+    false_alarm_rate: Annotated[float, Field(gt=0.0, lt=0.5)] | None = None  # share of samples
+    false_alarms_per_day: Annotated[float, Field(gt=0.0)] | None = None  # alarm onsets per day
+    persistence_window: Annotated[int, Field(ge=1, le=MAX_PERSISTENCE_WINDOW)] = 10  # n, samples
+    # dynamic PCA: the model sees each member at t, t-1, .., t-lags; `auto` picks 0..MAX_AUTO_LAGS
+    # from the warm-up's partial autocorrelation
+    lags: Annotated[int, Field(ge=0, le=MAX_LAGS)] | Literal["auto"] = 0
 
     @model_validator(mode="after")
     def _unique_tags(self) -> GroupSettings:
         if len(set(self.tags)) != len(self.tags):
             raise ValueError(f"group {self.name!r} lists a tag twice")
+        if self.false_alarm_rate is not None and self.false_alarms_per_day is not None:
+            raise ValueError(
+                f"group {self.name!r}: give false_alarm_rate or false_alarms_per_day, not both"
+            )
+        if self.budgeted:
+            clash = sorted(
+                {"alpha", "alarm_on_samples", "alarm_off_samples"} & self.model_fields_set
+            )
+            if clash:
+                raise ValueError(
+                    f"group {self.name!r}: {', '.join(clash)} cannot be combined with a "
+                    "false-alarm budget (the budget sets the limits and the persistence)"
+                )
         return self
+
+    @property
+    def budgeted(self) -> bool:
+        """True when the limits come from a false-alarm budget (else from `alpha`)."""
+        return self.false_alarm_rate is not None or self.false_alarms_per_day is not None
 
 
 class KernelConfig(StrictModel):

@@ -124,20 +124,37 @@ def group_case(draw):
     n_train = draw(st.integers(max(20, 2 * k), 80))
     mix = rng.normal(size=(k, k))
     train = rng.normal(size=(n_train, k)) @ mix
-    if draw(st.booleans()):
-        train[:, 0] = 3.0  # a constant column is excluded from the model
+    const = draw(st.booleans())  # a constant column is excluded from the model
+    if const:
+        train[:, 0] = 3.0
     test = rng.normal(size=(draw(st.integers(1, 40)), k)) @ mix * draw(st.floats(0.5, 3.0))
     if draw(st.booleans()):
         test[rng.integers(0, test.shape[0]), rng.integers(0, k)] = math.nan
-    gs = GroupSettings(
+    lags = draw(st.integers(0, 2))
+    n_train = max(n_train, (lags + 1) * max(20, 2 * k) + lags)
+    train = rng.normal(size=(n_train, k)) @ mix
+    if const:
+        train[:, 0] = 3.0
+    common = dict(
         name="g",
         tags=[f"t{j}" for j in range(k)],
         warmup_samples=max(20, n_train),
         score_alpha=draw(st.floats(0.05, 1.0)),
-        alarm_on_samples=draw(st.integers(1, 3)),
-        alarm_off_samples=draw(st.integers(1, 3)),
         adapt_alpha=draw(st.sampled_from([0.0, 0.01, 0.2])),
+        lags=lags,
     )
+    if draw(st.booleans()):  # false-alarm budget: k of n over the per-sample limits
+        gs = GroupSettings(
+            **common,
+            false_alarm_rate=draw(st.sampled_from([0.01, 0.05, 0.2])),
+            persistence_window=draw(st.integers(1, 6)),
+        )
+    else:
+        gs = GroupSettings(
+            **common,
+            alarm_on_samples=draw(st.integers(1, 3)),
+            alarm_off_samples=draw(st.integers(1, 3)),
+        )
     return gs, train, test
 
 

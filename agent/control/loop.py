@@ -11,7 +11,8 @@ Modes:
 
 The fallback PID tracks the applied output whenever it is not active, so switching to it is
 bumpless; with its own measurement (`pv`) unusable (stale, lost, bad, NaN) it holds the
-last output; an anomaly flag on `pv` does not stop the PID.  The envelope
+last output; an anomaly flag on `pv` does not stop the PID.  Which kernel alarms on an input
+count as an interlock is `safety.input_problem`'s (by default only sensor faults).  The envelope
 (clamp + rate limit) applies to every controller, manual included.
 
 Never a step, in any state:
@@ -51,6 +52,7 @@ class LoopSpec:
     healthy_s: float = 10.0
     check_quality: bool = True
     check_anomaly: bool = True
+    anomaly_strict: bool = False  # any ANOMALOUS trips, not only a sensor fault (safety.py)
     on_write_failure: bool = True
     transfer_s: float = 5.0
     policy_roles: tuple[int, ...] = ()  # index into `roles` of each model signal
@@ -107,6 +109,7 @@ def _problems(spec: LoopSpec, inp: LoopInputs) -> list[str | None]:
             max_age,
             check_quality=spec.check_quality,
             check_anomaly=spec.check_anomaly,
+            anomaly_strict=spec.anomaly_strict,
         )
         for i in range(len(spec.roles))
     ]

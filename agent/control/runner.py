@@ -320,7 +320,8 @@ class ControlRunner:
             max_input_age_s=il.max_input_age_periods * lc.period_s,
             healthy_s=il.healthy_s,
             check_quality=il.on_bad_quality,
-            check_anomaly=il.on_anomaly,
+            check_anomaly=il.on_anomaly != "off",
+            anomaly_strict=il.on_anomaly == "any",
             on_write_failure=il.on_write_failure,
             policy_roles=tuple(roles.index(s) for s in policy.signals) if policy else (),
         )

@@ -14,10 +14,23 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-try:  # the kernel owns the flag bits; fall back to the documented value until it lands
-    from agent.kernel.flags import ANOMALOUS
-except ImportError:  # pragma: no cover - only before agent/kernel/flags.py exists
-    ANOMALOUS = 64
+from agent.kernel.flags import (
+    ANOMALOUS,
+    DRIFT,
+    GROUP_ALARM,
+    INVALID,
+    OUT_OF_RANGE,
+    SPIKE,
+    STUCK,
+)
+
+# With the default `on_anomaly: sensor_fault`, a per-tag alarm trips only together with one of
+# these bits in the same sample: the sensor itself is suspect (it stopped moving, it reads
+# outside its range, it was not usable), or the tag's multivariate group is in alarm too, so
+# its move is not one the correlated peers explain.  A drift or score alarm alone is the
+# process moving (a measured disturbance stepping, a controlled variable following its
+# setpoint): an event, not an interlock.
+SENSOR_FAULT_BITS = INVALID | OUT_OF_RANGE | STUCK | GROUP_ALARM
 
 QUALITY_GOOD = 0
 QUALITY_COMM_LOST = 3
@@ -85,8 +98,13 @@ def input_problem(
     *,
     check_quality: bool = True,
     check_anomaly: bool = True,
+    anomaly_strict: bool = False,
 ) -> str | None:
-    """The first interlock reason one input trips, or None when it is usable."""
+    """The first interlock reason one input trips, or None when it is usable.
+
+    `check_anomaly` with `anomaly_strict` trips on any per-tag alarm (ANOMALOUS); without it
+    only on an alarm that says the sensor is at fault (`anomaly_is_sensor_fault`).
+    """
     if age_ns > max_age_ns:
         return STALE_INPUT
     if quality == QUALITY_COMM_LOST:
@@ -95,6 +113,21 @@ def input_problem(
         return BAD_QUALITY
     if check_quality and quality != QUALITY_GOOD:
         return BAD_QUALITY
-    if check_anomaly and flags & ANOMALOUS:
+    if check_anomaly and flags & ANOMALOUS and (anomaly_strict or anomaly_is_sensor_fault(flags)):
         return ANOMALY
     return None
+
+
+def anomaly_is_sensor_fault(flags: int) -> bool:
+    """Whether a kernel flags word with ANOMALOUS set says the *sensor* is at fault.
+
+    Yes with any of `SENSOR_FAULT_BITS`, and for a burst of spikes around a steady level
+    (SPIKE without DRIFT: the outliers came back to where the signal was).  No for an alarm
+    that only says the level moved (DRIFT, or the score, with no group disagreeing): a step
+    of a measured disturbance also gives half a Hampel window of spikes, but with DRIFT.
+    """
+    if not flags & ANOMALOUS:
+        return False
+    if flags & SENSOR_FAULT_BITS:
+        return True
+    return bool(flags & SPIKE) and not flags & DRIFT

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from agent.configbase import StrictModel
 
@@ -93,7 +93,14 @@ class InterlockConfig(StrictModel):
     max_input_age_periods: float = Field(3.0, gt=0, description="older input -> fallback")
     healthy_s: float = Field(10.0, ge=0, description="inputs healthy this long before model")
     on_bad_quality: bool = True
-    on_anomaly: bool = Field(True, description="kernel ANOMALOUS flag on an input -> fallback")
+    # which kernel alarms on an input move the loop to its fallback: `sensor_fault` (the
+    # sensor is suspect: stuck, out of range, a spike burst, or its group disagrees), `any`
+    # (every ANOMALOUS, also a drift alarm from a measured disturbance stepping), `off`;
+    # YAML true/false mean sensor_fault/off
+    on_anomaly: Literal["sensor_fault", "any", "off"] = Field(
+        "sensor_fault",
+        description="kernel alarm on an input -> fallback: sensor_fault | any | off",
+    )
     on_write_failure: bool = True
     max_blind_s: float = Field(
         30.0,
@@ -101,6 +108,16 @@ class InterlockConfig(StrictModel):
         le=86_400,
         description="pv unusable this long -> stop the heartbeat so the PLC's watchdog acts",
     )
+
+    @field_validator("on_anomaly", mode="before")
+    @classmethod
+    def _anomaly_bool(cls, v: Any) -> Any:
+        """`true`/`false` from configs written before the kinds existed."""
+        if v is True:
+            return "sensor_fault"
+        if v is False:
+            return "off"
+        return v
 
 
 class HeartbeatConfig(StrictModel):

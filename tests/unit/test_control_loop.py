@@ -3,6 +3,7 @@ the output never leaves its bounds or rate limit, transfers are bumpless."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -11,12 +12,14 @@ from agent.control import loop as L
 from agent.control import safety
 from agent.control.pid import Pid
 from agent.control.policy import MODELS_DIR, Policy
-from agent.control.settings import DEFAULT_KP, DEFAULT_TI_S
+from agent.control.settings import DEFAULT_KP, DEFAULT_TI_S, InterlockConfig
+from agent.kernel import flags as F
 from hw_sim.plant.heater import HeaterPlant
 
 PERIOD = 0.5
 RATE_STEP = 12.5  # 25 %/s
 NS = 1_000_000_000
+STUCK_ALARM = F.ANOMALOUS | F.STUCK  # the kernel's alarm on a stuck sensor
 
 
 class NanPolicy(Policy):
@@ -108,7 +111,7 @@ def _inject(rig: Rig, **fault: object) -> L.Decision:
         ({"ts_ns": [0, 0, 0]}, safety.STALE_INPUT),
         ({"quality": [0, 1, 0]}, safety.BAD_QUALITY),
         ({"quality": [3, 3, 3]}, safety.COMM_LOST),
-        ({"flags": [safety.ANOMALOUS, 0, 0]}, safety.ANOMALY),
+        ({"flags": [STUCK_ALARM, 0, 0]}, safety.ANOMALY),
         ({"values": [math.nan, 10.0, 20.0]}, safety.BAD_QUALITY),
     ],
     ids=["stale", "bad_quality", "comm_lost", "anomaly", "nan_input"],
@@ -158,7 +161,7 @@ def test_failed_write_falls_back(policy: NanPolicy) -> None:
 def test_returns_to_model_only_after_healthy_time_and_bumplessly(policy: NanPolicy) -> None:
     rig = Rig(policy, _spec(healthy_s=5.0))
     _on_model(rig)
-    _inject(rig, flags=[safety.ANOMALOUS, 0, 0])
+    _inject(rig, flags=[STUCK_ALARM, 0, 0])
     rig.run(20)  # 10 s on the PID while the anomaly lasts
     rig.fault = {}
     ds = rig.run(12)
@@ -173,7 +176,7 @@ def test_model_to_pid_switch_is_bumpless(policy: NanPolicy) -> None:
     rig = Rig(policy, _spec())
     _on_model(rig)
     before = rig.outputs[-1]
-    _inject(rig, flags=[safety.ANOMALOUS, 0, 0])
+    _inject(rig, flags=[STUCK_ALARM, 0, 0])
     # the PID tracked the model's output: its first move is only what its law gives for one
     # period (proportional on the pv change + one period of integral), no jump to its own
     # idea of the output
@@ -255,6 +258,49 @@ def test_envelope() -> None:
 def test_pid_keeps_controlling_on_an_anomalous_but_live_measurement(policy: NanPolicy) -> None:
     rig = Rig(policy, _spec(), sp=55.0)
     _on_model(rig)
-    rig.fault = {"flags": [safety.ANOMALOUS, 0, 0]}
+    rig.fault = {"flags": [STUCK_ALARM, 0, 0]}
     rig.run(60)
     assert len(set(rig.outputs[-60:])) > 10  # the PID acts, it does not freeze the output
+
+
+# the flags word the kernel leaves on an input -> does the default interlock trip?
+SENSOR_CASES = [
+    (0, False),
+    (F.ANOMALOUS | F.DRIFT, False),  # a measured disturbance stepped (drift alarm)
+    (F.ANOMALOUS, False),  # score alarm, or the tail of a drift alarm
+    (F.ANOMALOUS | F.DRIFT | F.SPIKE, False),  # the step's half Hampel window of spikes
+    (F.STUCK, False),  # STUCK without the alarm: `stuck` not among its alarm causes
+    (F.GROUP_ALARM | F.DRIFT, False),  # the group alarms, this tag's own alarm is off
+    (F.ANOMALOUS | F.STUCK, True),
+    (F.ANOMALOUS | F.OUT_OF_RANGE, True),
+    (F.ANOMALOUS | F.INVALID, True),
+    (F.ANOMALOUS | F.DRIFT | F.GROUP_ALARM, True),  # a drift its group does not explain
+    (F.ANOMALOUS | F.SPIKE, True),  # a burst of outliers around a steady level
+]
+
+
+@pytest.mark.parametrize("flags, trips", SENSOR_CASES, ids=[str(c[0]) for c in SENSOR_CASES])
+def test_default_interlock_trips_on_sensor_faults_only(flags: int, trips: bool) -> None:
+    got = safety.input_problem(20.0, 0, flags, 0, NS)
+    assert got == (safety.ANOMALY if trips else None)
+    strict = safety.input_problem(20.0, 0, flags, 0, NS, anomaly_strict=True)
+    assert strict == (safety.ANOMALY if flags & F.ANOMALOUS else None)
+    off = safety.input_problem(20.0, 0, flags, 0, NS, check_anomaly=False)
+    assert off is None
+
+
+def test_a_drift_alarm_on_a_disturbance_keeps_the_model_unless_strict(policy: NanPolicy) -> None:
+    for strict in (False, True):
+        rig = Rig(policy, dataclasses.replace(_spec(), anomaly_strict=strict))
+        _on_model(rig)
+        rig.fault = {"flags": [0, 0, F.ANOMALOUS | F.DRIFT]}
+        ds = rig.run(10)
+        assert [d.active for d in ds] == (["fallback"] * 10 if strict else ["model"] * 10)
+
+
+@pytest.mark.parametrize(
+    "yaml_value, mode", [(True, "sensor_fault"), (False, "off"), ("any", "any")]
+)
+def test_on_anomaly_setting(yaml_value: object, mode: str) -> None:
+    assert InterlockConfig().on_anomaly == "sensor_fault"
+    assert InterlockConfig.model_validate({"on_anomaly": yaml_value}).on_anomaly == mode

@@ -242,8 +242,9 @@ def fit_group(
     info: dict[str, object] = {"lags": L, "rows": nl}
     if settings.budgeted:
         t2_lim, spe_lim, k_of, n_win = _budget_limits(
-            settings, T, t2, spe, w[a:] if m > a else None, a, period_s, info
-        )
+            settings, T, t2, spe, w[a:] if m > a else None, a, period_s, info,
+            held_out_stats(Z, a),
+        )  # fmt: skip
         mode = 1.0
     else:
         t2_lim = t2_limit(settings.alpha, a, nl)
@@ -287,18 +288,51 @@ def fit_group(
     )
 
 
+CV_BLOCKS = 5  # contiguous warm-up blocks for the held-out statistics
+
+
+def held_out_stats(Z: np.ndarray, a: int, blocks: int = CV_BLOCKS) -> tuple[np.ndarray, ...]:
+    """T2 and SPE of every warm-up row scored by a model fitted without its block.
+
+    Contiguous blocks (not random rows): an autocorrelated neighbour would leak the row into
+    its own model.  The held-out statistics carry what a new sample carries and the in-sample
+    ones do not: the model's estimation error and the drift between parts of the warm-up.
+    """
+    n = Z.shape[0]
+    t2_out = np.empty(n)
+    spe_out = np.empty(n)
+    for b in range(blocks):
+        lo, hi = b * n // blocks, (b + 1) * n // blocks
+        keep = np.ones(n, dtype=bool)
+        keep[lo:hi] = False
+        Zf = Z[keep]
+        mu = Zf.mean(axis=0)
+        sdf = Zf.std(axis=0, ddof=1)
+        sdf[sdf <= 0] = 1.0
+        Zs = (Zf - mu) / sdf
+        w, V = np.linalg.eigh((Zs.T @ Zs) / (Zs.shape[0] - 1))
+        order = np.argsort(w)[::-1][:a]
+        P, lam = V[:, order], np.maximum(w[order], 1e-12)
+        Zh = (Z[lo:hi] - mu) / sdf
+        Th = Zh @ P
+        t2_out[lo:hi] = np.sum(Th * Th / lam, axis=1)
+        spe_out[lo:hi] = np.sum((Zh - Th @ P.T) ** 2, axis=1)
+    return t2_out, spe_out
+
+
 NONNORMAL_Z = 2.326  # one-sided 1 % test of the warm-up's tail against the Gaussian theory
 CHECK_LEVEL = 0.05  # tail level at which the warm-up is compared with the theory
 
 
-def _tail_too_heavy(stat: np.ndarray, insample_limit: float, level: float, rho: float) -> bool:
-    """Does the warm-up exceed its theoretical `level` limit significantly more often?
+def _tail_too_heavy(stat: np.ndarray, limit: float, level: float, rho: float) -> bool:
+    """Do the held-out warm-up statistics exceed the theoretical `level` limit of a new
+    sample significantly more often than `level`?  (Tail heavier than the Gaussian theory.)
 
     Exceedance count against Binomial(n, level), its variance inflated by (1+rho)/(1-rho) for
     an autocorrelated warm-up; one-sided z test at 1 %.
     """
     n = stat.size
-    c = float(np.count_nonzero(stat > insample_limit))
+    c = float(np.count_nonzero(stat > limit))
     infl = (1.0 + rho) / (1.0 - rho)
     z = (c - n * level) / math.sqrt(n * level * (1.0 - level) * infl)
     return z > NONNORMAL_Z
@@ -313,6 +347,7 @@ def _budget_limits(
     a: int,
     period_s: float | None,
     info: dict[str, object],
+    cv_t2_spe: tuple[np.ndarray, np.ndarray],
 ) -> tuple[float, float, int, int]:
     """(T2 limit, SPE limit, k, n) for the group's false-alarm budget; notes go to `info`."""
     nl = t2.size
@@ -341,26 +376,28 @@ def _budget_limits(
     rho_s = min(0.95, max(0.0, st.lag1_autocorr(st.normal_scores(raw0))))
     k_of, level = st.persistence(budget, settings.persistence_window, rho_s, onset)
     each = 1.0 - math.sqrt(1.0 - level)  # T2 and SPE independent under the model (Sidak)
-    t2_lim = st.t2_limit(each, a, n_eff)
+    # T2 of a new sample: F with the effective warm-up size, and per component: a slow
+    # (autocorrelated) score has a variance known from fewer rows, so t_c^2/lam_c is
+    # (1 + 1/n_c) F(1, n_c) with n_c its own effective size; the sum is moment-matched
+    t2_lim, t2_method = st.t2_limit(each, a, n_eff), "F"
+    alt = st.t2_limit_components(each, [st.lag1_autocorr(T[:, c]) for c in range(a)], nl)
+    if alt > t2_lim:
+        t2_lim, t2_method = alt, "F per component (slow scores)"
     check = max(CHECK_LEVEL, each)
-    t2_method = "F"
-    if _tail_too_heavy(t2, st.t2_insample_limit(check, a, n_eff), check, rho_s):
-        m1, v1 = float(t2.mean()), float(t2.var(ddof=1))
-        new_over_in = (n_eff + 1.0) / max(n_eff - a - 2.0, 1.0)  # E T2 new / E T2 in-sample
-        alt = st.scaled_chi2_limit(each, m1 * new_over_in, v1 * new_over_in**2)
+    cv_t2, cv_spe = cv_t2_spe
+    if _tail_too_heavy(cv_t2, st.t2_limit(check, a, n_eff), check, rho_s):
+        alt = st.scaled_chi2_limit(each, float(cv_t2.mean()), float(cv_t2.var(ddof=1)))
         if alt > t2_lim:
-            t2_lim, t2_method = alt, "scaled chi2 (warm-up not Gaussian)"
+            t2_lim, t2_method = alt, "scaled chi2 of held-out warm-up (not Gaussian)"
     spe_lim = math.inf
     spe_method = "none (no residual space)"
     if spe_ok:
         assert resid_eigs is not None
         spe_lim, spe_method = st.spe_limit_jm(each, resid_eigs), "JM"
-        if _tail_too_heavy(spe, st.spe_limit_jm(check, resid_eigs), check, rho_s):
-            grow = 1.0 + a / n_eff  # a new sample's SPE also carries the model's error
-            m1, v1 = float(spe.mean()), float(spe.var(ddof=1))
-            alt = st.scaled_chi2_limit(each, m1 * grow, v1 * grow * grow)
+        if _tail_too_heavy(cv_spe, st.spe_limit_jm(check, resid_eigs), check, rho_s):
+            alt = st.scaled_chi2_limit(each, float(cv_spe.mean()), float(cv_spe.var(ddof=1)))
             if alt > spe_lim:
-                spe_lim, spe_method = alt, "scaled chi2 (warm-up not Gaussian)"
+                spe_lim, spe_method = alt, "scaled chi2 of held-out warm-up (not Gaussian)"
         spe_lim = max(spe_lim, 1e-12)
     n_win = settings.persistence_window
     info.update(

@@ -203,6 +203,24 @@ def t2_limit(alpha: float, a: int, n: float) -> float:
     return a * (n - 1) * (n + 1) / (n * (n - a)) * f_ppf(1.0 - alpha, a, n - a)
 
 
+def t2_limit_components(alpha: float, rhos: list[float], n: float) -> float:
+    """T2 limit of a new sample when each score has its own autocorrelation.
+
+    Score c's variance is estimated from n_c = n (1 - rho_c^2) / (1 + rho_c^2) effective rows
+    (Bartlett's size for a variance), its mean from fewer; t_c^2 / lam_c of a new sample is
+    taken as (1 + 1/n_c) F(1, n_c).  The components are independent, so the sum's mean and
+    variance add; Box's scaled chi-square with those moments gives the limit.
+    """
+    mean = var = 0.0
+    for rho in rhos:
+        r = min(max(rho, 0.0), 0.99)
+        nu = max(5.0, n * (1.0 - r * r) / (1.0 + r * r))
+        s = 1.0 + 1.0 / nu
+        mean += s * nu / (nu - 2.0)
+        var += s * s * 2.0 * nu * nu * (nu - 1.0) / ((nu - 2.0) ** 2 * (nu - 4.0))
+    return scaled_chi2_limit(alpha, mean, var)
+
+
 def t2_insample_limit(alpha: float, a: int, n: float) -> float:
     """Limit of T2 on the training rows themselves: (n-1)^2/n * Beta(a/2, (n-a-1)/2)."""
     n = max(float(n), a + 2.0)

@@ -25,6 +25,7 @@ from agent.config import (
     OpcUaDevice,
     OpcUaTag,
 )
+from agent.kernel.settings import signal_kind
 from drivers.base import Driver, GroupSpec, PlannedRequest, Point, Quality, create_driver
 
 
@@ -87,6 +88,11 @@ class TagTable:
         table = cls.from_points(points, [""] * len(points))
         table.quality[:] = int(Quality.GOOD)
         return table
+
+    @property
+    def kinds(self) -> list[str]:
+        """Each tag's signal kind (`analog` | `discrete`), which picks its kernel defaults."""
+        return [signal_kind(p.dtype, p.scale) for p in self.points]
 
     def __len__(self) -> int:
         return len(self.names)

@@ -1,7 +1,8 @@
 """`KernelRuntime`: the kernel as the service sees it, over the tag table.
 
 It needs only these attributes of the table (so it does not depend on `agent.tags`):
-`names`, `raw`, `value`, `quality`, `flags`, `score`, `ts_ns`, `min`, `max`.
+`names`, `raw`, `value`, `quality`, `flags`, `score`, `ts_ns`, `min`, `max`, and optionally
+`kinds` (each tag's `settings.signal_kind`; every tag analog without it).
 `process(group)` runs the per-tag stage over the poll group's slice, then every multivariate
 group with a member in that slice, and returns alarm transition events.  Groups learn their
 model from their first `warmup_samples` valid samples; until then they score nothing.
@@ -73,7 +74,12 @@ class KernelRuntime:
         if problems:
             raise KernelError("; ".join(problems))
         index = {name: i for i, name in enumerate(names)}
-        P = pt.compile_params([kernel_cfg.params_for(n) for n in names], table.min, table.max)
+        kinds = getattr(table, "kinds", None) or ["analog"] * len(names)
+        P = pt.compile_params(
+            [kernel_cfg.params_for(n, k) for n, k in zip(names, kinds, strict=True)],
+            table.min,
+            table.max,
+        )
         self.state = pt.TagState.new(P)
         self.groups: list[_Group] = [
             _Group(g, np.array([index[t] for t in g.tags], dtype=np.int64))

@@ -20,6 +20,30 @@ MAX_AUTO_LAGS = 3  # the most `lags: auto` picks
 MAX_PERSISTENCE_WINDOW = 64
 AlarmCause = Literal["score", "drift", "spike", "stuck", "out_of_range"]
 
+# What a tag's values are, from its configured type (`signal_kind`).  Discrete signals (a bool
+# or a bit, a status word, a counter, an integer code, a string) carry exact values: smoothing
+# one publishes a bool as 0.99973, a Hampel median or a rate limit invents a value the PLC never
+# had, and their level moves (a state change, a counter wrapping) are not drift.  So their
+# defaults pass the value through unchanged and keep only the sensor checks (stuck, range);
+# `kernel.tags.<name>` still sets anything explicitly.
+SignalKind = Literal["analog", "discrete"]
+KIND_DEFAULTS: dict[str, Any] = {"filter": "none", "hampel_window": 0, "rate_limit_per_s": None}
+LEVEL_CAUSES = ("score", "drift")  # alarm causes dropped from a discrete tag's defaults
+INTEGER_TYPES = ("int16", "uint16", "int32", "uint32", "int64", "uint64")
+
+
+def signal_kind(dtype: str, scale: float = 1.0) -> SignalKind:
+    """`discrete` for bool, bit, string and unscaled integer types; else `analog`.
+
+    An integer register with a scale other than 1 is an analog measurement sent as an
+    integer (a temperature in tenths of a degree), so it is filtered like a float.
+    """
+    if dtype in ("bool", "bit", "string"):
+        return "discrete"
+    if dtype in INTEGER_TYPES and scale == 1.0:
+        return "discrete"
+    return "analog"
+
 
 class TagParams(StrictModel):
     """Per-tag stage settings (`kernel.defaults`, and each `kernel.tags.<name>` on top)."""
@@ -139,13 +163,18 @@ class KernelConfig(StrictModel):
             self.params_for(name)  # merged overrides must validate too
         return self
 
-    def params_for(self, tag: str) -> TagParams:
-        """Effective settings of one tag: defaults with its override on top."""
+    def params_for(self, tag: str, kind: SignalKind = "analog") -> TagParams:
+        """Effective settings of one tag: `kernel.defaults`, then the defaults of its signal
+        kind (`KIND_DEFAULTS`: a discrete signal passes unchanged), then its own override."""
         override = self.tags.get(tag)
-        if override is None:
+        if override is None and kind == "analog":
             return self.defaults
         merged = self.defaults.model_dump()
-        merged.update(override.model_dump(exclude_none=True))
+        if kind != "analog":
+            merged.update(KIND_DEFAULTS)
+            merged["alarm_on"] = tuple(c for c in merged["alarm_on"] if c not in LEVEL_CAUSES)
+        if override is not None:
+            merged.update(override.model_dump(exclude_none=True))
         return TagParams.model_validate(merged)
 
     def unknown_tags(self, known: set[str] | list[str]) -> list[str]:

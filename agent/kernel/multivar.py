@@ -373,7 +373,7 @@ def _budget_limits(
     raw0 = t2 / t2_0
     if spe_ok:
         raw0 = np.maximum(raw0, spe / st.spe_limit_jm(budget, resid_eigs))
-    rho_s = min(0.95, max(0.0, st.lag1_autocorr(st.normal_scores(raw0))))
+    rho_s = min(0.95, st.tail_autocorr(raw0, settings.persistence_window))
     k_of, level = st.persistence(budget, settings.persistence_window, rho_s, onset)
     each = 1.0 - math.sqrt(1.0 - level)  # T2 and SPE independent under the model (Sidak)
     # T2 of a new sample: F with the effective warm-up size, and per component: a slow

@@ -13,11 +13,11 @@ bisection on the CDF, and the control-limit formulas:
   far from the Gaussian theory, Nomikos and MacGregor 1995).
 - `effective_n`: rows of an AR(1)-correlated warm-up worth as much as independent ones for
   estimating a mean, `n (1 - rho) / (1 + rho)` (Bartlett).
-- `persistence`: the k-out-of-n second level.  The per-sample exceedances of a limit are
-  modelled as a two-state Markov chain (their lag-1 dependence taken from a Gaussian AR(1)
-  with the warm-up statistic's autocorrelation); `window_sf` gives P(at least k of the last n
-  samples exceed) exactly for that chain, and `persistence` picks k and the per-sample level
-  so that the alarm's false rate equals the budget.
+- `persistence`: the k-out-of-n second level.  The statistic is modelled as a Gaussian
+  AR(1) (after a monotone transform) with the warm-up statistic's lag-1 autocorrelation,
+  discretised as a Markov chain (Tauchen); `window_sf` gives P(at least k of the last n
+  samples exceed) for it by dynamic programming (rho = 0: the binomial), and `persistence`
+  picks k and the per-sample level so that the alarm's false rate equals the budget.
 
 All functions are called once per model fit, never per sample; they are checked against
 published table values in tests/unit/test_kernel_stats.py.
@@ -304,9 +304,6 @@ def pacf(x: np.ndarray, max_lag: int) -> np.ndarray:
     return out
 
 
-# --- k out of n ----------------------------------------------------------------------------
-
-
 def _bvn_upper(h: float, rho: float) -> float:
     """P(X > h, Y > h), standard bivariate normal with correlation rho >= 0.
 
@@ -322,51 +319,137 @@ def _bvn_upper(h: float, rho: float) -> float:
     return base + float(np.sum((f[1:] + f[:-1]) * 0.5 * np.diff(th))) / (2.0 * math.pi)
 
 
-def exceed_chain(p: float, rho: float) -> tuple[float, float]:
-    """(P(exceed | exceeded before), P(exceed | not before)) of a thresholded Gaussian AR(1)."""
-    if p <= 0.0:
-        return 0.0, 0.0
-    if p >= 1.0:
-        return 1.0, 1.0
-    p11 = min(1.0, _bvn_upper(norm_ppf(1.0 - p), rho) / p)
-    p11 = max(p11, p)  # positive dependence only
-    p01 = p * (1.0 - p11) / (1.0 - p)
-    return p11, p01
+TAIL_LEVEL = 0.1  # share of the warm-up statistic above the level whose persistence is matched
 
 
-def window_sf(k: int, n: int, p: float, rho: float = 0.0, onset: bool = False) -> float:
+def tail_autocorr(x: np.ndarray, window: int = 2, level: float = TAIL_LEVEL) -> float:
+    """Latent AR(1) correlation that reproduces how exceedances of the series' upper `level`
+    quantile cluster within `window` samples.
+
+    What makes a k-of-n alarm fire falsely is how exceedances bunch inside the window.  For a
+    statistic made of squared autocorrelated scores that follows the scores' correlation, not
+    the (smaller) correlation of the statistic itself; for a dynamic-PCA statistic the
+    dependence is short (shared lagged rows), not geometric.  So rho is chosen to match
+    sum_{l=1}^{window-1} (window - l) P(I_t and I_{t+l}) -- the part of the variance of the
+    window count that dependence adds -- between the series and the latent AR(1).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    window = max(2, int(window))
+    if x.size < 10 * window:
+        return 0.0
+    thr = float(np.quantile(x, 1.0 - level))
+    above = x > thr
+    p = float(above.mean())
+    if p <= 0.0 or p >= 1.0:
+        return 0.0
+    lags = range(1, window)
+    weights = np.array([window - lag for lag in lags], dtype=np.float64)
+    pairs = list(zip(weights, lags, strict=True))
+    emp = float(sum(w * np.mean(above[lag:] & above[:-lag]) for w, lag in pairs))
+    h = norm_ppf(1.0 - p)
+
+    def model(rho: float) -> float:
+        return float(sum(w * _bvn_upper(h, rho**lag) for w, lag in pairs))
+
+    if emp <= model(0.0):
+        return 0.0
+    lo, hi = 0.0, 0.98
+    if emp >= model(hi):
+        return hi
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        if model(mid) < emp:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+# --- k out of n ----------------------------------------------------------------------------
+
+
+LATENT_BINS = 96  # states of the discretised latent AR(1)
+LATENT_SPAN = 6.0  # the bins cover +-6 standard deviations
+
+
+def _ncdf(x: np.ndarray) -> np.ndarray:
+    return np.array([norm_cdf(float(v)) for v in np.ravel(x)]).reshape(np.shape(x))
+
+
+_CHAINS: dict[float, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+
+def latent_chain(rho: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(bin edges, stationary bin probabilities, transition matrix) of a Gaussian AR(1)
+    x' = rho x + sqrt(1 - rho^2) e on LATENT_BINS bins (Tauchen's discretisation; each bin
+    represented by its conditional mean).  Cached per rho."""
+    rho = round(min(max(rho, 0.0), 0.98), 4)
+    got = _CHAINS.get(rho)
+    if got is not None:
+        return got
+    edges = np.linspace(-LATENT_SPAN, LATENT_SPAN, LATENT_BINS + 1)
+    edges[0], edges[-1] = -np.inf, np.inf
+    cdf = _ncdf(edges)
+    pdf = np.exp(-0.5 * np.where(np.isfinite(edges), edges, 0.0) ** 2) / math.sqrt(2 * math.pi)
+    pdf[~np.isfinite(edges)] = 0.0
+    mass = np.diff(cdf)
+    centre = (pdf[:-1] - pdf[1:]) / np.maximum(mass, 1e-300)  # E[x | bin]
+    s = math.sqrt(1.0 - rho * rho)
+    P = np.diff(_ncdf((edges[None, :] - rho * centre[:, None]) / s), axis=1)
+    P /= P.sum(axis=1, keepdims=True)
+    got = (edges, mass, P)
+    _CHAINS[rho] = got
+    return got
+
+
+def _exceed_given_bin(edges: np.ndarray, h: float) -> np.ndarray:
+    """P(x > h | x in bin) for a standard normal x."""
+    lo, hi = edges[:-1], edges[1:]
+    cl, ch = _ncdf(lo), _ncdf(hi)
+    ca = _ncdf(np.clip(np.maximum(lo, h), -1e300, 1e300))
+    q = (ch - np.minimum(np.maximum(ca, cl), ch)) / np.maximum(ch - cl, 1e-300)
+    return np.clip(q, 0.0, 1.0)
+
+
+def window_sf(
+    k: int, n: int, p: float, rho: float = 0.0, onset: bool = False, shift: float = 0.0
+) -> float:
     """Stationary probability that at least k of n consecutive samples exceed.
 
-    Exceedances form a Markov chain with marginal `p` and the dependence of a Gaussian AR(1)
-    with lag-1 correlation `rho` thresholded at its 1-p quantile (rho = 0: the binomial).
-    With `onset`, the probability that the count reaches k at this sample from below k at
-    the previous one (alarm onsets per sample).
+    The statistic is modelled as a Gaussian AR(1) with lag-1 correlation `rho` (after a
+    monotone transform), exceeding its 1-p quantile; with `shift` its mean is moved by that
+    many standard deviations (for power).  rho = 0 gives the binomial.  With `onset`, the
+    probability that the count reaches k at this sample from below k at the previous one
+    (alarm onsets per sample).  Computed exactly on the discretised chain: a dynamic
+    programme over (count so far, latent state).
     """
     if k <= 0:
         return 1.0
     if k > n or p <= 0.0:
         return 0.0
-    p11, p01 = exceed_chain(p, rho)
-    if not onset:
-        # dist[c, s]: c exceedances so far, last state s
-        dist = np.zeros((n + 1, 2))
-        dist[0, 0], dist[1, 1] = 1.0 - p, p
-        for _ in range(n - 1):
-            new = np.zeros_like(dist)
-            new[:, 0] += dist[:, 0] * (1 - p01) + dist[:, 1] * (1 - p11)
-            new[1:, 1] += dist[:-1, 0] * p01 + dist[:-1, 1] * p11
-            dist = new
-        return float(dist[k:].sum())
-    # onset: first sample does not exceed, the last one does, and exactly k-1 of the
-    # n-1 samples between exceed (count n+1 samples: old window ends below k, new one hits k)
-    dist = np.zeros((n + 1, 2))
-    dist[0, 0] = 1.0 - p  # the sample leaving the window
-    for _ in range(n - 1):
-        new = np.zeros_like(dist)
-        new[:, 0] += dist[:, 0] * (1 - p01) + dist[:, 1] * (1 - p11)
-        new[1:, 1] += dist[:-1, 0] * p01 + dist[:-1, 1] * p11
+    if p >= 1.0:
+        return 1.0 if not onset else 0.0
+    h = norm_ppf(1.0 - p) - shift
+    if rho <= 1e-6 and not onset:
+        return binom_sf(k, n, 1.0 - norm_cdf(h))
+    edges, pi, P = latent_chain(rho)
+    q = _exceed_given_bin(edges, h)
+    dist = np.zeros((n + 1, pi.size))
+    if onset:  # the sample leaving the window did not exceed; it is not counted
+        dist[0] = pi * (1.0 - q)
+        steps = n - 1
+    else:
+        dist[0] = pi
+        steps = n
+    for i in range(steps):
+        if onset or i > 0:
+            dist = dist @ P
+        new = dist * (1.0 - q)
+        new[1:] += dist[:-1] * q
         dist = new
-    return float(dist[k - 1, 0] * p01 + dist[k - 1, 1] * p11)
+    if onset:
+        return float((dist[k - 1] @ P) @ q)
+    return float(dist[k:].sum())
 
 
 def _solve_level(target: float, k: int, n: int, rho: float, onset: bool) -> float:
@@ -404,8 +487,7 @@ def persistence(budget: float, n: int, rho: float = 0.0, onset: bool = False) ->
         level = _solve_level(budget, k, n, rho, onset)
         if level <= 0.0:
             continue
-        h = norm_ppf(1.0 - level)
-        power = window_sf(k, n, 1.0 - norm_cdf(h - delta), rho, False)
+        power = window_sf(k, n, level, rho, False, shift=delta)
         if power > best[0] + 1e-9:
             best = (power, k, level)
     return best[1], best[2]

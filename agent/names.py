@@ -22,6 +22,17 @@ METRICS: dict[str, tuple[str, str]] = {
     # --- kernel (labels: group) ---
     "edgeloop_kernel_seconds": ("summary", "Kernel time per poll-group frame, by group."),
     "edgeloop_anomaly_alarm": ("gauge", "1 while a kernel group alarm is active, by group."),
+    # (labels: tag, kind = tag|group; level = tag|group, source = tag or group name, cause)
+    "edgeloop_tag_alarm": (
+        "gauge",
+        "1 while a tag is in alarm, by tag and kind (tag: its own alarm; group: a group "
+        "containing it).",
+    ),
+    "edgeloop_alarms_total": (
+        "counter",
+        "Alarm onsets, by level (tag|group), source and cause (tag: out_of_range, stuck, "
+        "spike, drift, score; group: spe, t2).",
+    ),
     # --- store ---
     "edgeloop_store_rows_total": ("counter", "Rows written to history, by table."),
     "edgeloop_store_queue_depth": ("gauge", "Frames waiting for the history writer."),
@@ -99,7 +110,7 @@ COMPONENTS: dict[str, tuple[str, ...]] = {
     "store": ("edgeloop_store_rows_total", "edgeloop_store_queue_depth", "edgeloop_store_bytes"),
     "publish": ("edgeloop_outbox_depth", "edgeloop_mqtt_connected"),
     "control": ("edgeloop_control_mode", "edgeloop_control_step_seconds"),
-    "kernel": ("edgeloop_anomaly_alarm",),
+    "kernel": ("edgeloop_anomaly_alarm", "edgeloop_tag_alarm", "edgeloop_alarms_total"),
     "telemetry": ("edgeloop_http_requests_total",),
 }
 

@@ -19,6 +19,7 @@ from agent import names as N
 from agent.kernel import flags as F
 from agent.kernel import multivar as mv
 from agent.kernel import pertag as pt
+from agent.kernel.alarm_metrics import AlarmBook, group_cause
 from agent.kernel.settings import GroupSettings, KernelConfig
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ class KernelRuntime:
         ]
         self._by_slice: dict[tuple[int, int], list[_Group]] = {}
         self._alarm_seen = np.zeros(len(names), dtype=np.int64)  # alarm state last reported
+        self.alarms = AlarmBook(metrics, names, P, [(g.settings.name, g.idx) for g in self.groups])
 
     def warmup(self) -> None:
         """Compile (or load from the numba cache) the jitted live path on throwaway state.
@@ -146,16 +148,18 @@ class KernelRuntime:
                 i = lo + int(j)
                 on = bool(alarm[j])
                 self._alarm_seen[i] = alarm[j]
-                events.append(
-                    {
-                        "kind": N.EVENT_ANOMALY_ON if on else N.EVENT_ANOMALY_OFF,
-                        "source": tb.names[i],
-                        "level": "tag",
-                        "score": float(tb.score[i]),
-                        "flags": F.describe(int(tb.flags[i])),
-                        "ts_ns": int(tb.ts_ns[i]),
-                    }
-                )
+                ev = {
+                    "kind": N.EVENT_ANOMALY_ON if on else N.EVENT_ANOMALY_OFF,
+                    "source": tb.names[i],
+                    "level": "tag",
+                    "score": float(tb.score[i]),
+                    "flags": F.describe(int(tb.flags[i])),
+                    "ts_ns": int(tb.ts_ns[i]),
+                }
+                cause = self.alarms.tag_transition(i, on, int(tb.flags[i]), float(tb.score[i]))
+                if cause is not None:
+                    ev["cause"] = cause
+                events.append(ev)
         for g in self._groups_for(lo, hi):
             ev = self._step_group(g)
             if ev is not None:
@@ -197,7 +201,13 @@ class KernelRuntime:
             return None
         if self.metrics is not None:
             self.metrics.set("edgeloop_anomaly_alarm", float(m.alarm), group=m.name)
-        return self._group_event(g, trans > 0, int(tb.ts_ns[g.idx].max()))
+        ev = self._group_event(g, trans > 0, int(tb.ts_ns[g.idx].max()))
+        cause = None
+        if trans > 0:
+            cause = group_cause(ev["t2"], ev["spe"], float(m.lims[0]), float(m.lims[1]))
+            ev["cause"] = cause
+        self.alarms.group_transition(m.name, g.idx, trans > 0, cause)
+        return ev
 
     def _group_event(self, g: _Group, on: bool, ts_ns: int) -> dict[str, Any]:
         m = g.model

@@ -14,6 +14,7 @@ its delay is from start to the first such alarm.  A false alarm is an alarm onse
 every [start, end + settle] window.  Point-wise F1 labels every sample inside a fault window.
 
 Run: .venv/bin/python bench/detect.py [--hours-clean 4] [--faults 40] [--seed 1]
+     [--per-day 2] [--lags auto]    (a false-alarm budget; dynamic PCA)
 """
 
 from __future__ import annotations
@@ -164,10 +165,22 @@ def main() -> None:
     ap.add_argument("--faults", type=int, default=40)
     ap.add_argument("--warmup-s", type=float, default=3600.0)
     ap.add_argument("--set", action="append", default=[], help="group setting key=value")
+    ap.add_argument(
+        "--per-day",
+        type=float,
+        help="false-alarm budget (alarm onsets per day) instead of alpha and the hysteresis",
+    )
+    ap.add_argument("--lags", default=None, help="dynamic PCA lags: N or auto")
     args = ap.parse_args()
     for kv in args.set:
         k, _, v = kv.partition("=")
         GROUP[k] = float(v) if "." in v or "e" in v else int(v)
+    if args.per_day is not None:
+        for key in ("alpha", "alarm_on_samples", "alarm_off_samples"):
+            GROUP.pop(key, None)
+        GROUP["false_alarms_per_day"] = args.per_day
+    if args.lags is not None:
+        GROUP["lags"] = args.lags if args.lags == "auto" else int(args.lags)
     rng = random.Random(args.seed)
     warm_s = args.warmup_s
     warmup = int(warm_s / PERIOD_S)

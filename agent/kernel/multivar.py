@@ -36,6 +36,7 @@ GP_ON = 1
 GP_OFF = 2
 GP_ADAPT = 3
 GP_MODE = 4  # 0: hysteresis on the smoothed score; 1: k of the last n raw samples over 1
+# (events: an episode closes GP_OFF = n samples after the alarm cleared)
 GP_K = 5  # k of the k-out-of-n alarm (n = len(win))
 GP_LAGS = 6  # dynamic PCA lags L
 NGP = 7
@@ -51,7 +52,8 @@ GI_NSCORED = 3
 GI_WPOS = 4  # next slot of the exceedance window
 GI_WCOUNT = 5  # exceedances in the window
 GI_HPOS = 6  # slot of the most recent row in the lag history
-NGI = 7
+GI_EPISODE = 7  # budget mode: an alarm episode is open (events), see _group_update
+NGI = 8
 
 
 class GroupFitError(ValueError):
@@ -257,9 +259,10 @@ def fit_group(
             spe_lim = max(spe_lim, float(np.quantile(spe, q)), 1e-12)
         k_of, n_win, mode = 1, 1, 0.0
         info.update(method="alpha", alpha=settings.alpha)
+    off = settings.alarm_off_samples if mode == 0.0 else n_win  # budget: clear after n
     params = np.array(
-        [settings.score_alpha, settings.alarm_on_samples, settings.alarm_off_samples,
-         settings.adapt_alpha, mode, k_of, L],
+        [settings.score_alpha, settings.alarm_on_samples, off, settings.adapt_alpha, mode,
+         k_of, L],
         dtype=np.float64,
     )  # fmt: skip
     hist = np.zeros((max(L, 1), k))
@@ -374,7 +377,8 @@ def _budget_limits(
     if spe_ok:
         raw0 = np.maximum(raw0, spe / st.spe_limit_jm(budget, resid_eigs))
     rho_s = min(0.95, st.tail_autocorr(raw0, settings.persistence_window))
-    k_of, level = st.persistence(budget, settings.persistence_window, rho_s, onset)
+    n_win = settings.persistence_window
+    k_of, level = st.persistence(budget, n_win, rho_s, onset)
     each = 1.0 - math.sqrt(1.0 - level)  # T2 and SPE independent under the model (Sidak)
     # T2 of a new sample: F with the effective warm-up size, and per component: a slow
     # (autocorrelated) score has a variance known from fewer rows, so t_c^2/lam_c is
@@ -399,7 +403,6 @@ def _budget_limits(
             if alt > spe_lim:
                 spe_lim, spe_method = alt, "scaled chi2 of held-out warm-up (not Gaussian)"
         spe_lim = max(spe_lim, 1e-12)
-    n_win = settings.persistence_window
     info.update(
         method="budget",
         n_eff=round(n_eff, 1),
@@ -501,10 +504,24 @@ def _group_update(
         ist[GI_WCOUNT] += over - win[pos]
         win[pos] = over
         ist[GI_WPOS] = (pos + 1) % win.shape[0]
-        on = 1 if ist[GI_WCOUNT] >= gp[GP_K] else 0
-        if on != ist[GI_ALARM]:
-            ist[GI_ALARM] = on
-            trans = 1 if on else -1
+        # the alarm (flag, replay column) is exactly "k of the last n": what the budget is
+        # computed for.  Events mark episodes: on at the first alarm after a quiet spell,
+        # off once the alarm has stayed clear for GP_OFF (= n) samples, so an alarm that
+        # flickers at a fault's edge is one episode, not a stream of events.
+        if ist[GI_WCOUNT] >= gp[GP_K]:
+            ist[GI_ALARM] = 1
+            ist[GI_OFF_RUN] = 0
+            if ist[GI_EPISODE] == 0:
+                ist[GI_EPISODE] = 1
+                trans = 1
+        else:
+            ist[GI_ALARM] = 0
+            if ist[GI_EPISODE] != 0:
+                ist[GI_OFF_RUN] += 1
+                if ist[GI_OFF_RUN] >= gp[GP_OFF]:
+                    ist[GI_EPISODE] = 0
+                    ist[GI_OFF_RUN] = 0
+                    trans = -1
     # slow adaptation of mean and scale to normal drift; frozen in alarm and on outliers
     aa = gp[GP_ADAPT]
     if aa > 0.0 and ist[GI_ALARM] == 0 and raw <= 1.0:

@@ -351,7 +351,10 @@ def tail_autocorr(x: np.ndarray, window: int = 2, level: float = TAIL_LEVEL) -> 
     def model(rho: float) -> float:
         return float(sum(w * _bvn_upper(h, rho**lag) for w, lag in pairs))
 
-    if emp <= model(0.0):
+    # under independence each lagged joint share is p^2 with variance ~ p^2 (1 - p^2) / N:
+    # credit dependence only where the warm-up shows it (2 sigma), not its sampling noise
+    noise = math.sqrt(float(np.sum(weights**2)) * p * p * (1 - p * p) / x.size)
+    if emp <= model(0.0) + 2.0 * noise:
         return 0.0
     lo, hi = 0.0, 0.98
     if emp >= model(hi):
@@ -480,7 +483,7 @@ def persistence(budget: float, n: int, rho: float = 0.0, onset: bool = False) ->
     catches half of the time.
     """
     if n <= 1:
-        return 1, _solve_level(budget, 1, 1, 0.0, False)
+        return 1, _solve_level(budget, 1, 1, 0.0, onset)
     delta = norm_ppf(1.0 - budget)
     best = (-1.0, 1, budget)
     for k in range(1, n + 1):

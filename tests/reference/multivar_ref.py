@@ -62,7 +62,7 @@ def score_reference(model: GroupModel, rows) -> list[tuple[float, int]]:
                     alarm = 0
         else:
             window = [*window[1:], 1 if raw > 1.0 else 0]
-            alarm = 1 if sum(window) >= k_of else 0
+            alarm = 1 if sum(window) >= k_of else 0  # episodes only shape the events
         if adapt > 0.0 and not alarm and raw <= 1.0:
             for j in range(k):
                 if sd[j] > 0.0:

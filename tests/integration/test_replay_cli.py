@@ -218,3 +218,36 @@ def test_column_without_any_finite_value_is_skipped_or_refused(tmp_path, capsys)
     rc = main(["replay", str(src), "--out", str(out), "--columns", "a,dead", "--warmup", "50"])
     assert rc == 65
     assert "'dead' has no finite value" in capsys.readouterr().err
+
+
+def _share(text: str, what: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(f"false alarms on {what}") and "in alarm on" in line:
+            return float(line.split("in alarm on ")[1].split(" %")[0]) / 100
+    raise AssertionError(f"no false-alarm line for {what!r} in:\n{text}")
+
+
+def test_false_alarm_rate_on_the_warm_up_and_a_normal_file(tmp_path, capsys) -> None:
+    header = ["current", "flow", "pressure"]
+    src = write_csv(tmp_path / "a.csv", header, pump_rows(1400, seed=0))
+    normal = write_csv(tmp_path / "n.csv", header, pump_rows(2000, seed=1))
+    broken = write_csv(tmp_path / "b.csv", header, pump_rows(2000, seed=1, break_at=1000))
+    cfg = tmp_path / "k.yaml"
+    cfg.write_text(
+        "groups:\n  - {name: skid, tags: [current, flow, pressure], warmup_samples: 1000,"
+        " false_alarm_rate: 0.02}\n"
+    )
+    shares = {}
+    for f in (normal, broken):
+        rc = main(["replay", str(src), "--out", str(tmp_path / "o.csv"), "--config", str(cfg),
+                   "--normal", str(f)])  # fmt: skip
+        assert rc == 0
+        err = capsys.readouterr().err
+        assert "budget 0.02 of samples" in err
+        assert _share(err, "the warm-up") <= 0.06
+        shares[f.name] = _share(err, f"--normal {f}")
+    # the same model scores a file with a correlation break in its second half far worse
+    assert shares["b.csv"] > 0.4 > shares["n.csv"]
+    bad = write_csv(tmp_path / "x.csv", ["current", "flow"], pump_rows(50)[:, :2])
+    rc = main(["replay", str(src), "--out", str(tmp_path / "o.csv"), "--normal", str(bad)])
+    assert rc == 65 and "pressure" in capsys.readouterr().err

@@ -235,6 +235,14 @@ def make_report(
     return out_path
 
 
+def _moved(payload: Any) -> str:
+    """A group alarm's top contributing tags with their share, e.g. `flow 71 %, current 12 %`."""
+    contrib = payload.get("contributions") if isinstance(payload, dict) else None
+    if not isinstance(contrib, dict):
+        return ""
+    return ", ".join(f"{k} {100 * float(v):.0f} %" for k, v in contrib.items())
+
+
 def _html(
     title: str,
     png: bytes,
@@ -252,7 +260,7 @@ def _html(
     )
     ev_rows = "".join(
         f"<tr><td>{e['ts_ns'] / 1e9:.1f}</td><td>{html.escape(e['kind'])}</td>"
-        f"<td>{html.escape(e['source'])}</td>"
+        f"<td>{html.escape(e['source'])}</td><td>{html.escape(_moved(e['payload']))}</td>"
         f"<td><code>{html.escape(json.dumps(e['payload'])[:160])}</code></td></tr>"
         for e in events[:500]
     )
@@ -265,5 +273,6 @@ def _html(
         f"<h2>Alarm spans</h2><p>{sum(len(v) for v in alarms.values())} alarms on "
         f"{html.escape(', '.join(sorted(alarms)) or 'nothing')}</p>"
         "<h2>Events</h2><table border=1>"
-        f"<tr><th>t</th><th>kind</th><th>source</th><th>payload</th></tr>{ev_rows}</table>"
+        "<tr><th>t</th><th>kind</th><th>source</th><th>what moved</th><th>payload</th></tr>"
+        f"{ev_rows}</table>"
     )

@@ -281,6 +281,11 @@ class Pipeline:
                 out[name] = health()
         if self.acquirer.frame_error is not None:
             out["kernel"] = {"state": "failed", "error": self.acquirer.frame_error}
+        elif getattr(self.kernel, "groups", None):  # group states and what moved (issue 13)
+            groups = self.kernel.group_summary()
+            bad = [f"{n}: {g['error']}" for n, g in groups.items() if g["state"] == "failed"]
+            out["kernel"] = {"state": "degraded" if bad else "ok", "error": "; ".join(bad) or None,
+                             "groups": groups}  # fmt: skip
         for name, t in self.acquirer.task_failures().items():
             out[f"acquire:{name}"] = {"state": "failed", "error": t}
         if self.fatal:

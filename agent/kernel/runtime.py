@@ -240,6 +240,27 @@ class KernelRuntime:
         onset; empty for a group that has not alarmed.  Kept after the alarm clears."""
         return {g.settings.name: dict(g.contrib) for g in self.groups}
 
+    def group_summary(self) -> dict[str, dict[str, Any]]:
+        """Per group, for `/readyz` and the report: learning | ok | alarm | failed, the
+        score, the budget and the top contributing tags of the last alarm onset."""
+        out: dict[str, dict[str, Any]] = {}
+        for g in self.groups:
+            m = g.model
+            d: dict[str, Any] = {}
+            if g.failed is not None:
+                d["state"], d["error"] = "failed", g.failed
+            elif m is None:
+                d["state"] = "learning"
+                d["collected"] = f"{g.n}/{g.settings.warmup_samples}"
+            else:
+                d["state"] = "alarm" if m.alarm else "ok"
+                d["score"] = round(m.score, 3) if np.isfinite(m.score) else None
+                d["budget"] = m.info.get("budget", f"alpha {g.settings.alpha:g}")
+            if g.contrib:
+                d["contributions"] = dict(g.contrib)
+            out[g.settings.name] = d
+        return out
+
     def group_info(self) -> dict[str, dict[str, Any]]:
         """Learning progress and model facts per group, for status pages and `replay`."""
         info: dict[str, dict[str, Any]] = {}

@@ -19,6 +19,7 @@ from agent import names as N
 from agent.kernel import KernelConfig, KernelRuntime
 from agent.kernel import multivar as mv
 from agent.kernel.settings import GroupSettings
+from agent.report import _moved
 from agent.tags import TagTable
 
 K = 6
@@ -199,6 +200,10 @@ def test_group_alarm_names_the_biased_tag(group: dict) -> None:
     assert max(last, key=last.get) == "s3", last
     assert rt.last_contributions()["skid"] == last
     assert rt.group_info()["skid"]["contributions"] == last
+    summary = rt.group_summary()["skid"]  # what /readyz shows
+    assert summary["contributions"] == last and summary["state"] in ("ok", "alarm")
+    assert ("budget" in summary) and summary["score"] is not None
+    assert _moved({"contributions": last}).startswith("s3 ")  # the report's column
 
 
 def test_adaptation_is_frozen_while_the_budget_alarm_is_on() -> None:

@@ -111,3 +111,14 @@ async def test_a_stop_step_that_ignores_its_cancel_cannot_hang_the_stop(caplog) 
     release.set()
     await asyncio.wait({task}, timeout=2.0)
     assert task.done()
+
+
+def test_readyz_components_carry_the_kernel_groups(tmp_path: Path) -> None:
+    """Issue 13: /readyz shows each group's state, budget and what moved at its last alarm."""
+    pipe = _pipeline(tmp_path)
+    kernel = pipe.components()["kernel"]
+    assert kernel["state"] == "ok" and kernel["error"] is None
+    names = [g.name for g in pipe.cfg.kernel.groups]
+    assert names and sorted(kernel["groups"]) == sorted(names)
+    assert all(g["state"] == "learning" for g in kernel["groups"].values())
+    assert not any(f.startswith("kernel") for f in pipe.failing())

@@ -29,6 +29,7 @@ from numba import njit
 from agent.kernel import stats as st
 from agent.kernel.flags import GROUP_ALARM, INVALID, OUT_OF_RANGE
 from agent.kernel.settings import MAX_AUTO_LAGS, GroupSettings
+from agent.kernel.stats import norm_ppf
 
 # float params / state of a group
 GP_SCORE_ALPHA = 0
@@ -58,34 +59,6 @@ NGI = 8
 
 class GroupFitError(ValueError):
     """The warm-up data cannot define a model (too few valid rows, every column constant)."""
-
-
-def norm_ppf(p: float) -> float:
-    """Inverse standard normal CDF (Acklam's rational approximation, rel. error < 1.2e-9)."""
-    if not 0.0 < p < 1.0:
-        raise ValueError("p must be in (0, 1)")
-    a = (-39.69683028665376, 220.9460984245205, -275.9285104469687,
-         138.3577518672690, -30.66479806614716, 2.506628277459239)  # fmt: skip
-    b = (-54.47609879822406, 161.5858368580409, -155.6989798598866,
-         66.80131188771972, -13.28068155288572)  # fmt: skip
-    c = (-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838,
-         -2.549732539343734, 4.374664141464968, 2.938163982698783)  # fmt: skip
-    d = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996, 3.754408661907416)
-    plow = 0.02425
-    if p < plow:
-        q = math.sqrt(-2 * math.log(p))
-        return (((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) / (
-            (((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1
-        )
-    if p > 1 - plow:
-        return -norm_ppf(1 - p)
-    q = p - 0.5
-    r = q * q
-    return (
-        (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5])
-        * q
-        / (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1)
-    )
 
 
 def chi2_ppf(p: float, k: int) -> float:

@@ -26,11 +26,12 @@ from agent.kernel.flags import (
 
 # With the default `on_anomaly: sensor_fault`, a per-tag alarm trips only together with one of
 # these bits in the same sample: the sensor itself is suspect (it stopped moving, it reads
-# outside its range, it was not usable), or the tag's multivariate group is in alarm too, so
-# its move is not one the correlated peers explain.  A drift or score alarm alone is the
-# process moving (a measured disturbance stepping, a controlled variable following its
-# setpoint): an event, not an interlock.
-SENSOR_FAULT_BITS = INVALID | OUT_OF_RANGE | STUCK | GROUP_ALARM
+# outside its range, it was not usable).  A drift or score alarm alone is the process moving
+# (a measured disturbance stepping, a controlled variable following its setpoint): an event,
+# not an interlock.  GROUP_ALARM trips on its own: the tag's multivariate group says its
+# members no longer move as they were learned to (a sensor drifting against its peers,
+# which its own per-tag stage may not see at all, as the baseline follows a slow ramp).
+SENSOR_FAULT_BITS = INVALID | OUT_OF_RANGE | STUCK
 
 QUALITY_GOOD = 0
 QUALITY_COMM_LOST = 3
@@ -102,8 +103,8 @@ def input_problem(
 ) -> str | None:
     """The first interlock reason one input trips, or None when it is usable.
 
-    `check_anomaly` with `anomaly_strict` trips on any per-tag alarm (ANOMALOUS); without it
-    only on an alarm that says the sensor is at fault (`anomaly_is_sensor_fault`).
+    `check_anomaly` trips on kernel flags that say the sensor is at fault
+    (`anomaly_is_sensor_fault`); with `anomaly_strict` also on any other per-tag alarm.
     """
     if age_ns > max_age_ns:
         return STALE_INPUT
@@ -113,19 +114,22 @@ def input_problem(
         return BAD_QUALITY
     if check_quality and quality != QUALITY_GOOD:
         return BAD_QUALITY
-    if check_anomaly and flags & ANOMALOUS and (anomaly_strict or anomaly_is_sensor_fault(flags)):
+    if check_anomaly and (anomaly_is_sensor_fault(flags) or (anomaly_strict and flags & ANOMALOUS)):
         return ANOMALY
     return None
 
 
 def anomaly_is_sensor_fault(flags: int) -> bool:
-    """Whether a kernel flags word with ANOMALOUS set says the *sensor* is at fault.
+    """Whether a kernel flags word says the *sensor* is at fault (or its group disagrees).
 
-    Yes with any of `SENSOR_FAULT_BITS`, and for a burst of spikes around a steady level
-    (SPIKE without DRIFT: the outliers came back to where the signal was).  No for an alarm
-    that only says the level moved (DRIFT, or the score, with no group disagreeing): a step
-    of a measured disturbance also gives half a Hampel window of spikes, but with DRIFT.
+    Yes while a group containing the tag is in alarm (GROUP_ALARM), and for the tag's own
+    alarm (ANOMALOUS) with any of `SENSOR_FAULT_BITS` or with a burst of spikes around a
+    steady level (SPIKE without DRIFT: the outliers came back to where the signal was).  No
+    for an alarm that only says the level moved (DRIFT, or the score): a step of a measured
+    disturbance also gives half a Hampel window of spikes, but with DRIFT.
     """
+    if flags & GROUP_ALARM:
+        return True
     if not flags & ANOMALOUS:
         return False
     if flags & SENSOR_FAULT_BITS:

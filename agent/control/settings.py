@@ -95,8 +95,8 @@ class InterlockConfig(StrictModel):
     on_bad_quality: bool = True
     # which kernel alarms on an input move the loop to its fallback: `sensor_fault` (the
     # sensor is suspect: stuck, out of range, a spike burst, or its group disagrees), `any`
-    # (every ANOMALOUS, also a drift alarm from a measured disturbance stepping), `off`;
-    # YAML true/false mean sensor_fault/off
+    # (also every other ANOMALOUS, e.g. a drift alarm from a measured disturbance stepping),
+    # `off`; YAML true/false mean sensor_fault/off
     on_anomaly: Literal["sensor_fault", "any", "off"] = Field(
         "sensor_fault",
         description="kernel alarm on an input -> fallback: sensor_fault | any | off",

@@ -270,7 +270,7 @@ SENSOR_CASES = [
     (F.ANOMALOUS, False),  # score alarm, or the tail of a drift alarm
     (F.ANOMALOUS | F.DRIFT | F.SPIKE, False),  # the step's half Hampel window of spikes
     (F.STUCK, False),  # STUCK without the alarm: `stuck` not among its alarm causes
-    (F.GROUP_ALARM | F.DRIFT, False),  # the group alarms, this tag's own alarm is off
+    (F.GROUP_ALARM, True),  # its group disagrees; its own stage sees nothing (a slow ramp)
     (F.ANOMALOUS | F.STUCK, True),
     (F.ANOMALOUS | F.OUT_OF_RANGE, True),
     (F.ANOMALOUS | F.INVALID, True),
@@ -284,7 +284,7 @@ def test_default_interlock_trips_on_sensor_faults_only(flags: int, trips: bool) 
     got = safety.input_problem(20.0, 0, flags, 0, NS)
     assert got == (safety.ANOMALY if trips else None)
     strict = safety.input_problem(20.0, 0, flags, 0, NS, anomaly_strict=True)
-    assert strict == (safety.ANOMALY if flags & F.ANOMALOUS else None)
+    assert strict == (safety.ANOMALY if flags & (F.ANOMALOUS | F.GROUP_ALARM) else None)
     off = safety.input_problem(20.0, 0, flags, 0, NS, check_anomaly=False)
     assert off is None
 

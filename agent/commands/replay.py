@@ -338,6 +338,7 @@ def replay(args: argparse.Namespace) -> list[str]:
             text += f"; constant in the warm-up, left out of the model: {info['excluded']}"
         lines.append(text)
         lines.append(f"group {name!r}: alarm on {int(res.group_alarm[name].sum())} row(s)")
+        lines += _what_moved(name, res.group_contrib.get(name, []), tb.time_text)
     lines.append(f"anomaly on {int(anomaly.sum())} of {n_rows} rows; wrote {args.out}")
     if cfg.groups:
         warm = max(g.warmup_samples for g in cfg.groups)
@@ -384,6 +385,26 @@ def false_alarm_lines(
     any_alarm = np.any(res.flags[tail] & (F.ANOMALOUS | F.GROUP_ALARM), axis=1)
     out.append(f"false alarms on {what}: anomaly on {100 * any_alarm.mean():.2f} % of rows")
     return out
+
+
+def _what_moved(
+    name: str, onsets: list[tuple[int, dict[str, float]]], time_text: list[str] | None
+) -> list[str]:
+    """Summary lines: which tags the group's alarm onsets name first, and the first onsets."""
+    if not onsets:
+        return []
+    first: dict[str, int] = {}
+    for _, contrib in onsets:
+        if contrib:
+            top = next(iter(contrib))
+            first[top] = first.get(top, 0) + 1
+    tally = ", ".join(f"{t} ({n})" for t, n in sorted(first.items(), key=lambda kv: -kv[1]))
+    lines = [f"group {name!r}: {len(onsets)} alarm onset(s); top contributor: {tally}"]
+    for r, contrib in onsets[:5]:
+        when = f"row {r + 1}" + (f" ({time_text[r]})" if time_text else "")
+        moved = ", ".join(f"{t} {100 * v:.0f} %" for t, v in contrib.items())
+        lines.append(f"group {name!r}: onset at {when}: {moved}")
+    return lines
 
 
 class _KernelTable:

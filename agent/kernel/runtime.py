@@ -10,6 +10,7 @@ model from their first `warmup_samples` valid samples; until then they score not
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Any, Protocol
 
@@ -298,6 +299,7 @@ class KernelRuntime:
         n_rows = value.shape[0]
         g_score: dict[str, np.ndarray] = {}
         g_alarm: dict[str, np.ndarray] = {}
+        contrib: dict[str, list[tuple[int, dict[str, float]]]] = {}
         for g in self.groups:
             w = g.settings.warmup_samples
             s_out = np.full(n_rows, np.nan)
@@ -311,13 +313,50 @@ class KernelRuntime:
                 period = _period_s(t_ok) if t_ok is not None else period_s
                 g.model = mv.fit_group(g.settings, g.idx, rows[ok], period)
                 g.n = int(ok.sum())
-                mv.group_run(value, flags, w, *mv.model_args(g.model), s_out, a_out)
+                contrib[g.settings.name] = self._run_group(g, value, flags, w, s_out, a_out)
             g_score[g.settings.name] = s_out
             g_alarm[g.settings.name] = a_out
-        return RunResult(value, flags, score, g_score, g_alarm)
+        res = RunResult(value, flags, score, g_score, g_alarm)
+        res.group_contrib = contrib
+        return res
+
+    def _run_group(
+        self,
+        g: _Group,
+        value: np.ndarray,
+        flags: np.ndarray,
+        first: int,
+        s_out: np.ndarray,
+        a_out: np.ndarray,
+    ) -> list[tuple[int, dict[str, float]]]:
+        """Score rows first.. and return the contributions at each alarm onset (row, tags).
+
+        A dry run on a copy of the model finds the onset rows; the real run then stops at
+        each of them (the jitted scorer is deterministic) to read the contributions from the
+        scorer's own scratch, exactly as the live path does at an onset.
+        """
+        m = g.model
+        assert m is not None
+        dry = copy.deepcopy(m)
+        a_dry = np.zeros_like(a_out)
+        mv.group_run(value, flags.copy(), first, *mv.model_args(dry), s_out.copy(), a_dry)
+        rows = np.flatnonzero(np.diff(a_dry.astype(np.int8), prepend=0) == 1)
+        rows = rows[rows >= first][:MAX_REPLAY_ONSETS]
+        out: list[tuple[int, dict[str, float]]] = []
+        start = first
+        for r in rows:
+            end = int(r) + 1
+            mv.group_run(value[:end], flags[:end], start, *mv.model_args(m), s_out, a_out)
+            out.append((int(r), top_contributions(m, g.settings.tags)))
+            start = end
+        mv.group_run(value, flags, start, *mv.model_args(m), s_out, a_out)
+        if out:
+            g.contrib = out[-1][1]
+        return out
 
 
 TOP_CONTRIBUTORS = 3  # tags named in a group alarm event
+MAX_REPLAY_ONSETS = 200  # alarm onsets per group whose contributions a replay keeps
 
 
 def top_contributions(m: mv.GroupModel, tags: list[str]) -> dict[str, float]:
@@ -337,7 +376,7 @@ def _period_s(ts_ns: np.ndarray) -> float | None:
 class RunResult:
     """Replay output: per-tag arrays (samples x tags) and per-group score/alarm (samples)."""
 
-    __slots__ = ("flags", "group_alarm", "group_score", "score", "value")
+    __slots__ = ("flags", "group_alarm", "group_contrib", "group_score", "score", "value")
 
     def __init__(
         self,
@@ -352,3 +391,5 @@ class RunResult:
         self.score = score
         self.group_score = group_score
         self.group_alarm = group_alarm
+        # per group: (row, top contributing tags) at each alarm onset, the first 200
+        self.group_contrib: dict[str, list[tuple[int, dict[str, float]]]] = {}

@@ -63,7 +63,9 @@ def test_detects_a_correlation_break_with_one_row_per_input_row(tmp_path, capsys
     assert anomaly[400:600].mean() < 0.02
     assert anomaly[610:].mean() > 0.95
     assert int(res[700]["current.flags"]) & F.GROUP_ALARM
-    assert "group 'all'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "group 'all'" in err
+    assert "top contributor: current" in err  # what moved: the broken tag is named first
 
 
 def test_semicolon_separator_and_decimal_comma_are_detected(tmp_path) -> None:

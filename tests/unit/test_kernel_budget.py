@@ -204,6 +204,14 @@ def test_group_alarm_names_the_biased_tag(group: dict) -> None:
     assert summary["contributions"] == last and summary["state"] in ("ok", "alarm")
     assert ("budget" in summary) and summary["score"] is not None
     assert _moved({"contributions": last}).startswith("s3 ")  # the report's column
+    # replay finds the same onsets with the same contributions (events are episodes: each
+    # event onset is an onset of the alarm flag)
+    res = KernelRuntime(cfg, TagTable.for_names(names)).run(
+        data, None, np.arange(1400, dtype=np.int64) * 1_000_000_000
+    )
+    replayed = dict(res.group_contrib["skid"])
+    for r, e in on:
+        assert replayed[r] == e["contributions"], r
 
 
 def test_adaptation_is_frozen_while_the_budget_alarm_is_on() -> None:

@@ -232,7 +232,7 @@ def fit_group(
             spe_lim = max(spe_lim, float(np.quantile(spe, q)), 1e-12)
         k_of, n_win, mode = 1, 1, 0.0
         info.update(method="alpha", alpha=settings.alpha)
-    off = settings.alarm_off_samples if mode == 0.0 else n_win  # budget: clear after n
+    off = settings.alarm_off_samples if mode == 0.0 else n_win  # budget: episode end after n
     params = np.array(
         [settings.score_alpha, settings.alarm_on_samples, off, settings.adapt_alpha, mode,
          k_of, L],

@@ -25,6 +25,8 @@ import yaml
 from lab.demo import ROOT, Ports, stop_process, wait_port
 
 LOOP = "tank_temperature"
+DATA = ROOT / "lab" / "data"  # the test data, config and true-plant evaluation of the shipped model
+SCENARIO = ROOT / "hw_sim" / "scenarios" / "heater_commission.yaml"
 START_POWER_PCT = 52.0  # ~50 degC at the nominal 10 L/min from 20 degC: the operating point
 SETTLE_S = 120.0
 
@@ -60,12 +62,14 @@ def commission_config(port: int) -> dict:
     return {"site": "heater-commission", "devices": [dev], "control": {"loops": [loop]}}
 
 
-def rebuild(seed: int, budget_s: float, out: Path, work: Path) -> int:
+def rebuild(
+    seed: int, budget_s: float, out: Path, work: Path, amplitude: float = 8.0, pv_dev: float = 8.0
+) -> int:
     ports = Ports()
     log = open(work / "hw_sim.log", "wb")  # noqa: SIM115 - owned by the process
     sim = subprocess.Popen(
         [sys.executable, "-m", "hw_sim", "--modbus-port", str(ports.modbus), "--no-opcua",
-         "--seed", str(seed)],
+         "--seed", str(seed), "--scenario", str(SCENARIO)],
         stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
     )  # fmt: skip
     try:
@@ -78,7 +82,8 @@ def rebuild(seed: int, budget_s: float, out: Path, work: Path) -> int:
         cand = work / "candidate"
         rc = subprocess.call(
             [sys.executable, "-m", "agent", "commission", str(cfg), "--loop", LOOP,
-             "--out", str(cand), "--budget-s", str(budget_s), "--seed", str(seed)],
+             "--out", str(cand), "--budget-s", str(budget_s), "--seed", str(seed),
+             "--amplitude", str(amplitude), "--pv-dev", str(pv_dev)],
             cwd=ROOT,
         )  # fmt: skip
     finally:
@@ -91,9 +96,28 @@ def rebuild(seed: int, budget_s: float, out: Path, work: Path) -> int:
     shutil.copyfile(cand / f"{LOOP}.tflite", out / "heater_policy.tflite")
     shutil.copyfile(cand / f"{LOOP}.json", out / "heater_policy.json")
     shutil.copyfile(cand / f"{LOOP}.report.json", out / "heater_policy.report.json")
+    DATA.mkdir(exist_ok=True)
+    shutil.copyfile(cand / f"{LOOP}.test.csv", DATA / "heater_policy.test.csv")
+    shutil.copyfile(cfg, DATA / "heater_policy.commission.yaml")
     rep = json.loads((cand / f"{LOOP}.report.json").read_text())
-    print(f"wrote {out / 'heater_policy.tflite'}: validation {rep['policy']['iae_vs_pid']}x SIMC")
+    res = true_plant_evaluation(out / "heater_policy.tflite")
+    (DATA / "heater_policy.eval.json").write_text(json.dumps(res, indent=1) + "\n")
+    t, p, e = (res[k]["iae"] for k in ("tflite", "pid", "expert"))
+    print(
+        f"wrote {out / 'heater_policy.tflite'}: validation {rep['policy']['iae_vs_pid']}x SIMC "
+        f"on the identified model; true heater {t / p:.3f}x the PID, {t / e:.3f}x the expert"
+    )
     return 0
+
+
+def true_plant_evaluation(model: Path) -> dict:
+    """`edgeloop control-eval` of the model: the nine heater scenarios on the simulator's own
+    equations, against the default PID and the heater's MPC expert (which knows them)."""
+    from agent.control.policy import Policy
+    from lab.heater_eval import PERIOD_S, ROLES, ExpertController, LoopController, evaluate
+
+    policy = Policy(model, signals=list(ROLES), period_ms=round(PERIOD_S * 1000))
+    return evaluate([LoopController(policy), LoopController(None), ExpertController()])
 
 
 def main() -> int:
@@ -101,13 +125,15 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1, help="hw_sim seed and commissioning seed")
     ap.add_argument("--budget-s", type=float, default=600.0, help="plant-test time (s)")
     ap.add_argument("--out", type=Path, default=ROOT / "agent" / "models")
+    ap.add_argument("--amplitude", type=float, default=8.0, help="test amplitude (%% power)")
+    ap.add_argument("--pv-dev", type=float, default=8.0, help="largest test excursion (K)")
     ap.add_argument("--keep", type=Path, help="keep the work directory here")
     args = ap.parse_args()
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
-        return rebuild(args.seed, args.budget_s, args.out, args.keep)
+        return rebuild(args.seed, args.budget_s, args.out, args.keep, args.amplitude, args.pv_dev)
     with tempfile.TemporaryDirectory() as tmp:
-        return rebuild(args.seed, args.budget_s, args.out, Path(tmp))
+        return rebuild(args.seed, args.budget_s, args.out, Path(tmp), args.amplitude, args.pv_dev)
 
 
 if __name__ == "__main__":

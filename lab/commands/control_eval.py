@@ -36,8 +36,8 @@ def table(res: dict[str, dict], per_scenario: bool = False) -> str:
     if t and p and e:
         lines.append("")
         lines.append(
-            f"TFLite IAE = {t['iae'] / p['iae']:.2f}x PID (target <= 0.7), "
-            f"{t['iae'] / e['iae']:.2f}x expert (target <= 1.15); compute per step "
+            f"TFLite IAE = {t['iae'] / p['iae']:.2f}x PID (commissioning target <= 0.8), "
+            f"{t['iae'] / e['iae']:.2f}x the expert on the true equations; compute per step "
             f"{e['step_us_mean'] / t['step_us_mean']:.0f}x less than the expert (mean), "
             f"{e['step_us_p99'] / t['step_us_p99']:.0f}x (p99)"
         )

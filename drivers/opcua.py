@@ -173,6 +173,13 @@ class OpcUaDriver:
     def connected(self) -> bool:
         return self._client is not None and self._lost is None
 
+    @property
+    def client(self) -> Client:
+        """The connected asyncua Client, for tools that go beyond the Driver contract
+        (`edgeloop browse` walks the address space over the session `connect()` opened, with
+        its security and login); ConnectError when not connected or lost."""
+        return self._require_client()
+
     # --- connection --------------------------------------------------------------------
 
     async def connect(self) -> None:

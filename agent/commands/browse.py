@@ -425,7 +425,8 @@ class _Walker:
                     is_var = ref.NodeClass == ua.NodeClass.Variable
                     if is_var:
                         found[nid] = Found(child_path, nid.to_string(), bname)
-                    nxt.append((nid, child_path, is_var))
+                    if is_var or d + 1 < depth:  # a variable's properties are always read
+                        nxt.append((nid, child_path, is_var))
             level = nxt
             d += 1
         tags = list(found.items())
@@ -440,14 +441,25 @@ class _Walker:
             ua.AttributeIds.AccessLevel,
             ua.AttributeIds.UserAccessLevel,
             ua.AttributeIds.Description,
-            ua.AttributeIds.Value,
         )
-        items = [(nid, a) for nid, _ in tags for a in attrs]
-        dvs = await self.read(items)
+        n = len(attrs)
+        dvs = await self.read([(nid, a) for nid, _ in tags for a in attrs])
+        # Values only of readable non-arrays (an array of a PLC can be large), then the
+        # EngineeringUnits/EURange property values
+        want_value = [
+            k
+            for k in range(len(tags))
+            if _int(dvs[k * n + 2]) & _ACCESS_READ and not _int(dvs[k * n + 1], -1) >= 0
+        ]
+        value_dvs = await self.read([(tags[k][0], ua.AttributeIds.Value) for k in want_value])
+        values = dict(zip(want_value, value_dvs, strict=True))
         prop_items = [(pid, ua.AttributeIds.Value) for _, f in tags for pid in f.props.values()]
         prop_dvs = iter(await self.read(prop_items))
         for k, (_nid, f) in enumerate(tags):
-            dtype, rank, access, user_access, desc, value = dvs[k * 6 : k * 6 + 6]
+            dtype, rank, access, user_access, desc = dvs[k * n : k * n + n]
+            value = values.get(
+                k, ua.DataValue(StatusCode=ua.StatusCode(ua.StatusCodes.BadNotReadable))
+            )
             props = {name: next(prop_dvs) for name in f.props}
             f.description = _text(_val(desc))
             access_v = _val(access)
@@ -512,6 +524,12 @@ def _val(dv: Any) -> Any:
     if dv is None or dv.StatusCode is None or not dv.StatusCode.is_good() or dv.Value is None:
         return None
     return dv.Value.Value
+
+
+def _int(dv: Any, default: int = 0) -> int:
+    """The integer value of a Good DataValue (AccessLevel, ValueRank), else `default`."""
+    v = _val(dv)
+    return v if isinstance(v, int) and not isinstance(v, bool) else default
 
 
 def _text(v: Any) -> str:

@@ -139,6 +139,11 @@ class Scanner:
     _in_a_row: int = 0
     last: tuple[int, int, Outcome] | None = None  # the latest read and its answer
 
+    def new_table(self) -> None:
+        """Start the next table: the timeout streak restarts, the budget carries on."""
+        self._in_a_row = 0
+        self.last = None
+
     async def _one(self, address: int, count: int) -> Outcome:
         if self.requests >= self.max_requests:
             raise Budget
@@ -149,7 +154,9 @@ class Scanner:
             self.timeouts += 1
             self._in_a_row += 1
             if self._in_a_row >= self.max_timeouts:
-                raise TableEnded(f"{self._in_a_row} timeouts in a row")
+                raise TableEnded(
+                    f"{self._in_a_row} timeouts in a row (a wrong unit id, or not Modbus TCP?)"
+                )
         else:
             self._in_a_row = 0
         if o.status == "exception" and o.code == EXC_ILLEGAL_FUNCTION:
@@ -270,7 +277,7 @@ async def _scan(args: argparse.Namespace, tables: list[str]) -> dict[str, dict]:
         await drv.connect()
         for table in tables:
             before = scanner.requests
-            scanner._in_a_row = 0
+            scanner.new_table()
             marks, stopped = await scanner.scan(args.start, args.count, BLOCK[table])
             if scanner.requests >= scanner.max_requests and stopped is None:
                 stopped = f"--max-requests {args.max_requests} used up"

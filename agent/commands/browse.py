@@ -396,7 +396,15 @@ class _Walker:
         self.root = root
         seen = {root}
         found: dict[Any, Found] = {}
-        level: list[tuple[Any, str, bool]] = [(root, "", False)]  # node, path, is a variable
+        # a variable as the root is a tag itself (its properties come with the first Browse)
+        cls_dv, name_dv = await self.read(
+            [(root, ua.AttributeIds.NodeClass), (root, ua.AttributeIds.BrowseName)]
+        )
+        root_is_var = _int(cls_dv) == ua.NodeClass.Variable
+        if root_is_var:
+            bname = getattr(_val(name_dv), "Name", None) or root.to_string()
+            found[root] = Found(bname, root.to_string(), bname)
+        level: list[tuple[Any, str, bool]] = [(root, "", root_is_var)]  # node, path, variable
         d = 0
         while level:
             refs_per_node = await self.browse([n for n, _, _ in level])

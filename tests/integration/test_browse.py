@@ -103,6 +103,12 @@ def test_match_depth_root_and_node_budget(opcua_server, capsys):
     assert {t["node"] for t in json.loads(out)["tags"]} == {
         n for n, p in POINTS.items() if not p.writable
     }
+    rc, out, _ = browse(capsys, ep, "--yaml", "--root", "ns=2;s=Pump.Flow")  # a variable
+    assert rc == 0
+    assert yaml.safe_load(out) == [
+        {"name": "pump_flow", "node": "ns=2;s=Pump.Flow", "type": "float64", "unit": "m3/h",
+         "min": 0, "max": 80, "description": POINTS["ns=2;s=Pump.Flow"].description}
+    ]  # fmt: skip
     rc, out, err = browse(capsys, ep, "--json", "--max-nodes", "5")
     doc = json.loads(out)
     assert doc["truncated"] is True and doc["visited"] == 5
@@ -136,6 +142,20 @@ def test_secure_endpoint_with_pinned_certificate_and_login(
     )
     assert main(["check", str(path)]) == 0, capsys.readouterr()
     capsys.readouterr()
+
+    # the password from a file, the server certificate from a trust directory
+    pw = tmp_path / "pw"
+    pw.write_text(env.password + "\n")
+    trust = tmp_path / "trust"
+    trust.mkdir()
+    (trust / "server.pem").write_bytes(c.server_cert.read_bytes())
+    no_pin = [*sec[:8], "--user", env.username, "--security-policy", "Aes256Sha256RsaPss"]
+    rc, out, err = browse(
+        capsys, env.endpoint, *no_pin, "--trust-dir", str(trust), "--password-file", str(pw)
+    )
+    assert rc == 0, err
+    assert len(json.loads(browse(capsys, env.endpoint, *sec, "--password-file", str(pw),
+                                 "--json")[1])["tags"]) == len(POINTS)  # fmt: skip
 
     monkeypatch.setenv("UA_PW", "wrong")
     rc, out, err = browse(capsys, env.endpoint, *sec, "--password-env", "UA_PW")

@@ -310,7 +310,8 @@ def format_text(where: str, unit: int, results: dict[str, dict]) -> str:
         word = "bits" if table in ("coil", "discrete") else "registers"
         ok = sum(r.count for r in res["ranges"] if r.status == "ok")
         lines.append(
-            f"{where} unit {unit} {table}: {ok} {word} answer ({res['requests']} requests)"
+            f"{where} unit {unit} {table}: {ok} {word} answer ({res['requests']} "
+            + ("request)" if res["requests"] == 1 else "requests)")
             + (f"; {res['stopped']}" if res["stopped"] else "")
         )
         for r in res["ranges"]:

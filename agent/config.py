@@ -328,6 +328,26 @@ class _DeviceCommon(StrictModel):
     )
     backoff_max_s: float = Field(30.0, gt=0, le=3600, description="Cap of the reconnect delay.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _timeout_from_fastest_group(cls, data: Any) -> Any:
+        """An omitted `timeout_s` is the driver's default or 80 % of the fastest polled group's
+        interval, whichever is shorter: the defaults never contradict each other, while a
+        timeout the user set too long for a group is still refused."""
+        field = cls.model_fields.get("timeout_s")
+        if not isinstance(data, dict) or "timeout_s" in data or field is None:
+            return data
+        groups = data.get("poll_groups")
+        intervals = [
+            g.get("interval_ms")
+            for g in (groups if isinstance(groups, list) else [])
+            if isinstance(g, dict) and g.get("mode", "poll") == "poll"
+        ]
+        ms = [v for v in intervals if type(v) in (int, float) and v > 0]
+        if not ms:
+            return data
+        return {**data, "timeout_s": min(float(field.default), round(0.8 * min(ms) / 1000, 3))}
+
     def _device_problems(self) -> list[tuple[Path_, str]]:
         out: list[tuple[Path_, str]] = []
         if self.backoff_initial_s > self.backoff_max_s:
@@ -377,7 +397,13 @@ class ModbusDevice(_DeviceCommon):
     unit_id: int = Field(1, ge=0, le=255, description="Default unit (slave) id of the tags.")
     byte_order: Order = Field("big", description="Byte order inside a 16-bit register.")
     word_order: Order = Field("big", description="Register order of 32/64-bit values.")
-    timeout_s: float = Field(1.0, gt=0, le=60, description="Response timeout per request.")
+    timeout_s: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="Response timeout per request; omitted: 1 s or 80 % of the fastest poll "
+        "group's interval, whichever is shorter.",
+    )
     retries: int = Field(1, ge=0, le=10, description="Retries of a failed request.")
     max_read_registers: int = Field(
         125, ge=1, le=125, description="Largest register read; some devices accept less."
@@ -487,7 +513,13 @@ class OpcUaDevice(_DeviceCommon):
         description="Allow a password with security_policy None, where it crosses the network "
         "in clear text (a closed test network); off by default.",
     )
-    timeout_s: float = Field(5.0, gt=0, le=120, description="Request timeout.")
+    timeout_s: float = Field(
+        5.0,
+        gt=0,
+        le=120,
+        description="Request timeout; omitted: 5 s or 80 % of the fastest poll group's "
+        "interval, whichever is shorter.",
+    )
     max_nodes_per_read: int = Field(
         0, ge=0, description="Nodes per Read request; 0 asks the server's MaxNodesPerRead."
     )

@@ -13,7 +13,8 @@ import argparse
 import importlib
 import pkgutil
 import sys
-from importlib.metadata import entry_points
+from importlib.metadata import PackageNotFoundError, entry_points
+from importlib.metadata import version as _dist_version
 
 import agent.commands as _commands
 
@@ -21,6 +22,14 @@ EX_CONFIG = 78  # sysexits.h EX_CONFIG: systemd's RestartPreventExitStatus=78 st
 
 
 ENTRY_POINT_GROUP = "edgeloop.commands"
+
+
+def version() -> str:
+    """The installed distribution's version (what a bug report needs first)."""
+    try:
+        return _dist_version("edgeloop")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def _command_modules() -> list[str]:
@@ -39,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="edgeloop",
         description="Edge gateway agent: Modbus/OPC UA acquisition, anomaly kernel, "
         "learned closed-loop control, history and MQTT store-and-forward.",
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"edgeloop {version()} (Python {sys.version.split()[0]})",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for mod_path in _command_modules():

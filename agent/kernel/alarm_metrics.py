@@ -68,7 +68,8 @@ class AlarmBook:
         self.metrics = metrics
         self.names = names
         self.mask = params[:, pt.P_ALARM].astype(np.int64)
-        self.threshold = params[:, pt.P_THR].copy()
+        # a view: a budgeted tag's limit is set in place at the end of its warm-up
+        self.threshold = params[:, pt.P_SLIM]
         self.groups_on = np.zeros(len(names), dtype=np.int64)  # groups in alarm per tag
         if metrics is None:
             return

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
+from agent.kernel import stats as st
 from agent.kernel.flags import (
     ANOMALOUS,
     DRIFT,
@@ -57,7 +58,13 @@ P_WARMUP = 18
 P_MIN = 19  # -inf when unbounded
 P_MAX = 20  # +inf when unbounded
 P_ALARM = 21  # bit mask: flag bits + ALARM_SCORE that count as bad for the per-tag alarm
-NP = 22
+P_SLIM = 22  # score alarm limit: score_threshold, or (budget) computed at the warm-up's end
+P_MODE = 23  # 0: on/off hysteresis; 1 (budget): k of the last n samples bad
+P_K = 24  # k of the k-out-of-n alarm (budget; n until calibrated)
+P_N = 25  # n, the persistence window (budget)
+P_FAR = 26  # false_alarm_rate (share of samples), 0 = not given
+P_FAPD = 27  # false_alarms_per_day (alarm onsets), 0 = not given
+NP = 28
 
 FILTER_CODES = {"none": 0, "ewma": 1, "kalman": 2}
 
@@ -87,7 +94,11 @@ I_ON_RUN = 4
 I_OFF_RUN = 5
 I_ALARM = 6
 I_LAST_TS = 7
-NI = 8
+I_WPOS = 8  # budget: next slot of the persistence window
+I_WCOUNT = 9  # budget: bad samples in the window
+I_T0 = 10  # timestamp of the first valid sample (the warm-up's sample period)
+I_CALIB = 11  # budget: 0 not budgeted / learning, 1 warm-up done, limits due, 2 calibrated
+NI = 12
 
 MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution -> its standard deviation
 MEANABS_TO_SIGMA = 1.2533  # mean |x - mu| of a normal distribution -> its standard deviation
@@ -145,6 +156,15 @@ def compile_params(
         P[i, P_MIN] = lo
         P[i, P_MAX] = hi
         P[i, P_ALARM] = sum({ALARM_BITS[c] for c in p.alarm_on})
+        P[i, P_SLIM] = p.score_threshold
+        P[i, P_N] = p.persistence_window
+        if p.budgeted:
+            # until the warm-up has set them: no score alarm, and all n samples bad
+            P[i, P_MODE] = 1.0
+            P[i, P_SLIM] = math.inf
+            P[i, P_K] = p.persistence_window
+            P[i, P_FAR] = p.false_alarm_rate or 0.0
+            P[i, P_FAPD] = p.false_alarms_per_day or 0.0
     return P
 
 
@@ -157,19 +177,30 @@ class TagState:
     I: np.ndarray  # int64 [n, NI]  # noqa: E741
     ring: np.ndarray  # float64 [n, W]
     srt: np.ndarray  # float64 [n, W]
+    win: np.ndarray  # int64 [n, max persistence window of budgeted tags, or 1]
+    wbuf: np.ndarray  # float64 [n, max warm-up of budgeted tags, or 1]: warm-up inputs
+    due: np.ndarray  # int64 [1]: budgeted tags whose limits are due (`calibrate`)
+    info: dict[int, dict[str, object]]  # per budgeted tag: how its limits were set
 
     @classmethod
     def new(cls, P: np.ndarray) -> TagState:
         n = P.shape[0]
         w = max(1, int(P[:, P_HWIN].max())) if n else 1
+        bud = P[:, P_MODE] == 1.0
+        nw = max(1, int(P[bud, P_N].max())) if bud.any() else 1
+        nb = max(1, int(P[bud, P_WARMUP].max())) if bud.any() else 1
         S = np.zeros((n, NS), dtype=np.float64)
         S[:, S_Y] = np.nan
         return cls(
-            P=np.ascontiguousarray(P, dtype=np.float64),
+            P=np.array(P, dtype=np.float64, order="C"),  # own copy: calibration writes it
             S=S,
             I=np.zeros((n, NI), dtype=np.int64),
             ring=np.zeros((n, w), dtype=np.float64),
             srt=np.zeros((n, w), dtype=np.float64),
+            win=np.zeros((n, nw), dtype=np.int64),
+            wbuf=np.zeros((n, nb), dtype=np.float64),
+            due=np.zeros(1, dtype=np.int64),
+            info={},
         )
 
     @property
@@ -255,6 +286,9 @@ def _update_tag(
     I: np.ndarray,  # noqa: E741
     ring: np.ndarray,
     srt: np.ndarray,
+    win: np.ndarray,
+    wbuf: np.ndarray,
+    due: np.ndarray,
 ) -> tuple[float, int, float]:
     """One sample of one tag -> (filtered value, flags, score); updates row i of the state."""
     # one exit only: every return of an inlined function keeps numba's reference counting of
@@ -303,6 +337,15 @@ def _update_tag(
                         f |= RATE_LIMITED
             S[i, S_LAST_IN] = xc
             I[i, I_LAST_TS] = t
+            if n == 0:
+                I[i, I_T0] = t
+            budget = P[i, P_MODE] != 0.0
+            if budget and n < P[i, P_WARMUP]:
+                # the budgeted limits are computed from these once the warm-up is complete
+                wbuf[i, n] = xc
+                if n + 1 >= P[i, P_WARMUP]:
+                    I[i, I_CALIB] = 1
+                    due[0] += 1
             # smoothing
             kind = int(P[i, P_FILTER])
             y = S[i, S_Y]
@@ -399,13 +442,23 @@ def _update_tag(
             S[i, S_SCALE] = scale0 + a * (abs(rc) * MEANABS_TO_SIGMA - scale0)
             S[i, S_SCORE] = score
             I[i, I_NSEEN] = n + 1
-            if score > thr and (mask & ALARM_SCORE) != 0:
+            if score > P[i, P_SLIM] and (mask & ALARM_SCORE) != 0:
                 bad = True
         if f & mask:
             bad = True
-        # alarm hysteresis: on after N consecutive bad samples, off after M consecutive clear
         alarm = I[i, I_ALARM]
-        if bad:
+        if P[i, P_MODE] != 0.0:
+            # budget: the alarm is exactly "k of the last n samples bad", what k was chosen for
+            pos = I[i, I_WPOS]
+            b = 1 if bad else 0
+            cnt = I[i, I_WCOUNT] + b - win[i, pos]
+            win[i, pos] = b
+            pos += 1
+            I[i, I_WPOS] = pos if pos < P[i, P_N] else 0
+            I[i, I_WCOUNT] = cnt
+            alarm = 1 if cnt >= P[i, P_K] else 0
+        # alarm hysteresis: on after N consecutive bad samples, off after M consecutive clear
+        elif bad:
             on_run = I[i, I_ON_RUN] + 1
             I[i, I_ON_RUN] = on_run
             I[i, I_OFF_RUN] = 0
@@ -430,6 +483,9 @@ def step_tags(
     I: np.ndarray,  # noqa: E741
     ring: np.ndarray,
     srt: np.ndarray,
+    win: np.ndarray,
+    wbuf: np.ndarray,
+    due: np.ndarray,
     raw: np.ndarray,
     quality: np.ndarray,
     ts_ns: np.ndarray,
@@ -443,7 +499,7 @@ def step_tags(
     changed = 0
     for i in range(lo, hi):
         a0 = I[i, I_ALARM]
-        y, f, s = _update_tag(i, raw[i], quality[i], ts_ns[i], P, S, I, ring, srt)
+        y, f, s = _update_tag(i, raw[i], quality[i], ts_ns[i], P, S, I, ring, srt, win, wbuf, due)
         value[i] = y
         flags[i] = f
         score[i] = s
@@ -459,22 +515,35 @@ def run_tags(
     I: np.ndarray,  # noqa: E741
     ring: np.ndarray,
     srt: np.ndarray,
+    win: np.ndarray,
+    wbuf: np.ndarray,
+    due: np.ndarray,
     raw: np.ndarray,
     quality: np.ndarray,
     ts_ns: np.ndarray,
     value: np.ndarray,
     flags: np.ndarray,
     score: np.ndarray,
-) -> None:
-    """Replay: rows of a (samples x tags) array, one timestamp per row."""
+    first: int,
+) -> int:
+    """Replay: rows first.. of a (samples x tags) array, one timestamp per row.
+
+    Returns the next row to run: the number of rows, or earlier, after the row at whose end
+    a budgeted tag's warm-up completed (the caller computes its limits, then resumes).
+    """
     n_rows, n_tags = raw.shape
-    for r in range(n_rows):
+    for r in range(first, n_rows):
         t = ts_ns[r]
         for i in range(n_tags):
-            y, f, s = _update_tag(i, raw[r, i], quality[r, i], t, P, S, I, ring, srt)
+            y, f, s = _update_tag(
+                i, raw[r, i], quality[r, i], t, P, S, I, ring, srt, win, wbuf, due
+            )
             value[r, i] = y
             flags[r, i] = f
             score[r, i] = s
+        if due[0] != 0:
+            return r + 1
+    return n_rows
 
 
 def step(
@@ -494,12 +563,132 @@ def step(
     """
     if hi is None:
         hi = state.size
-    return int(
-        step_tags(
-            state.P, state.S, state.I, state.ring, state.srt,
-            raw, quality, ts_ns, value, flags, score, lo, hi,
-        )
+    changed = step_tags(
+        state.P, state.S, state.I, state.ring, state.srt, state.win, state.wbuf, state.due,
+        raw, quality, ts_ns, value, flags, score, lo, hi,
     )  # fmt: skip
+    if state.due[0]:
+        calibrate(state)
+    return int(changed)
+
+
+MEANABS_EFFICIENCY = 1.0 / (math.pi - 2.0)  # 0.876: t degrees of freedom per mean-|r| sample
+MIN_DF = 3.0
+
+
+SIM_SAMPLES = 200_000  # model series for the score's tail clustering
+_TAIL_RHO: dict[tuple[float, int, float], float] = {}
+
+
+def score_tail_rho(rho: float, n_win: int, baseline_alpha: float) -> float:
+    """Latent AR(1) correlation of the score's exceedances when the input is a Gaussian AR(1)
+    with `rho`: a fixed-seed model series is scored by this stage itself (its baseline and
+    running scale, weight `baseline_alpha`) and `stats.tail_autocorr` measures how the
+    score's exceedances bunch within the window.  Cached per rho rounded to 0.01 (a warm-up
+    does not know it better), window and weight."""
+    key = (round(rho, 2), int(n_win), float(baseline_alpha))
+    got = _TAIL_RHO.get(key)
+    if got is None:
+        burn = int(min(5.0 / baseline_alpha, 5000))
+        n = SIM_SAMPLES + burn
+        e = np.random.default_rng(0).standard_normal(n)
+        x = np.empty((n, 1))
+        x[0, 0] = e[0]
+        c = math.sqrt(1.0 - key[0] ** 2)
+        for t in range(1, n):
+            x[t, 0] = key[0] * x[t - 1, 0] + c * e[t]
+        p = TagParams(
+            filter="none", hampel_window=0, stuck_samples=0, alarm_on=(),
+            baseline_alpha=baseline_alpha, warmup_samples=30,
+        )  # fmt: skip
+        _, _, score = run(TagState.new(compile_params([p])), x)
+        got = min(st.tail_autocorr(score[burn:, 0], key[1]), RHO_MAX)
+        _TAIL_RHO[key] = got
+    return got
+
+
+def budget_limit(
+    p_far: float,
+    p_fapd: float,
+    n_win: int,
+    x: np.ndarray,
+    baseline_alpha: float,
+    period_s: float | None,
+) -> tuple[float, int, dict[str, object]]:
+    """(score limit, k, notes) of one tag's false-alarm budget from its warm-up inputs `x`.
+
+    The score is |r| / s: r the residual from the slow baseline, s its running scale, an
+    EWMA of |r| with weight a = baseline_alpha.  For Gaussian residuals that is a Student t
+    whose degrees of freedom are those of the scale: (2 - a) / a samples in the EWMA, worth
+    0.876 each for a mean-|r| estimate, fewer by Bartlett's (1 - rho^2) / (1 + rho^2) when
+    the residuals are AR(1)-correlated with lag-1 correlation rho (|r| then correlates about
+    as rho^2).  rho is the warm-up's lag-1 autocorrelation; `stats.persistence` picks k of n
+    and the per-sample level for the budget with the same rho (exceedances of the score of
+    an AR(1) cluster like those of the AR(1) itself), and the limit is that level's two-sided
+    t quantile, sqrt(F(1 - level; 1, df)).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    rho = min(max(st.lag1_autocorr(x), 0.0), RHO_MAX)
+    # the score is two-sided (|r| over a running scale): its exceedances cluster less than
+    # the residual itself.  The persistence uses the latent AR(1) that reproduces how the
+    # score's exceedances bunch within the window for a Gaussian AR(1) input with the
+    # warm-up's rho (rho is estimated well from a short warm-up, the clustering of a tail
+    # would not be)
+    rho_s = score_tail_rho(rho, n_win, baseline_alpha) if rho > 0.0 else 0.0
+    notes: dict[str, object] = {
+        "rho": round(rho, 3), "rho_score": round(rho_s, 3), "warmup_samples": int(x.size),
+    }  # fmt: skip
+    if p_far > 0.0:
+        budget, onset = p_far, False
+        notes["budget"] = f"{p_far:g} of samples"
+    else:
+        if period_s is None or not period_s > 0.0:
+            raise ValueError(
+                "false_alarms_per_day needs the sample period (timestamps that advance "
+                "during the warm-up)"
+            )
+        budget, onset = min(0.25, p_fapd * period_s / 86400.0), True
+        notes["budget"] = f"{p_fapd:g} onsets/day at {period_s:g} s = {budget:.3g} per sample"
+    k, level = st.persistence(budget, n_win, rho_s, onset)
+    # with autocorrelated residuals the scale's error is larger but moves with the residual
+    # (a wandering signal has a large recent |r| and a large scale together), which offsets
+    # it: the independent-sample df fits both (tests/unit/test_kernel_tag_budget.py)
+    a = baseline_alpha
+    df = max(MEANABS_EFFICIENCY * (2.0 - a) / a, MIN_DF)
+    limit = math.sqrt(st.f_ppf(1.0 - level, 1.0, df))
+    notes.update(
+        k_of_n=f"{k} of {n_win}", sample_level=round(level, 6), df=round(df, 1),
+        score_limit=round(limit, 4),
+    )  # fmt: skip
+    return limit, k, notes
+
+
+def calibrate(state: TagState) -> None:
+    """Set the score limit and k of every budgeted tag whose warm-up has just completed.
+
+    Called by `step`/`run` (plain Python, once per tag) when the jitted path reports a
+    completed warm-up in `state.due`; the per-sample path itself never allocates.  A tag whose
+    budget cannot be evaluated (per day without advancing timestamps) keeps no score alarm
+    (the limit stays infinite) and says why in `state.info`.
+    """
+    P, I = state.P, state.I  # noqa: E741
+    for i in np.flatnonzero(I[:, I_CALIB] == 1):
+        nb = int(P[i, P_WARMUP])
+        span_s = (I[i, I_LAST_TS] - I[i, I_T0]) * 1e-9
+        period = span_s / (nb - 1) if nb > 1 else None
+        try:
+            limit, k, notes = budget_limit(
+                P[i, P_FAR], P[i, P_FAPD], int(P[i, P_N]), state.wbuf[i, :nb],
+                P[i, P_BASE_ALPHA], period,
+            )  # fmt: skip
+        except ValueError as exc:
+            state.info[int(i)] = {"error": str(exc)}
+        else:
+            P[i, P_SLIM] = limit
+            P[i, P_K] = k
+            state.info[int(i)] = notes
+        I[i, I_CALIB] = 2
+    state.due[0] = 0
 
 
 def run(
@@ -524,9 +713,14 @@ def run(
     value = np.empty_like(raw)
     flags = np.empty(raw.shape, dtype=np.uint16)
     score = np.empty_like(raw)
-    run_tags(
-        state.P, state.S, state.I, state.ring, state.srt,
-        raw, np.ascontiguousarray(quality, dtype=np.uint8),
-        np.ascontiguousarray(ts_ns, dtype=np.int64), value, flags, score,
-    )  # fmt: skip
+    quality = np.ascontiguousarray(quality, dtype=np.uint8)
+    ts_ns = np.ascontiguousarray(ts_ns, dtype=np.int64)
+    r = 0
+    while r < n_rows:
+        r = run_tags(
+            state.P, state.S, state.I, state.ring, state.srt, state.win, state.wbuf, state.due,
+            raw, quality, ts_ns, value, flags, score, r,
+        )  # fmt: skip
+        if state.due[0]:
+            calibrate(state)
     return value, flags, score

@@ -89,7 +89,8 @@ class KernelRuntime:
         ]
         self._by_slice: dict[tuple[int, int], list[_Group]] = {}
         self._alarm_seen = np.zeros(len(names), dtype=np.int64)  # alarm state last reported
-        self.alarms = AlarmBook(metrics, names, P, [(g.settings.name, g.idx) for g in self.groups])
+        groups = [(g.settings.name, g.idx) for g in self.groups]
+        self.alarms = AlarmBook(metrics, names, self.state.P, groups)
 
     def warmup(self) -> None:
         """Compile (or load from the numba cache) the jitted live path on throwaway state.

@@ -72,6 +72,12 @@ class TagParams(StrictModel):
     alarm_on: tuple[AlarmCause, ...] = ("stuck", "out_of_range")
     warmup_samples: Annotated[int, Field(ge=1)] = 30
     check_range: bool = True  # use the tag table's min/max as the engineering range
+    # false-alarm budget of the score (either, not both): the score limit and a k-out-of-n
+    # persistence computed from the tag's warm-up; replaces score_threshold (as the alarm
+    # limit) and the alarm_on/off_samples hysteresis
+    false_alarm_rate: Annotated[float, Field(gt=0.0, lt=0.5)] | None = None  # share of samples
+    false_alarms_per_day: Annotated[float, Field(gt=0.0)] | None = None  # alarm onsets per day
+    persistence_window: Annotated[int, Field(ge=1, le=MAX_PERSISTENCE_WINDOW)] = 10  # n, samples
 
     @field_validator("hampel_window")
     @classmethod
@@ -79,6 +85,44 @@ class TagParams(StrictModel):
         if v != 0 and (v < 3 or v % 2 == 0):
             raise ValueError("hampel_window must be 0 (off) or odd and >= 3, centred on a median")
         return v
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> TagParams:
+        if self.false_alarm_rate is not None and self.false_alarms_per_day is not None:
+            raise ValueError("give false_alarm_rate or false_alarms_per_day, not both")
+        return self
+
+    @property
+    def budgeted(self) -> bool:
+        """True when the score limit and persistence come from a false-alarm budget."""
+        return self.false_alarm_rate is not None or self.false_alarms_per_day is not None
+
+
+BUDGET_KEYS = ("false_alarm_rate", "false_alarms_per_day")
+FIXED_ALARM_KEYS = ("score_threshold", "alarm_on_samples", "alarm_off_samples")
+
+
+def budget_clash(given: set[str] | frozenset[str]) -> str | None:
+    """The message when keys given together mix a budget with the fixed limit/count keys."""
+    if not given & set(BUDGET_KEYS):
+        return None
+    clash = sorted(given & set(FIXED_ALARM_KEYS))
+    if not clash:
+        return None
+    return (
+        f"{', '.join(clash)} cannot be combined with a false-alarm budget (the budget sets "
+        "the score limit and the persistence)"
+    )
+
+
+def _override_clash(self: Any) -> Any:
+    """`kernel.tags.<name>` validator: a budget and fixed keys in the same override."""
+    msg = budget_clash({k for k in self.model_fields_set if getattr(self, k) is not None})
+    if msg:
+        raise ValueError(msg)
+    if self.false_alarm_rate is not None and self.false_alarms_per_day is not None:
+        raise ValueError("give false_alarm_rate or false_alarms_per_day, not both")
+    return self
 
 
 def _optional_fields() -> dict[str, Any]:
@@ -94,6 +138,7 @@ TagOverride = create_model(
     "TagOverride",
     __base__=StrictModel,
     __doc__="Per-tag overrides: any `TagParams` key; unset keys fall back to `kernel.defaults`.",
+    __validators__={"_budget": model_validator(mode="after")(_override_clash)},
     **_optional_fields(),
 )
 
@@ -152,6 +197,29 @@ class KernelConfig(StrictModel):
     tags: dict[str, TagOverride] = Field(default_factory=dict)  # type: ignore[valid-type]
     groups: list[GroupSettings] = Field(default_factory=list)
 
+    @field_validator("defaults")
+    @classmethod
+    def _defaults_budget(cls, v: TagParams) -> TagParams:
+        msg = budget_clash(set(v.model_fields_set))
+        if msg:
+            raise ValueError(msg)
+        return v
+
+    @field_validator("tags")
+    @classmethod
+    def _tags_budget(cls, v: dict[str, Any], info: Any) -> dict[str, Any]:
+        """A budget in `kernel.defaults` and fixed keys in a tag's override (or the reverse)
+        are refused too: the tag would have both."""
+        d = info.data.get("defaults")
+        if d is None:
+            return v
+        dset = set(d.model_fields_set)
+        for name, o in v.items():
+            own = {k for k in o.model_fields_set if getattr(o, k) is not None}
+            if budget_clash(dset | own) and not budget_clash(own):
+                raise ValueError(f"tag {name!r}: {budget_clash(dset | own)} (with kernel.defaults)")
+        return v
+
     @model_validator(mode="after")
     def _check(self) -> KernelConfig:
         seen: set[str] = set()
@@ -174,7 +242,11 @@ class KernelConfig(StrictModel):
             merged.update(KIND_DEFAULTS)
             merged["alarm_on"] = tuple(c for c in merged["alarm_on"] if c not in LEVEL_CAUSES)
         if override is not None:
-            merged.update(override.model_dump(exclude_none=True))
+            own = override.model_dump(exclude_none=True)
+            if any(k in own for k in BUDGET_KEYS):  # the tag's own budget replaces the default
+                for k in BUDGET_KEYS:
+                    merged[k] = None
+            merged.update(own)
         return TagParams.model_validate(merged)
 
     def unknown_tags(self, known: set[str] | list[str]) -> list[str]:

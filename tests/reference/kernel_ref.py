@@ -8,10 +8,12 @@ the state bookkeeping of the jitted code.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 
 from agent.kernel import flags as F
+from agent.kernel.pertag import budget_limit
 from agent.kernel.settings import TagParams
 
 MAD_TO_SIGMA = 1.4826
@@ -55,6 +57,15 @@ class RefTag:
     on_run: int = 0
     off_run: int = 0
     alarm: bool = False
+    t0: int = 0
+    warm: list[float] = field(default_factory=list)  # budget: warm-up inputs
+    bads: list[bool] = field(default_factory=list)  # budget: the last n bad/clear samples
+    slim: float | None = None  # score alarm limit (budget: None until the warm-up is done)
+    k: int = 0
+
+    def __post_init__(self) -> None:
+        self.slim = None if self.p.budgeted else self.p.score_threshold
+        self.k = self.p.persistence_window
 
     def update(self, x: float, q: int, t: int) -> tuple[float, int, float]:
         p = self.p
@@ -62,6 +73,7 @@ class RefTag:
             return self.y, F.INVALID | (F.ANOMALOUS if self.alarm else 0), self.last_score
         f = 0
         bad = False
+        calibrate = False
         if x < self.lo or x > self.hi:
             f = F.OUT_OF_RANGE
             score = self.last_score
@@ -91,6 +103,12 @@ class RefTag:
                     f |= F.RATE_LIMITED
             self.last_in = xc
             self.last_ts = t
+            if n == 0:
+                self.t0 = t
+            calibrate = False
+            if p.budgeted and n < p.warmup_samples:
+                self.warm.append(xc)
+                calibrate = len(self.warm) == p.warmup_samples
             if n == 0:
                 self.y = xc
                 self.kp = p.kalman_r
@@ -148,7 +166,7 @@ class RefTag:
             self.scale += a * (abs(rc) * MEANABS_TO_SIGMA - self.scale)
             self.last_score = score
             self.n = n + 1
-            if score > thr and "score" in p.alarm_on:
+            if self.slim is not None and score > self.slim and "score" in p.alarm_on:
                 bad = True
         causes = {
             "drift": F.DRIFT,
@@ -158,7 +176,10 @@ class RefTag:
         }
         if any(f & bit for cause, bit in causes.items() if cause in p.alarm_on):
             bad = True
-        if bad:
+        if p.budgeted:
+            self.bads = [*self.bads, bad][-p.persistence_window :]
+            self.alarm = sum(self.bads) >= self.k
+        elif bad:
             self.on_run += 1
             self.off_run = 0
             if not self.alarm and self.on_run >= p.alarm_on_samples:
@@ -170,6 +191,14 @@ class RefTag:
                 self.alarm = False
         if self.alarm:
             f |= F.ANOMALOUS
+        if calibrate:
+            nb = p.warmup_samples
+            period = (self.last_ts - self.t0) * 1e-9 / (nb - 1) if nb > 1 else None
+            with contextlib.suppress(ValueError):  # no period: no score alarm
+                self.slim, self.k, _ = budget_limit(
+                    p.false_alarm_rate or 0.0, p.false_alarms_per_day or 0.0,
+                    p.persistence_window, self.warm, p.baseline_alpha, period,
+                )  # fmt: skip
         return self.y, f, score
 
 

@@ -40,6 +40,18 @@ tag_params = st.builds(
     ).map(tuple),
 )
 
+# some tags with a false-alarm budget (score limit and k of n from the warm-up)
+budget = st.one_of(
+    st.just({}),
+    st.just({}),
+    st.just({}),
+    st.floats(0.001, 0.3).map(lambda r: {"false_alarm_rate": r}),
+    st.floats(1.0, 1e5).map(lambda d: {"false_alarms_per_day": d}),
+)
+tag_params = st.tuples(tag_params, budget, st.integers(1, 6)).map(
+    lambda t: TagParams.model_validate({**t[0].model_dump(), **t[1], "persistence_window": t[2]})
+)
+
 # samples drawn from a few regimes so spikes, plateaus, steps and invalid values all occur
 sample = st.one_of(
     st.floats(-5.0, 5.0),

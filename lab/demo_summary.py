@@ -115,6 +115,13 @@ def control_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
     time_by: dict[str, float] = {}
     for a, d in zip(active, dt, strict=True):
         time_by[a] = time_by.get(a, 0.0) + float(d)
+    # start-up: until the model first took charge (healthy window, first valid inputs); the
+    # share of time in charge is counted after it, so a cold start does not read as a failure
+    first = next((i for i, a in enumerate(active) if a == "model"), None)
+    startup_s = float(t[first] - t[0]) if first is not None else float(t[-1] - t[0])
+    after: dict[str, float] = {}
+    for a, d in zip(active[first or 0 :], dt[first or 0 :], strict=True):
+        after[a] = after.get(a, 0.0) + float(d)
     # overshoot after each setpoint change, as % of the step
     overs = []
     change = np.flatnonzero(np.abs(np.diff(sp)) > 1e-6) + 1
@@ -137,6 +144,8 @@ def control_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "duration_s": float(t[-1] - t[0]),
         "overshoot_pct": overs,
         "time_by_controller_s": time_by,
+        "startup_s": startup_s,
+        "time_after_startup_s": after if first is not None else {},
         "fallback_reasons": reasons,
         "sp_changes": int(change.size),
     }
@@ -215,7 +224,7 @@ def summarise(
     db = Path(cfg["store"]["path"])
     lines: list[str] = []
     data: dict[str, Any] = {}
-    ok = True
+    checks: list[tuple[str, bool]] = []  # (criterion, met): each printed with its verdict
     if not db.exists():
         return Summary(f"no history database at {db}: the agent stored nothing", {}, False)
     reader = open_reader(str(db))
@@ -256,7 +265,7 @@ def summarise(
             f"  {g:28s} {n_tags:3d} tags  {n / seconds:6.2f} polls/s  {good * 100:5.1f}% good"
         )
     data["acquisition"] = {"frames": frames, "tag_samples": tag_samples, "groups": per_group}
-    ok &= frames > 0
+    checks.append(("frames were acquired and stored", frames > 0))
 
     matched = match_faults(faults, events, _kernel_group_tags(cfg), t_to, flagged)
     n_alarms = sum(e["kind"] == names.EVENT_ANOMALY_ON for e in events)
@@ -271,28 +280,37 @@ def summarise(
             + (f"detected after {m['delay_s']:5.1f} s by {m['by']}" if m["detected"] else "MISSED")
         )
     data["faults"] = matched
-    ok &= bool(detected) or not faults
+    checks.append(("at least one injected fault detected", bool(detected) or not faults))
 
     for loop in (cfg.get("control") or {}).get("loops", []):
         cm = control_metrics([r for r in control_rows if r["loop"] == loop["name"]])
         data.setdefault("control", {})[loop["name"]] = cm
         if cm.get("steps", 0) < 2:
             lines.append(f"control {loop['name']}: no control steps recorded")
-            ok = False
+            checks.append((f"loop {loop['name']} recorded control steps", False))
             continue
-        by = cm["time_by_controller_s"]
-        share = {k: v / max(cm["duration_s"], 1e-9) * 100 for k, v in by.items()}
+        by = cm["time_after_startup_s"]
+        total = sum(by.values())
+        share = {k: v / max(total, 1e-9) * 100 for k, v in by.items()}
         lines.append(
             f"control {loop['name']} (mode {loop.get('mode')}): IAE {cm['iae']:.1f} degC*s over "
             f"{cm['duration_s']:.0f} s, {cm['sp_changes']} setpoint changes, overshoot "
             + ", ".join(f"{o:.1f}%" for o in cm["overshoot_pct"])
         )
-        lines.append("  in charge: " + ", ".join(f"{k} {v:.0f}%" for k, v in sorted(share.items())))
+        lines.append(
+            f"  in charge after start-up ({cm['startup_s']:.0f} s until the model first took "
+            "charge): " + ", ".join(f"{k} {v:.0f}%" for k, v in sorted(share.items()))
+        )
         if cm["fallback_reasons"]:
             lines.append(
                 "  fallbacks: " + ", ".join(f"{k} x{v}" for k, v in cm["fallback_reasons"].items())
             )
-        ok &= share.get("model", 0.0) > 50.0
+        checks.append(
+            (
+                f"the model in charge of {loop['name']} > 50 % after start-up",
+                share.get("model", 0.0) > 50.0,
+            )
+        )
         try:
             cmp = replay_pid_vs_model(
                 [r for r in control_rows if r["loop"] == loop["name"]], series
@@ -317,7 +335,7 @@ def summarise(
             f"by a subscriber on {len(mqtt.topics)} topics"
         )
         data["mqtt"] = {"messages": mqtt.messages, "bytes": mqtt.bytes, "topics": mqtt.topics}
-        ok &= mqtt.messages > 0
+        checks.append(("MQTT messages reached a subscriber", mqtt.messages > 0))
     else:
         lines.append("northbound: mosquitto not installed, ran without MQTT")
     try:
@@ -333,8 +351,14 @@ def summarise(
         )
         lines.append(f"report: {report}")
         data["report"] = str(report)
+        checks.append(("report written", True))
     except Exception as exc:  # the summary still prints what it has
         lines.append(f"report failed: {exc}")
-        ok = False
-    lines.append("result: " + ("OK" if ok else "NOT OK (see above)"))
+        checks.append(("report written", False))
+    ok = all(met for _, met in checks)
+    lines.append("checks:")
+    lines += [f"  [{'ok' if met else 'FAILED'}] {what}" for what, met in checks]
+    data["checks"] = [{"check": what, "ok": met} for what, met in checks]
+    failed = [what for what, met in checks if not met]
+    lines.append("result: " + ("OK" if ok else "NOT OK: " + "; ".join(failed)))
     return Summary("\n".join(lines), data, ok)

@@ -36,3 +36,8 @@ def test_short_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert report.exists() and report.stat().st_size > 10_000
     if shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists():
         assert data["mqtt"]["messages"] > 50
+    # every criterion printed with its verdict; the token shown beside the URLs it protects
+    assert data["checks"] and all(c["ok"] for c in data["checks"])
+    assert "[ok] at least one injected fault detected" in out
+    assert "Authorization: Bearer " in out and "/None" not in out
+    assert "numba kernel cache: ready in" in out

@@ -54,3 +54,23 @@ def test_a_timeout_written_too_long_is_still_refused(tmp_path: Path) -> None:
         load_config(_write(tmp_path, "    timeout_s: 5\n"))
     assert "shorter than the device timeout_s (5 s)" in str(e.value)
     assert "c.yaml:" in str(e.value)
+
+
+def test_check_notes_modicon_style_addresses(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`address: 40001` is legal (register 40001) but usually a PLC manual's reference for
+    holding register 0: `check` passes and says so, naming the line and the address meant."""
+    from agent.cli import main
+
+    p = tmp_path / "m.yaml"
+    p.write_text(
+        "devices:\n  - name: mb\n    driver: modbus\n    host: 127.0.0.1\n    poll_groups:\n"
+        "      - name: g\n        interval_ms: 200\n        tags:\n"
+        "          - {name: b, table: holding, address: 40001, type: uint16}\n"
+        "          - {name: c, table: input, address: 30010, type: uint16}\n"
+        "          - {name: d, table: holding, address: 10, type: uint16}\n"
+    )
+    assert main(["check", str(p)]) == 0
+    out = capsys.readouterr().out
+    assert f"{p}:9: devices[0].poll_groups[0].tags[0].address: note:" in out
+    assert "the register is `address: 0`" in out and "`address: 9`" in out
+    assert "tags[2]" not in out

@@ -15,6 +15,8 @@ every [start, end + settle] window.  Point-wise F1 labels every sample inside a 
 
 Run: .venv/bin/python bench/detect.py [--hours-clean 4] [--faults 40] [--seed 1]
      [--per-day 2] [--lags auto]    (a false-alarm budget; dynamic PCA)
+     [--tag-per-day 1 | --tag-score]    (every tag's score alarms, "group+tags": with a
+     per-tag budget, or with the fixed score_threshold and hysteresis)
 """
 
 from __future__ import annotations
@@ -102,9 +104,12 @@ GROUP = {
 }
 
 
+TAG_DEFAULTS: dict[str, object] = {}  # kernel.defaults (--tag-per-day)
+
+
 def kernel_config(warmup: int) -> KernelConfig:
     group = {"name": "pump_skid", "tags": PUMP_TAGS, "warmup_samples": warmup, **GROUP}
-    return KernelConfig.model_validate({"groups": [group]})
+    return KernelConfig.model_validate({"defaults": TAG_DEFAULTS, "groups": [group]})
 
 
 def detect(data: np.ndarray, warmup: int) -> dict[str, np.ndarray]:
@@ -171,6 +176,12 @@ def main() -> None:
         help="false-alarm budget (alarm onsets per day) instead of alpha and the hysteresis",
     )
     ap.add_argument("--lags", default=None, help="dynamic PCA lags: N or auto")
+    ap.add_argument(
+        "--tag-per-day",
+        type=float,
+        help="per-tag score alarm on every tag with this budget (onsets per day per tag)",
+    )
+    ap.add_argument("--tag-score", action="store_true", help="per-tag score alarm, fixed threshold")
     args = ap.parse_args()
     for kv in args.set:
         k, _, v = kv.partition("=")
@@ -184,6 +195,10 @@ def main() -> None:
     rng = random.Random(args.seed)
     warm_s = args.warmup_s
     warmup = int(warm_s / PERIOD_S)
+    if args.tag_per_day is not None or args.tag_score:
+        TAG_DEFAULTS.update(warmup_samples=warmup, alarm_on=["score", "stuck", "out_of_range"])
+    if args.tag_per_day is not None:
+        TAG_DEFAULTS["false_alarms_per_day"] = args.tag_per_day
     move_every = 300.0
     t_wall = time.perf_counter()
 

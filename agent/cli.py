@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from agent.telemetry.logsetup import setup_cli_logging
+
+    setup_cli_logging()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):

@@ -331,9 +331,9 @@ class _DeviceCommon(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _timeout_from_fastest_group(cls, data: Any) -> Any:
-        """An omitted `timeout_s` is the driver's default or 80 % of the fastest polled group's
-        interval, whichever is shorter: the defaults never contradict each other, while a
-        timeout the user set too long for a group is still refused."""
+        """An omitted `timeout_s` is the driver's default, or 80 % of the fastest polled group's
+        interval where the default would not fit in it: the defaults never contradict each
+        other, while a timeout the user set too long for a group is still refused."""
         field = cls.model_fields.get("timeout_s")
         if not isinstance(data, dict) or "timeout_s" in data or field is None:
             return data
@@ -346,7 +346,10 @@ class _DeviceCommon(StrictModel):
         ms = [v for v in intervals if type(v) in (int, float) and v > 0]
         if not ms:
             return data
-        return {**data, "timeout_s": min(float(field.default), round(0.8 * min(ms) / 1000, 3))}
+        default = float(field.default)
+        if default * 1000 <= min(ms):
+            return data
+        return {**data, "timeout_s": round(0.8 * min(ms) / 1000, 3)}
 
     def _device_problems(self) -> list[tuple[Path_, str]]:
         out: list[tuple[Path_, str]] = []
@@ -401,8 +404,8 @@ class ModbusDevice(_DeviceCommon):
         1.0,
         gt=0,
         le=60,
-        description="Response timeout per request; omitted: 1 s or 80 % of the fastest poll "
-        "group's interval, whichever is shorter.",
+        description="Response timeout per request; omitted: 1 s, or 80 % of the fastest poll "
+        "group's interval when that is shorter than 1 s.",
     )
     retries: int = Field(1, ge=0, le=10, description="Retries of a failed request.")
     max_read_registers: int = Field(
@@ -517,8 +520,8 @@ class OpcUaDevice(_DeviceCommon):
         5.0,
         gt=0,
         le=120,
-        description="Request timeout; omitted: 5 s or 80 % of the fastest poll group's "
-        "interval, whichever is shorter.",
+        description="Request timeout; omitted: 5 s, or 80 % of the fastest poll group's "
+        "interval when that is shorter than 5 s.",
     )
     max_nodes_per_read: int = Field(
         0, ge=0, description="Nodes per Read request; 0 asks the server's MaxNodesPerRead."

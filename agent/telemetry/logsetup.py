@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
+import time
 from typing import TextIO
 
 # Python level -> syslog priority (sd-daemon.h SD_ERR etc.)
@@ -26,6 +28,50 @@ _PRIORITY = {
 # Libraries that log per request at INFO/DEBUG; one line per error episode is our job.
 _NOISY = ("asyncua", "pymodbus", "numba", "aiomqtt", "paho")
 _HANDLER_NAME = "edgeloop"
+
+
+_HEX_RUN = re.compile(r"(?:0x[0-9a-fA-F]{1,2}\s?){8,}")
+
+
+def _bytes_as_text(m: re.Match[str]) -> str:
+    """A hex dump as what the peer sent, readable: `SSH-2.0-OpenSSH...` says at once that
+    the port is not a Modbus server; long runs are cut."""
+    raw = bytes(int(h, 16) for h in m.group(0).split())
+    more = f" (+{len(raw) - 48} bytes)" if len(raw) > 48 else ""
+    return f"{len(raw)} bytes {raw[:48].decode('latin-1')!r}{more} "
+
+
+class LibraryEpisodes(logging.Filter):
+    """Library records (pymodbus, asyncua, ...) once per episode: the first record of a kind
+    passes with its hex dumps shown as text; repeats within `quiet_s` are dropped and counted,
+    and the next one that passes says how many were dropped. A broken or foreign device
+    then costs a line a minute, not a hex flood per request."""
+
+    def __init__(self, quiet_s: float = 60.0, prefixes: tuple[str, ...] = _NOISY) -> None:
+        super().__init__()
+        self.quiet_s = quiet_s
+        self.prefixes = prefixes
+        self._seen: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self.prefixes):
+            return True
+        msg = record.getMessage()
+        first_line = msg.split("\n", 1)[0]
+        key = (record.name, re.sub(r"\d+", "#", first_line)[:200])
+        now = time.monotonic()
+        last, dropped = self._seen.get(key, (-1e18, 0))
+        if now - last < self.quiet_s:
+            self._seen[key] = (last, dropped + 1)
+            return False
+        self._seen[key] = (now, 0)
+        if len(self._seen) > 1000:  # bounded, whatever a hostile peer sends
+            self._seen = {key: (now, 0)}
+        text = _HEX_RUN.sub(_bytes_as_text, msg)
+        if dropped:
+            text += f" [{dropped} similar messages in the last {self.quiet_s:.0f} s not shown]"
+        record.msg, record.args = text, None
+        return True
 
 
 def syslog_priority(levelno: int) -> int:
@@ -98,6 +144,7 @@ def setup_logging(
     handler = logging.StreamHandler(stream)
     handler.set_name(_HANDLER_NAME)
     handler.setFormatter(JournalFormatter() if journal else HumanFormatter())
+    handler.addFilter(LibraryEpisodes())
     root = logging.getLogger()
     for old in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
         root.removeHandler(old)
@@ -107,3 +154,17 @@ def setup_logging(
         logging.getLogger(name).setLevel(max(level, logging.WARNING))
     logging.captureWarnings(True)
     return handler
+
+
+def setup_cli_logging() -> None:
+    """For the short-lived commands (read, probe, check, ...): what Python's last-resort
+    handler would print (warnings and errors, bare messages), with library floods collapsed.
+    `edgeloop run` replaces it with `setup_logging`."""
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.set_name(_HANDLER_NAME)
+    handler.setLevel(logging.WARNING)
+    handler.addFilter(LibraryEpisodes())
+    root.addHandler(handler)

@@ -678,6 +678,11 @@ class Config(StrictModel):
 
     _source: Source | None = PrivateAttr(None)
 
+    template: bool = Field(
+        False,
+        description="true only in the template install.sh puts in /etc: `check` (and so the "
+        "service) refuses the file until it has been edited and this line deleted.",
+    )
     site: Name = Field("edgeloop", description="Site name; prefixes MQTT topics and exports.")
     devices: list[DeviceConfig] = Field(min_length=1, description="PLCs and servers to read.")
     kernel: KernelConfig = Field(
@@ -696,6 +701,16 @@ class Config(StrictModel):
     http: HttpConfig = Field(
         default_factory=HttpConfig, description="HTTP /metrics, /healthz, /readyz."
     )
+
+    @field_validator("template")
+    @classmethod
+    def _not_the_template(cls, v: bool) -> bool:
+        if v:
+            raise ValueError(
+                "this is the unedited template: point a device at your PLC, enable it, "
+                "then delete this line (edgeloop browse / scan find tags)"
+            )
+        return v
 
     @property
     def source(self) -> Source | None:

@@ -7,8 +7,11 @@
 #                                            keep /etc/edgeloop and the history
 #   sudo systemd/install.sh --uninstall --purge   remove config, history, cache and user too
 #
-# Layout: /opt/edgeloop/venv (the package and its dependencies), /etc/edgeloop/edgeloop.yaml
-# (never overwritten: a newer default lands beside it as edgeloop.yaml.dist),
+# Layout: /opt/edgeloop/venv (the package and its dependencies), /usr/local/bin/edgeloop
+# (a link to the venv's command), /etc/edgeloop/edgeloop.yaml (first install: the inert
+# template config/edgeloop.template.yaml, which `check` refuses until edited, so the service
+# is enabled but not started; never overwritten: a newer template lands beside it as
+# edgeloop.yaml.dist),
 # /etc/systemd/system/edgeloop.service, /var/lib/edgeloop (history, made by systemd's
 # StateDirectory=), /var/cache/edgeloop (numba cache, CacheDirectory=), user `edgeloop`.
 #
@@ -71,6 +74,7 @@ OPT="$DESTDIR/opt/$NAME"
 VENV="$OPT/venv"
 ETC="$DESTDIR/etc/$NAME"
 UNIT_DIR="$DESTDIR/etc/systemd/system"
+BIN_DIR="$DESTDIR/usr/local/bin"
 UNIT="$UNIT_DIR/$NAME.service"
 STATE="$DESTDIR/var/lib/$NAME"
 CACHE="$DESTDIR/var/cache/$NAME"
@@ -171,15 +175,20 @@ install_files() {
   fi
   # Config: root-owned, readable by the service group only (token files may sit beside it).
   run install -d -m 0750 "$ETC"
-  local cfg="$ETC/$NAME.yaml"
-  if [ -e "$cfg" ] && cmp -s "$SRC/config/$NAME.yaml" "$cfg"; then
+  # The inert template (device disabled, no loops, refused by `check` until edited), never
+  # the simulator's demo config with a loop in auto.
+  local cfg="$ETC/$NAME.yaml" tmpl="$SRC/config/$NAME.template.yaml"
+  if [ -e "$cfg" ] && cmp -s "$tmpl" "$cfg"; then
     [ -e "$cfg.dist" ] && run rm -f "$cfg.dist"
   elif [ -e "$cfg" ]; then
-    run install -m 0640 "$SRC/config/$NAME.yaml" "$cfg.dist"
-    say "kept $cfg; the shipped default is in $cfg.dist"
+    run install -m 0640 "$tmpl" "$cfg.dist"
+    say "kept $cfg; the shipped template is in $cfg.dist"
   else
-    run install -m 0640 "$SRC/config/$NAME.yaml" "$cfg"
+    run install -m 0640 "$tmpl" "$cfg"
   fi
+  # `edgeloop` on the PATH (the venv's console script; absolute target, as on the live box)
+  run install -d -m 0755 "$BIN_DIR"
+  run ln -sfn "/opt/$NAME/venv/bin/$NAME" "$BIN_DIR/$NAME"
   if live; then
     run chown root:"$SVC_USER" "$ETC" "$cfg"
     [ -e "$cfg.dist" ] && run chown root:"$SVC_USER" "$cfg.dist"
@@ -212,6 +221,10 @@ do_install() {
   systemctl_ daemon-reload
   systemctl_ enable "$NAME.service"
   if ! check_config; then
+    if grep -q '^template: true' "$ETC/$NAME.yaml"; then
+      say "installed and enabled; not started until $ETC/$NAME.yaml is edited and passes check"
+      exit 0
+    fi
     say "installed, but not started"
     exit 1
   fi
@@ -243,6 +256,7 @@ do_uninstall() {
   [ -d "$UNIT_DIR/$NAME.service.d" ] && say "left local drop-ins in $UNIT_DIR/$NAME.service.d"
   systemctl_ daemon-reload
   [ -e "$OPT" ] && run rm -rf "$OPT"
+  [ -L "$BIN_DIR/$NAME" ] && run rm -f "$BIN_DIR/$NAME"
   [ -e "$CACHE" ] && run rm -rf "$CACHE"
   if [ "$PURGE" = 1 ]; then
     [ -d "$UNIT_DIR/$NAME.service.d" ] && run rm -rf "$UNIT_DIR/$NAME.service.d"

@@ -115,8 +115,35 @@ def test_install_twice_gives_the_same_tree(tmp_path: Path, wheel: Path) -> None:
     ).read_bytes()
     assert (root / "etc/edgeloop").stat().st_mode & 0o777 == 0o750
     assert (root / "etc/edgeloop/edgeloop.yaml").stat().st_mode & 0o777 == 0o640
+    # on the PATH: /usr/local/bin/edgeloop -> the venv's command (absolute, as on the box)
+    assert tree1["usr/local/bin/edgeloop"] == "link:/opt/edgeloop/venv/bin/edgeloop"
     _install(root, wheel)
     assert _tree(root) == tree1
+
+
+def test_installed_config_is_the_inert_template_that_check_refuses(
+    tmp_path: Path, wheel: Path
+) -> None:
+    """Not the simulator's demo (a loop in auto writing outputs): a template with its device
+    disabled and no loops, which `check` refuses until edited, so the service never starts
+    on it."""
+    root = tmp_path / "root"
+    _install(root, wheel)
+    cfg = root / "etc/edgeloop/edgeloop.yaml"
+    assert cfg.read_bytes() == (ROOT / "config/edgeloop.template.yaml").read_bytes()
+    edgeloop = [sys.executable, "-m", "agent"]  # the staged venv is installed --no-deps
+    res = subprocess.run([*edgeloop, "check", str(cfg)], capture_output=True, text=True)
+    assert res.returncode == 78
+    assert f"{cfg}:" in res.stderr and "template: this is the unedited template" in res.stderr
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(
+        "".join(ln for ln in cfg.read_text().splitlines(True) if not ln.startswith("template:"))
+    )
+    res = subprocess.run([*edgeloop, "check", str(edited)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "(1 disabled)" in res.stdout and "0 read requests" in res.stdout
+    text = cfg.read_text()
+    assert "control:" not in text.replace("# Control", "") and "mode: auto" not in text
 
 
 def test_installed_package_is_importable_from_the_venv(tmp_path: Path, wheel: Path) -> None:
@@ -148,7 +175,7 @@ def test_existing_config_is_kept(tmp_path: Path, wheel: Path) -> None:
     assert cfg.read_text() == "site: my-plant\n"
     assert "kept" in res.stdout
     dist = root / "etc/edgeloop/edgeloop.yaml.dist"
-    assert dist.read_bytes() == (ROOT / "config/edgeloop.yaml").read_bytes()
+    assert dist.read_bytes() == (ROOT / "config/edgeloop.template.yaml").read_bytes()
 
 
 def test_uninstall_keeps_config_and_history_purge_removes_all(tmp_path: Path, wheel: Path) -> None:

@@ -16,6 +16,7 @@ tag-sample on the path without Hampel and stuck checks).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -617,27 +618,12 @@ def budget_limit(
 ) -> tuple[float, int, dict[str, object]]:
     """(score limit, k, notes) of one tag's false-alarm budget from its warm-up inputs `x`.
 
-    The score is |r| / s: r the residual from the slow baseline, s its running scale, an
-    EWMA of |r| with weight a = baseline_alpha.  For Gaussian residuals that is a Student t
-    whose degrees of freedom are those of the scale: (2 - a) / a samples in the EWMA, worth
-    0.876 each for a mean-|r| estimate, fewer by Bartlett's (1 - rho^2) / (1 + rho^2) when
-    the residuals are AR(1)-correlated with lag-1 correlation rho (|r| then correlates about
-    as rho^2).  rho is the warm-up's lag-1 autocorrelation; `stats.persistence` picks k of n
-    and the per-sample level for the budget with the same rho (exceedances of the score of
-    an AR(1) cluster like those of the AR(1) itself), and the limit is that level's two-sided
-    t quantile, sqrt(F(1 - level; 1, df)).
+    rho is the warm-up's lag-1 autocorrelation (rounded to 0.01: a warm-up does not know it
+    better, and tags with the same rho and budget share one design, see `_design`).
     """
     x = np.asarray(x, dtype=np.float64)
-    rho = min(max(st.lag1_autocorr(x), 0.0), RHO_MAX)
-    # the score is two-sided (|r| over a running scale): its exceedances cluster less than
-    # the residual itself.  The persistence uses the latent AR(1) that reproduces how the
-    # score's exceedances bunch within the window for a Gaussian AR(1) input with the
-    # warm-up's rho (rho is estimated well from a short warm-up, the clustering of a tail
-    # would not be)
-    rho_s = score_tail_rho(rho, n_win, baseline_alpha) if rho > 0.0 else 0.0
-    notes: dict[str, object] = {
-        "rho": round(rho, 3), "rho_score": round(rho_s, 3), "warmup_samples": int(x.size),
-    }  # fmt: skip
+    rho = round(min(max(st.lag1_autocorr(x), 0.0), RHO_MAX), 2)
+    notes: dict[str, object] = {"rho": rho, "warmup_samples": int(x.size)}
     if p_far > 0.0:
         budget, onset = p_far, False
         notes["budget"] = f"{p_far:g} of samples"
@@ -647,8 +633,37 @@ def budget_limit(
                 "false_alarms_per_day needs the sample period (timestamps that advance "
                 "during the warm-up)"
             )
-        budget, onset = min(0.25, p_fapd * period_s / 86400.0), True
+        budget = float(f"{min(0.25, p_fapd * period_s / 86400.0):.3g}")  # 3 digits: shared
+        onset = True
         notes["budget"] = f"{p_fapd:g} onsets/day at {period_s:g} s = {budget:.3g} per sample"
+    limit, k, level, rho_s, df = _design(budget, onset, int(n_win), rho, float(baseline_alpha))
+    notes.update(
+        rho_score=round(rho_s, 3), k_of_n=f"{k} of {n_win}", sample_level=round(level, 6),
+        df=round(df, 1), score_limit=round(limit, 4),
+    )  # fmt: skip
+    return limit, k, notes
+
+
+@functools.lru_cache(maxsize=1024)
+def _design(
+    budget: float, onset: bool, n_win: int, rho: float, baseline_alpha: float
+) -> tuple[float, int, float, float, float]:
+    """(limit, k, per-sample level, rho of the score's exceedances, df) for a budget.
+
+    The score is |r| / s: r the residual from the slow baseline, s its running scale, an
+    EWMA of |r| with weight a = baseline_alpha.  For a Gaussian residual that is a Student t
+    whose degrees of freedom are those of the scale: (2 - a) / a samples in the EWMA, worth
+    1 / (pi - 2) = 0.876 each for a mean-|r| estimate.  `stats.persistence` picks k of n and
+    the per-sample level with the AR(1) window probabilities, for the latent correlation of
+    the score's exceedances (`score_tail_rho`); the limit is that level's two-sided t
+    quantile, sqrt(F(1 - level; 1, df)).  A few tenths of a second; cached.
+    """
+    # the score is two-sided (|r| over a running scale): its exceedances cluster less than
+    # the residual itself.  The persistence uses the latent AR(1) that reproduces how the
+    # score's exceedances bunch within the window for a Gaussian AR(1) input with the
+    # warm-up's rho (rho is estimated well from a short warm-up, the clustering of a tail
+    # would not be)
+    rho_s = score_tail_rho(rho, n_win, baseline_alpha) if rho > 0.0 else 0.0
     k, level = st.persistence(budget, n_win, rho_s, onset)
     # with autocorrelated residuals the scale's error is larger but moves with the residual
     # (a wandering signal has a large recent |r| and a large scale together), which offsets
@@ -656,11 +671,7 @@ def budget_limit(
     a = baseline_alpha
     df = max(MEANABS_EFFICIENCY * (2.0 - a) / a, MIN_DF)
     limit = math.sqrt(st.f_ppf(1.0 - level, 1.0, df))
-    notes.update(
-        k_of_n=f"{k} of {n_win}", sample_level=round(level, 6), df=round(df, 1),
-        score_limit=round(limit, 4),
-    )  # fmt: skip
-    return limit, k, notes
+    return limit, k, level, rho_s, df
 
 
 def calibrate(state: TagState) -> None:

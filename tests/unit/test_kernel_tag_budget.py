@@ -194,3 +194,17 @@ def test_runtime_live_frames_equal_replay_with_a_budget() -> None:
     np.testing.assert_array_equal(flags, replay.flags)
     on_b = [e for e in events if e["source"] == "b" and e["kind"] == N.EVENT_ANOMALY_ON]
     assert on_b and on_b[0]["ts_ns"] >= ts[1000] and on_b[0].get("cause") == "score"
+
+
+def test_tags_with_the_same_rho_and_budget_share_one_design() -> None:
+    """The design (a few tenths of a second) is computed once per rounded rho and budget, so
+    a plant with many budgeted tags does not stall the frame their warm-ups end in."""
+    pt._design.cache_clear()
+    p = TagParams(false_alarm_rate=0.004, warmup_samples=400, **SCORE_ONLY)
+    x = ar1(400, 0.0, np.random.default_rng(8), 200)
+    x[:, 100:] = ar1(400, 0.5, np.random.default_rng(9), 100)
+    state = pt.TagState.new(pt.compile_params([p] * 200))
+    pt.run(state, x)
+    info = pt._design.cache_info()
+    assert info.hits + info.misses == 200
+    assert info.misses == len({state.info[i]["rho"] for i in range(200)}) <= 40

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from agent.metrics import Metrics
-from agent.tags import Compiled
+from agent.tags import Compiled, far_outside
 from agent.telemetry.episodes import EpisodeLog
 from agent.writegate import WriteGate, rules_from_config
 from drivers.base import (
@@ -448,7 +448,20 @@ class Acquirer:
             self._mark(g, BAD)
             return
         t.raw[sl] = result.values
-        q = np.asarray(result.quality, dtype=np.uint8)
+        q = np.array(result.quality, dtype=np.uint8)
+        far = far_outside(t.raw[sl], t.min[sl], t.max[sl]) & (q == GOOD)
+        key = f"{g.device}/{g.name}: out of range"
+        if far.any():
+            q[far] = BAD
+            i = g.start + int(np.flatnonzero(far)[0])
+            self._episodes.fail(
+                key,
+                f"{t.names[i]} = {t.raw[i]:.6g} is more than a span outside {t.min[i]:g}.."
+                f"{t.max[i]:g} ({int(far.sum())} tags): marked bad; wrong type, byte/word "
+                "order or scale? `edgeloop probe` shows the register in every order",
+            )
+        else:
+            self._episodes.ok(key)
         t.quality[sl] = q
         t.ts_ns[sl] = ts_ns
         self._last_good_ns[sl][q == GOOD] = ts_ns

@@ -98,6 +98,15 @@ class TagTable:
         return len(self.names)
 
 
+def far_outside(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Tags whose value lies more than a whole span (max - min) outside their configured
+    range: no process excursion does that, a wrong type, byte or word order or scale does
+    (a word-swapped float32 reads as 1e20). Tags without both bounds never match."""
+    span = hi - lo
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(span) & ((values > hi + span) | (values < lo - span))
+
+
 @dataclass(slots=True)
 class Compiled:
     """Everything start-up needs, made before the first connection.

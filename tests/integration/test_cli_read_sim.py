@@ -119,3 +119,25 @@ def test_read_unknown_tag_and_bad_config(tmp_path: Path, capsys) -> None:
     bad.write_text("devices: []\n")
     assert main(["read", str(bad)]) == 78
     assert capsys.readouterr().err.strip() == f"{bad}:1: devices: must not be empty"
+
+
+def test_a_value_far_outside_its_range_is_bad_with_the_reason(tmp_path: Path, hw_sim) -> None:  # type: ignore[no-untyped-def]
+    """A wrong scale (here x1000: 20 degC reads 20,000) is not a process value: `read` says
+    bad, out_of_range, shows the raw value and points at `probe` (issue 14). (A wrong byte or
+    word order gives a far value or a denormal near 0, depending on the bits.)"""
+    mb, ua = hw_sim
+    path = plant_config(tmp_path, mb, ua)
+    text = path.read_text().replace(
+        "{name: tank_temp, table: input, address: 0, type: float32,",
+        "{name: tank_temp, table: input, address: 0, type: float32, scale: 1000,",
+    )
+    assert "scale: 1000," in text
+    path.write_text(text)
+    res = edgeloop("read", str(path), "--json", "--tag", "tank_temp", "--tag", "inlet_flow")
+    assert res.returncode == 1, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["inlet_flow"]["quality"] == "good" and "reason" not in doc["inlet_flow"]
+    bad = doc["tank_temp"]
+    assert bad["quality"] == "bad"
+    assert bad["reason"].startswith("out_of_range: ") and "edgeloop probe" in bad["reason"]
+    assert abs(bad["value"]) > 1000  # the raw value is kept for the diagnosis

@@ -42,6 +42,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=",".join(WIDE_TYPES),
         help=f"wide types to show, comma separated (default {','.join(WIDE_TYPES)})",
     )
+    parser.add_argument(
+        "--yaml",
+        metavar="TYPE[:ORDER]",
+        help="print the tag line for the pick instead of the table: a type (uint16, int16, "
+        "float32, ..., string) and for wide types the order as ABCD, CDAB, BADC or DCBA "
+        "(e.g. float32:CDAB)",
+    )
+    parser.add_argument("--name", help="tag name for --yaml (default <table>_<address>)")
 
 
 @dataclass(frozen=True)
@@ -163,11 +171,24 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.yaml:
+        try:
+            pick = parse_pick(args.yaml, args.table)
+        except ValueError as exc:
+            print(f"probe: --yaml {args.yaml}: {exc}", file=sys.stderr)
+            return 2
     try:
         data = asyncio.run(_read(args))
     except DriverError as exc:
         print(f"probe failed: {exc}", file=sys.stderr)
         return 1
+    if args.yaml:
+        try:
+            print(tag_line(args, pick, data))
+        except ValueError as exc:
+            print(f"probe: {exc}", file=sys.stderr)
+            return 1
+        return 0
     where = args.rtu or f"{args.host}:{args.port}"
     print(f"{where} unit {args.unit} {args.table}: ", end="")
     if args.table in ("coil", "discrete"):
@@ -175,3 +196,51 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(format_registers(args.address, data, types))
     return 0
+
+
+_ORDER_CODES = {"ABCD": ("big", "big"), "CDAB": ("big", "little"),
+                "BADC": ("little", "big"), "DCBA": ("little", "little")}  # fmt: skip
+
+
+def parse_pick(text: str, table: str) -> tuple[str, str, str]:
+    """`float32:CDAB` -> (dtype, byte_order, word_order); checked against the table."""
+    from drivers.modbus_codec import WIDTH
+
+    dtype, _, order = text.partition(":")
+    dtype = dtype.strip().lower()
+    if table in ("coil", "discrete"):
+        if dtype not in ("bool", ""):
+            raise ValueError(f"a {table} holds one bit: use --yaml bool")
+        return "bool", "big", "big"
+    if dtype not in WIDTH and dtype != "string":
+        raise ValueError(f"unknown type {dtype!r}; one of {', '.join(sorted(WIDTH))}, string")
+    code = order.strip().upper() or "ABCD"
+    if code not in _ORDER_CODES:
+        raise ValueError(f"order {order!r}: one of {', '.join(_ORDER_CODES)}")
+    if code != "ABCD" and WIDTH.get(dtype, 1) < 2 and code not in ("BADC", "ABCD"):
+        raise ValueError(f"{dtype} is one register: only ABCD or BADC (byte swap) apply")
+    return (dtype, *_ORDER_CODES[code])
+
+
+def tag_line(args: argparse.Namespace, pick: tuple[str, str, str], data: list[int]) -> str:
+    """The tag line for a config, with the value it decodes to now as a comment."""
+    from drivers.modbus_codec import WIDTH, decode_value
+
+    dtype, bo, wo = pick
+    name = args.name or f"{args.table}_{args.address}"
+    fields = [f"name: {name}", f"table: {args.table}", f"address: {args.address}"]
+    if args.table in ("coil", "discrete"):
+        value = bool(data[0])
+    else:
+        width = args.count if dtype == "string" else WIDTH[dtype]
+        if len(data) < width:
+            raise ValueError(f"{dtype} needs {width} registers; read with --count {width}")
+        value = decode_value(data[:width], dtype, bo, wo)
+        fields.append(f"type: {dtype}")
+        if dtype == "string":
+            fields.append(f"length_registers: {width}")
+        if bo != "big":
+            fields.append(f"byte_order: {bo}")
+        if wo != "big" and WIDTH.get(dtype, 1) > 1:
+            fields.append(f"word_order: {wo}")
+    return "- {" + ", ".join(fields) + "}" + f"   # now {value!r}"

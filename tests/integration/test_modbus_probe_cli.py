@@ -83,6 +83,48 @@ async def test_probe_finds_the_swapped_floats() -> None:
         plant.close()
 
 
+async def test_probe_yaml_prints_the_tag_line_of_the_pick(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`--yaml float32:CDAB` after reading the table: the tag line for that order, which
+    `check` accepts and which decodes the value the simulator serves (issue 14)."""
+    plant = SimPlant(seed=3)
+    plant.write("heater_power", 50.0)
+    for _ in range(100):
+        plant.step(1.0)
+    server = SimModbusServer(plant, port=free_port())
+    await server.start()
+    try:
+        rc, out, err = await probe(
+            "--port", str(server.port), "--table", "input", "--address", "12", "--count", "2",
+            "--yaml", "float32:CDAB", "--name", "energy_kwh",
+        )  # fmt: skip
+        assert rc == 0, err
+        want = "- {name: energy_kwh, table: input, address: 12, type: float32, word_order: little}"
+        assert out.startswith(want), out
+        energy = next(p for p in pointmap.modbus_points() if p.name == "energy_kwh")
+        served = sim_codec.decode(energy, sim_codec.encode(energy, plant.values()["energy_kwh"]))
+        assert float(out.split("# now ")[1]) == served
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(
+            "devices:\n  - name: plc\n    driver: modbus\n    host: 127.0.0.1\n"
+            "    poll_groups:\n      - name: g\n        interval_ms: 1000\n        tags:\n"
+            f"          {out.split('   #')[0]}\n"
+        )
+        chk = await asyncio.create_subprocess_exec(sys.executable, "-m", "agent", "check", str(cfg))
+        assert await chk.wait() == 0
+        rc, _, err = await probe(
+            "--port", str(server.port), "--address", "0", "--yaml", "float32:XYZW"
+        )
+        assert rc == 2 and "one of ABCD" in err
+        rc, out, _ = await probe(
+            "--port", str(server.port), "--table", "coil", "--address", "0", "--count", "1",
+            "--yaml", "bool",
+        )  # fmt: skip
+        assert rc == 0 and out.startswith("- {name: coil_0, table: coil, address: 0}")
+    finally:
+        await server.stop()
+        plant.close()
+
+
 async def test_probe_unreachable_device_fails_cleanly() -> None:
     rc, _out, err = await probe("--port", str(free_port()), "--address", "0", "--timeout", "0.5")
     assert rc == 1 and "cannot connect" in err and "Traceback" not in err

@@ -281,6 +281,11 @@ class KernelRuntime:
             info[g.settings.name] = d
         return info
 
+    def tag_budget_info(self) -> dict[str, dict[str, Any]]:
+        """How each budgeted tag's score limit and k of n were set (`pertag.budget_limit`
+        notes, or `error`), for tags whose warm-up is complete."""
+        return {self.table.names[i]: dict(d) for i, d in sorted(self.state.info.items())}
+
     # --- replay path ----------------------------------------------------------------------
 
     def run(

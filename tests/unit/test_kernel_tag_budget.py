@@ -192,6 +192,9 @@ def test_runtime_live_frames_equal_replay_with_a_budget() -> None:
         events += live.process(frame)
         flags[r] = tb.flags
     np.testing.assert_array_equal(flags, replay.flags)
+    info = live.tag_budget_info()
+    assert set(info) == {"a", "b"} and info["b"]["budget"].startswith("20 onsets/day at 1 s")
+    assert info["a"]["budget"] == "0.01 of samples" and "score_limit" in info["a"]
     on_b = [e for e in events if e["source"] == "b" and e["kind"] == N.EVENT_ANOMALY_ON]
     assert on_b and on_b[0]["ts_ns"] >= ts[1000] and on_b[0].get("cause") == "score"
 

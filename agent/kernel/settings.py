@@ -208,16 +208,19 @@ class KernelConfig(StrictModel):
     @field_validator("tags")
     @classmethod
     def _tags_budget(cls, v: dict[str, Any], info: Any) -> dict[str, Any]:
-        """A budget in `kernel.defaults` and fixed keys in a tag's override (or the reverse)
-        are refused too: the tag would have both."""
+        """A budget in `kernel.defaults` and fixed keys in a tag's override are refused too:
+        the tag would have both.  (A tag's own budget wins over fixed keys in the defaults,
+        as it replaces a budget there.)"""
         d = info.data.get("defaults")
-        if d is None:
+        if d is None or not set(d.model_fields_set) & set(BUDGET_KEYS):
             return v
-        dset = set(d.model_fields_set)
         for name, o in v.items():
             own = {k for k in o.model_fields_set if getattr(o, k) is not None}
-            if budget_clash(dset | own) and not budget_clash(own):
-                raise ValueError(f"tag {name!r}: {budget_clash(dset | own)} (with kernel.defaults)")
+            if own & set(BUDGET_KEYS):
+                continue
+            msg = budget_clash(own | set(BUDGET_KEYS))
+            if msg:
+                raise ValueError(f"tag {name!r}: {msg} (the budget of kernel.defaults)")
         return v
 
     @model_validator(mode="after")

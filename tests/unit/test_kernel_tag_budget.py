@@ -160,11 +160,22 @@ def test_a_budget_replaces_the_fixed_threshold_and_counts() -> None:
         {"defaults": {"false_alarm_rate": 0.01, "score_threshold": 4}},
         {"tags": {"t": {"false_alarms_per_day": 1, "alarm_on_samples": 3}}},
         {"defaults": {"false_alarm_rate": 0.01}, "tags": {"t": {"alarm_off_samples": 3}}},
-        {"defaults": {"score_threshold": 5}, "tags": {"t": {"false_alarm_rate": 0.01}}},
     ):
         with pytest.raises(ValidationError, match="cannot be combined with a false-alarm budget"):
             KernelConfig.model_validate(bad)
     assert not KernelConfig().defaults.budgeted  # the default stays the fixed threshold
+    # a tag's own budget wins over fixed keys in the defaults (and over a budget there)
+    k = KernelConfig.model_validate(
+        {
+            "defaults": {"score_threshold": 5, "alarm_on_samples": 2},
+            "tags": {"t": {"false_alarm_rate": 0.01}},
+        }
+    )
+    assert k.params_for("t").budgeted and not k.params_for("u").budgeted
+    k = KernelConfig.model_validate(
+        {"defaults": {"false_alarm_rate": 0.01}, "tags": {"t": {"false_alarms_per_day": 3}}}
+    )
+    assert k.params_for("t").false_alarm_rate is None
 
 
 def test_runtime_live_frames_equal_replay_with_a_budget() -> None:

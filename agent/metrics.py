@@ -73,9 +73,10 @@ class Metrics:
         with self._lock:
             return set(self._values) | set(self._summaries)
 
-    def render(self) -> str:
-        """Prometheus text exposition format 0.0.4."""
-        lines: list[str] = []
+    def render(self, process: bool = False) -> str:
+        """Prometheus text exposition format 0.0.4; `process` adds the standard process_*
+        series (what prometheus_client's process collector names them) from /proc."""
+        lines: list[str] = process_lines() if process else []
         with self._lock:
             for name in sorted(set(self._values) | set(self._summaries)):
                 kind, help_text = _names.METRICS[name]
@@ -90,6 +91,63 @@ class Metrics:
                     for k, v in sorted(self._values[name].items()):
                         lines.append(f"{name}{_fmt(k)} {v:.9g}")
         return "\n".join(lines) + "\n"
+
+
+_START_S: float | None = None
+
+
+def process_lines() -> list[str]:
+    """process_resident_memory_bytes, _virtual_memory_bytes, _cpu_seconds_total, _open_fds and
+    _start_time_seconds of this process (Linux /proc; nothing elsewhere)."""
+    import os
+
+    global _START_S
+    try:
+        page = os.sysconf("SC_PAGE_SIZE")
+        with open("/proc/self/statm") as f:
+            vsz, rss = (int(x) * page for x in f.read().split()[:2])
+        fds = len(os.listdir("/proc/self/fd"))
+        if _START_S is None:
+            with open("/proc/self/stat") as f:
+                start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+            with open("/proc/stat") as f:
+                btime = next(int(ln.split()[1]) for ln in f if ln.startswith("btime"))
+            _START_S = btime + start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, StopIteration):
+        return []
+    t = os.times()
+    series = (
+        ("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.", rss),
+        ("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.", vsz),
+        ("process_cpu_seconds_total", "counter", "Total user and system CPU time in seconds.",
+         t.user + t.system),
+        ("process_open_fds", "gauge", "Number of open file descriptors.", fds),
+        ("process_start_time_seconds", "gauge", "Start time since the epoch in seconds.",
+         _START_S),
+    )  # fmt: skip
+    out = []
+    for name, kind, help_text, v in series:
+        out += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {v:.9g}"]
+    return out
+
+
+def build_info() -> dict[str, str]:
+    """Versions for edgeloop_build_info, from package metadata (nothing imported)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    def v(dist: str) -> str:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return "none"
+
+    return {
+        "version": v("edgeloop"),
+        "python": platform.python_version(),
+        "numba": v("numba"),
+        "litert": v("ai-edge-litert"),
+    }
 
 
 def _escape(v: str) -> str:

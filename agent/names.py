@@ -18,6 +18,11 @@ METRICS: dict[str, tuple[str, str]] = {
     ),
     "edgeloop_poll_latency_seconds": ("summary", "Time of one poll cycle, by device and group."),
     "edgeloop_device_up": ("gauge", "1 when the device answers, 0 when down, by device."),
+    # --- service (labels: version, python, numba, litert) ---
+    "edgeloop_build_info": (
+        "gauge",
+        "Always 1; the labels say what is running: version, python, numba, litert.",
+    ),
     "edgeloop_reconnects_total": ("counter", "Reconnect attempts, by device."),
     # --- kernel (labels: group) ---
     "edgeloop_kernel_seconds": ("summary", "Kernel time per poll-group frame, by group."),

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import names
-from agent.metrics import Metrics
+from agent.metrics import Metrics, build_info
 from agent.telemetry import sdnotify
 from agent.telemetry.sdnotify import Watchdog
 
@@ -491,6 +491,7 @@ class Service:
     def __init__(self, config_path: str | Path) -> None:
         self.config_path = Path(config_path)
         self.metrics = Metrics()
+        self.metrics.set("edgeloop_build_info", 1, **build_info())
         self.watchdog = Watchdog(metrics=self.metrics, stall_s=None)
         self.pipeline: Pipeline | None = None
         self._stop = asyncio.Event()

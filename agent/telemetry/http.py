@@ -568,7 +568,8 @@ class TelemetryServer:
                 body["components"] = self.components_fn()
             return endpoint, 200 if ready else 503, _json(body), *_J
         if endpoint == "metrics":
-            return endpoint, 200, self.metrics.render().encode(), METRICS_CONTENT_TYPE, {}
+            body = self.metrics.render(process=True).encode()
+            return endpoint, 200, body, METRICS_CONTENT_TYPE, {}
         if endpoint == "control":
             return endpoint, 200, _json(self._require_control().status()), *_J
         return endpoint, 200, _json(await self._control_write(req, parts[1], parts[2])), *_J

@@ -154,6 +154,10 @@ async def test_metrics_in_prometheus_text_format(server: TelemetryServer, agent:
     assert "# TYPE edgeloop_polls_total counter" in text
     assert 'edgeloop_polls_total{device="heater_plc",group="fast"} 3' in text
     assert 'edgeloop_device_up{device="heater_plc"} 1' in text
+    # the process series an RSS alert needs, under prometheus_client's standard names
+    rss = next(ln for ln in text.splitlines() if ln.startswith("process_resident_memory_bytes "))
+    assert 10e6 < float(rss.split()[1]) < 2e9
+    assert "# TYPE process_cpu_seconds_total counter" in text and "process_open_fds " in text
 
 
 async def test_healthz_is_alive_json(server: TelemetryServer) -> None:

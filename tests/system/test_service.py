@@ -157,6 +157,8 @@ def test_service_lifecycle(plant, tmp_path: Path) -> None:
         assert status == 200
         assert 'edgeloop_polls_total{device="heater_plc"' in metrics
         assert "edgeloop_kernel_seconds_count" in metrics
+        assert 'edgeloop_build_info{litert="' in metrics and ',version="0.1.0"} 1' in metrics
+        assert "\nprocess_resident_memory_bytes " in metrics
 
         # the simulated PLC goes away: health degrades, and comes back when it returns
         sim.terminate()

@@ -43,7 +43,10 @@ def test_name_follows_prometheus_conventions(name: str) -> None:
         assert name.endswith("_total"), f"{name}: counters end in _total"
     else:
         assert not name.endswith("_total"), f"{name}: only counters end in _total"
-    assert not name.endswith(RESERVED_SUFFIXES), f"{name}: reserved suffix"
+    # `_info` is the text-format convention for an always-1 gauge whose labels carry the facts
+    # (python_info, node_uname_info); OpenMetrics renders such an info family the same way
+    info = kind == "gauge" and name.endswith("_info") and help_text.startswith("Always 1;")
+    assert info or not name.endswith(RESERVED_SUFFIXES), f"{name}: reserved suffix"
     assert not BAD_UNITS.search(name), f"{name}: use base units (_seconds, _bytes)"
     if kind == "summary":
         assert name.endswith("_seconds") or name.endswith("_bytes"), f"{name}: unit suffix"

@@ -129,6 +129,22 @@ def fault_spans(faults_log: Path | None, t_end: float) -> list[dict[str, Any]]:
     return out
 
 
+def visible_faults(
+    faults: Sequence[dict[str, Any]], monitored: Sequence[str], t0: float, t_end: float
+) -> list[tuple[str, float, float]]:
+    """(kind, start, end) in seconds from `t0` of the faults on the plotted signals, clipped
+    to the data: a fault on another machine, or the open end of one still running when the
+    recording stopped, is not drawn over signals it did not touch."""
+    out = []
+    for f in faults:
+        if not set(f.get("signals") or []) & set(monitored):
+            continue
+        f0, f1 = max(f["t0"], t0) - t0, min(f["t1"], t_end) - t0
+        if f1 > f0:
+            out.append((str(f.get("kind", "fault")), f0, f1))
+    return out
+
+
 def make_report(
     db_path: str | Path,
     out_path: str | Path,
@@ -140,6 +156,7 @@ def make_report(
     t_from: float = 0.0,
     t_to: float = 4e9,
     title: str = "edgeloop report",
+    units: dict[str, str] | None = None,
 ) -> Path:
     """Write a PNG or an HTML report (by the suffix of `out_path`); returns the path."""
     import matplotlib
@@ -187,14 +204,15 @@ def make_report(
         x = tr.t - t0
         ax.plot(x, tr.pv, lw=1.0, label="PV")
         ax.plot(x, tr.sp, lw=1.2, ls="--", label="SP")
-        ax.set_ylabel("PV / SP")
+        pv_unit = (units or {}).get((pv_tags or {}).get(tr.name, ""), "")
+        ax.set_ylabel(f"PV / SP ({pv_unit})" if pv_unit else "PV / SP")
         ax.set_title(f"loop {tr.name}")
         ax2.plot(x, tr.mv, lw=1.0, color="tab:green", label="MV (written)")
         ax2.set_ylabel("MV %")
         for a in (ax, ax2):
             for s0, s1 in tr.spans(lambda a: a not in ("model", "tflite", "policy")):
                 a.axvspan(s0 - t0, s1 - t0, color="tab:orange", alpha=0.2, lw=0)
-            a.legend(loc="upper right", fontsize=8)
+            a.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, borderaxespad=0)
         ax2.text(
             0.01, 0.9, "orange: fallback/manual in charge", transform=ax2.transAxes, fontsize=8
         )
@@ -207,20 +225,30 @@ def make_report(
             x = ts / 1e9 - t0
             v = val.astype(float)
             span = np.nanmax(v) - np.nanmin(v) if np.isfinite(v).any() else 1.0
-            ax.plot(x, (v - np.nanmin(v)) / (span or 1.0), lw=0.8, label=tag)
+            unit = (units or {}).get(tag, "")
+            lo, hi = np.nanmin(v), np.nanmax(v)
+            label = f"{tag} ({lo:.3g}..{hi:.3g} {unit})".replace(" )", ")")
+            ax.plot(x, (v - lo) / (span or 1.0), lw=0.8, label=label)
             ax2.plot(x, score, lw=0.8, label=tag)
-        ax.set_ylabel("signals (normalised)")
+        ax.set_ylabel("signals (0-1 of their range)")
         ax.set_title("monitored equipment: red = ground-truth faults, purple = alarms")
         ax2.set_ylabel("anomaly score")
+        shown = visible_faults(faults, mon, t0, t_end)
         for a in (ax, ax2):
-            for f in faults:
-                a.axvspan(f["t0"] - t0, f["t1"] - t0, color="tab:red", alpha=0.15, lw=0)
+            for _kind, f0, f1 in shown:
+                a.axvspan(f0, f1, color="tab:red", alpha=0.15, lw=0)
+        for kind, f0, _f1 in shown:
+            ax.text(f0, 0.97, f" {kind}", fontsize=7, color="tab:red", va="top",
+                    transform=ax.get_xaxis_transform())  # fmt: skip
+        if ax2.get_ylim()[1] > 100:  # one wild score would flatten every other line
+            ax2.set_yscale("symlog", linthresh=10)
+            ax2.set_ylim(bottom=0)
             for spans in alarms.values():
                 for s0, s1 in spans:
                     a.axvspan(
                         s0 - t0, s1 - t0, ymin=0.0, ymax=0.08, color="tab:purple", alpha=0.8, lw=0
                     )
-        ax.legend(loc="upper right", fontsize=7, ncol=4)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, borderaxespad=0)
     axes[-1][0].set_xlabel("seconds from start")
     fig.suptitle(title)
     fig.tight_layout()
@@ -233,6 +261,14 @@ def make_report(
     else:
         out_path.write_bytes(buf.getvalue())
     return out_path
+
+
+def _local(t: float) -> str:
+    """Local wall time an operator reads off the cabinet clock, to the millisecond."""
+    import time
+
+    lt = time.localtime(t)
+    return time.strftime("%Y-%m-%d %H:%M:%S", lt) + f".{int(t % 1 * 1000):03d} {lt.tm_zone}"
 
 
 def _moved(payload: Any) -> str:
@@ -259,7 +295,7 @@ def _html(
         for f in faults
     )
     ev_rows = "".join(
-        f"<tr><td>{e['ts_ns'] / 1e9:.1f}</td><td>{html.escape(e['kind'])}</td>"
+        f"<tr><td>{_local(e['ts_ns'] / 1e9)}</td><td>{html.escape(e['kind'])}</td>"
         f"<td>{html.escape(e['source'])}</td><td>{html.escape(_moved(e['payload']))}</td>"
         f"<td><code>{html.escape(json.dumps(e['payload'])[:160])}</code></td></tr>"
         for e in events[:500]
@@ -273,6 +309,7 @@ def _html(
         f"<h2>Alarm spans</h2><p>{sum(len(v) for v in alarms.values())} alarms on "
         f"{html.escape(', '.join(sorted(alarms)) or 'nothing')}</p>"
         "<h2>Events</h2><table border=1>"
-        "<tr><th>t</th><th>kind</th><th>source</th><th>what moved</th><th>payload</th></tr>"
+        "<tr><th>local time</th><th>kind</th><th>source</th><th>what moved</th>"
+        "<th>payload</th></tr>"
         f"{ev_rows}</table>"
     )

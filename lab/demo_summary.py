@@ -345,6 +345,16 @@ def summarise(
             loops=[lp["name"] for lp in (cfg.get("control") or {}).get("loops", [])],
             monitored=[t for g in (cfg.get("kernel") or {}).get("groups", []) for t in g["tags"]],
             faults_log=out / "faults.jsonl",
+            pv_tags={
+                lp["name"]: lp["inputs"]["pv"] for lp in (cfg.get("control") or {}).get("loops", [])
+            },
+            units={
+                t["name"]: t["unit"]
+                for d in cfg["devices"]
+                for g in d.get("poll_groups", [])
+                for t in g.get("tags", [])
+                if t.get("unit")
+            },
             t_from=t_from,
             t_to=t_to,
             title=f"edgeloop demo, {seconds:.0f} s",

@@ -27,6 +27,8 @@ def run(args: argparse.Namespace) -> int:
 
     src = Path(args.source)
     loops: list[str] | None = None
+    pv_tags: dict[str, str] = {}
+    units: dict[str, str] = {}
     monitored: list[str] = args.tags.split(",") if args.tags else []
     if src.suffix in (".yaml", ".yml"):
         from agent.commands._common import compile_or_report
@@ -37,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
         cfg = compiled.config
         db = Path(cfg.store.path)
         loops = [lp.name for lp in cfg.control.loops]
+        pv_tags = {lp.name: lp.inputs["pv"] for lp in cfg.control.loops if "pv" in lp.inputs}
+        units = {n: u for n, u in zip(compiled.table.names, compiled.table.units, strict=True) if u}
         if not monitored:
             monitored = [t for g in cfg.kernel.groups for t in g.tags]
     else:
@@ -50,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
         loops=loops,
         monitored=monitored,
         faults_log=args.faults,
+        pv_tags=pv_tags,
+        units=units,
         t_from=to_ns(args.t_from) / 1e9,
         t_to=to_ns(args.t_to) / 1e9,
     )

@@ -47,7 +47,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from agent.configbase import (
@@ -385,8 +392,23 @@ class _DeviceCommon(StrictModel):
         return out
 
 
+def _transport_needs(schema: dict[str, Any]) -> None:
+    """The schema says what `_check` enforces per transport, so editors flag it too."""
+    schema["if"] = {"properties": {"transport": {"const": "rtu"}}, "required": ["transport"]}
+    schema["then"] = {
+        "required": ["serial_port"],
+        "properties": {
+            "serial_port": {"type": "string"},
+            "unit_id": {"minimum": 1, "maximum": 247},
+        },
+    }
+    schema["else"] = {"required": ["host"], "properties": {"host": {"type": "string"}}}
+
+
 class ModbusDevice(_DeviceCommon):
     """A Modbus TCP server or a Modbus RTU serial line (several units may share either)."""
+
+    model_config = ConfigDict(json_schema_extra=_transport_needs)
 
     driver: Literal["modbus"] = Field(description="modbus")
     transport: Literal["tcp", "rtu"] = Field("tcp", description="tcp | rtu.")
@@ -654,6 +676,32 @@ class OpcUaDevice(_DeviceCommon):
 DeviceConfig = Annotated[ModbusDevice | OpcUaDevice, Field(discriminator="driver")]
 
 
+def _driver_switch(schema: dict[str, Any]) -> None:
+    """JSON Schema of `devices` for editors: `if driver is X then X's model`.
+
+    pydantic writes the tagged union as `oneOf` + OpenAPI's `discriminator`, which JSON
+    Schema validators (yaml-language-server in VS Code, check-jsonschema) ignore: a device
+    with one wrong key then fails every branch and the editor reports "matches none of
+    oneOf" or the other driver's complaints. With `if`/`then` per driver only the chosen
+    model applies, so the error lands on the key that is wrong. Validation by pydantic is
+    unchanged; this edits the generated schema only.
+    """
+    items = schema["items"]
+    disc = items.pop("discriminator")
+    refs = {v: k for k, v in disc["mapping"].items()}
+    branches = items.pop("oneOf")
+    name = disc["propertyName"]
+    items["type"] = "object"
+    items["required"] = [name]
+    items["properties"] = {
+        name: {"enum": sorted(disc["mapping"]), "description": "Protocol of the device."}
+    }
+    items["allOf"] = [
+        {"if": {"properties": {name: {"const": refs[b["$ref"]]}}, "required": [name]}, "then": b}
+        for b in branches
+    ]
+
+
 # --- the root ----------------------------------------------------------------------------
 
 
@@ -684,7 +732,11 @@ class Config(StrictModel):
         "service) refuses the file until it has been edited and this line deleted.",
     )
     site: Name = Field("edgeloop", description="Site name; prefixes MQTT topics and exports.")
-    devices: list[DeviceConfig] = Field(min_length=1, description="PLCs and servers to read.")
+    devices: list[DeviceConfig] = Field(
+        min_length=1,
+        description="PLCs and servers to read, one entry per connection.",
+        json_schema_extra=_driver_switch,
+    )
     kernel: KernelConfig = Field(
         default_factory=KernelConfig, description="Signal cleaning and anomaly kernel."
     )

@@ -40,7 +40,7 @@ DEFAULT_TI_S = 17.8
 class PidFallback(StrictModel):
     """PID (ISA form) with derivative on measurement, filtered, and back-calculation."""
 
-    kind: Literal["pid"] = "pid"
+    kind: Literal["pid"] = Field("pid", description="pid: a PID controller takes over.")
     kp: float = Field(DEFAULT_KP, description="proportional gain, output units per pv unit")
     ti_s: float = Field(DEFAULT_TI_S, gt=0, description="integral time; large = almost P-only")
     td_s: float = Field(0.0, ge=0, description="derivative time (on measurement)")
@@ -52,14 +52,14 @@ class PidFallback(StrictModel):
 class HoldFallback(StrictModel):
     """Hold the last written output."""
 
-    kind: Literal["hold"]
+    kind: Literal["hold"] = Field(description="hold: keep writing the last output.")
 
 
 class FixedFallback(StrictModel):
     """Write a fixed safe value."""
 
-    kind: Literal["fixed"]
-    value: float
+    kind: Literal["fixed"] = Field(description="fixed: write `value`.")
+    value: float = Field(description="Safe output to write, in the output tag's unit.")
 
 
 Fallback = Annotated[PidFallback | HoldFallback | FixedFallback, Field(discriminator="kind")]
@@ -68,10 +68,10 @@ Fallback = Annotated[PidFallback | HoldFallback | FixedFallback, Field(discrimin
 class SetpointConfig(StrictModel):
     """Setpoint source: a constant (`value`) or a tag; runtime changes are clamped to min/max."""
 
-    value: float | None = None
-    tag: str | None = None
-    min: float | None = None
-    max: float | None = None
+    value: float | None = Field(None, description="Constant setpoint, in the pv's unit.")
+    tag: str | None = Field(None, description="Tag whose value is the setpoint (instead of value).")
+    min: float | None = Field(None, description="Lowest setpoint accepted at run time, pv unit.")
+    max: float | None = Field(None, description="Highest setpoint accepted at run time, pv unit.")
 
     @model_validator(mode="after")
     def _one_source(self) -> SetpointConfig:
@@ -92,7 +92,9 @@ class InterlockConfig(StrictModel):
 
     max_input_age_periods: float = Field(3.0, gt=0, description="older input -> fallback")
     healthy_s: float = Field(10.0, ge=0, description="inputs healthy this long before model")
-    on_bad_quality: bool = True
+    on_bad_quality: bool = Field(
+        True, description="A bad-quality input sends the loop to fallback."
+    )
     # which kernel alarms on an input move the loop to its fallback: `sensor_fault` (the
     # sensor is suspect: stuck, out of range, a spike burst, or its group disagrees), `any`
     # (also every other ANOMALOUS, e.g. a drift alarm from a measured disturbance stepping),
@@ -101,7 +103,9 @@ class InterlockConfig(StrictModel):
         "sensor_fault",
         description="kernel alarm on an input -> fallback: sensor_fault | any | off",
     )
-    on_write_failure: bool = True
+    on_write_failure: bool = Field(
+        True, description="A failed write of the output sends the loop to fallback."
+    )
     max_blind_s: float = Field(
         30.0,
         gt=0,
@@ -123,8 +127,10 @@ class InterlockConfig(StrictModel):
 class HeartbeatConfig(StrictModel):
     """A register the agent changes every `every_periods` so the PLC's watchdog can act."""
 
-    tag: str
-    every_periods: int = Field(1, ge=1, le=1_000_000)
+    tag: str = Field(description="Writable integer tag the counter is written to.")
+    every_periods: int = Field(
+        1, ge=1, le=1_000_000, description="Loop periods between two heartbeat increments."
+    )
     modulo: int = Field(65536, ge=2, description="counter wraps here (uint16 register)")
 
 
@@ -142,19 +148,36 @@ class PlcTripConfig(StrictModel):
 class LoopConfig(StrictModel):
     """One closed loop."""
 
-    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    period_ms: int = Field(500, ge=10, le=3_600_000)
+    name: str = Field(
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Loop name, unique; used in metrics, logs and /control/<name>.",
+    )
+    period_ms: int = Field(
+        500, ge=10, le=3_600_000, description="Control period in ms; must match the model card."
+    )
     model: str | None = Field(None, description="shipped model name or path; None = PID only")
     inputs: dict[str, str] = Field(description="model signal role -> tag; must include pv")
-    output: str
-    setpoint: SetpointConfig
-    mode: Mode = "shadow"
-    fallback: Fallback = Field(default_factory=PidFallback)
-    interlocks: InterlockConfig = Field(default_factory=InterlockConfig)
-    heartbeat: HeartbeatConfig | None = None
+    output: str = Field(description="Writable tag the loop drives (the actuator).")
+    setpoint: SetpointConfig = Field(description="Where the setpoint comes from, and its limits.")
+    mode: Mode = Field(
+        "shadow",
+        description="off (writes nothing) | manual | shadow (the fallback writes, the model is "
+        "only compared) | auto (the model writes).",
+    )
+    fallback: Fallback = Field(
+        default_factory=PidFallback,
+        description="What drives the output when the model may not: pid | hold | fixed.",
+    )
+    interlocks: InterlockConfig = Field(
+        default_factory=InterlockConfig,
+        description="Conditions that move the loop to its fallback and back.",
+    )
+    heartbeat: HeartbeatConfig | None = Field(
+        None, description="Counter written for the PLC's watchdog; none when omitted."
+    )
     readback: bool = Field(False, description="read the output tag back after each write")
     output_min: float | None = Field(None, description="narrower than the tag's min, if set")
-    output_max: float | None = None
+    output_max: float | None = Field(None, description="narrower than the tag's max, if set")
     max_rate_per_s: float | None = Field(None, gt=0, description="None = unlimited")
     manual_output: float | None = Field(None, description="initial manual output")
     start_output: float | None = Field(
@@ -162,7 +185,9 @@ class LoopConfig(StrictModel):
         description="the output's assumed present value when it cannot be read (write-only "
         "register); the first writes ramp from here. None = write nothing until it is read",
     )
-    plc_trip: PlcTripConfig | None = None
+    plc_trip: PlcTripConfig | None = Field(
+        None, description="The PLC's own trip indicator; the loop yields to the PLC while on."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> LoopConfig:
@@ -186,7 +211,9 @@ class LoopConfig(StrictModel):
 class ControlConfig(StrictModel):
     """Settings of the control component; every default lives here."""
 
-    loops: list[LoopConfig] = Field(default_factory=list)
+    loops: list[LoopConfig] = Field(
+        default_factory=list, description="Closed loops, each with a unique name and output."
+    )
     commission_dir: str | None = Field(
         None,
         description="where POST /control/<loop>/commission writes the model, card and report "

@@ -48,36 +48,91 @@ def signal_kind(dtype: str, scale: float = 1.0) -> SignalKind:
 class TagParams(StrictModel):
     """Per-tag stage settings (`kernel.defaults`, and each `kernel.tags.<name>` on top)."""
 
-    filter: Literal["ewma", "kalman", "none"] = "ewma"
-    ewma_alpha: Annotated[float, Field(gt=0.0, le=1.0)] = 0.3
-    kalman_q: Annotated[float, Field(ge=0.0)] = 1e-3  # process noise variance per sample, unit^2
-    kalman_r: Annotated[float, Field(gt=0.0)] = 1e-2  # measurement noise variance, unit^2
-    hampel_window: Annotated[int, Field(ge=0, le=MAX_HAMPEL_WINDOW)] = 11  # odd; 0 disables
-    hampel_k: Annotated[float, Field(gt=0.0)] = 5.0  # spike if |x - median| > k * 1.4826 * MAD
-    spike_min_dev: Annotated[float, Field(ge=0.0)] = 0.0  # and |x - median| > this (unit)
-    rate_limit_per_s: Annotated[float, Field(gt=0.0)] | None = None  # unit/s; None = off
-    stuck_samples: Annotated[int, Field(ge=0)] = 60  # 0 disables
-    stuck_epsilon: Annotated[float, Field(ge=0.0)] = 0.0  # |x - ref| <= eps counts as no change
-    stuck_min_move_rate: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
-    baseline_alpha: Annotated[float, Field(gt=0.0, le=1.0)] = 0.01
-    noise_floor: Annotated[float, Field(gt=0.0)] = 1e-6  # smallest residual scale, unit
-    cusum_k: Annotated[float, Field(ge=0.0)] = 0.5  # allowance, in residual scales
-    cusum_h: Annotated[float, Field(gt=0.0)] = 12.0  # decision interval, in residual scales
-    score_threshold: Annotated[float, Field(gt=0.0)] = 6.0
-    alarm_on_samples: Annotated[int, Field(ge=1)] = 3
-    alarm_off_samples: Annotated[int, Field(ge=1)] = 10
+    filter: Literal["ewma", "kalman", "none"] = Field(
+        "ewma", description="Smoothing of the published value: ewma | kalman | none."
+    )
+    ewma_alpha: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
+        0.3,
+        description="EWMA weight of the newest sample (0 < a <= 1); smaller: smoother, slower.",
+    )
+    kalman_q: Annotated[float, Field(ge=0.0)] = Field(
+        1e-3, description="Kalman process noise variance per sample, in the tag's unit squared."
+    )
+    kalman_r: Annotated[float, Field(gt=0.0)] = Field(
+        1e-2, description="Kalman measurement noise variance, in the tag's unit squared."
+    )
+    hampel_window: Annotated[int, Field(ge=0, le=MAX_HAMPEL_WINDOW)] = Field(
+        11,
+        description="Samples in the Hampel spike window, odd and >= 3; 0 disables spike rejection.",
+    )
+    hampel_k: Annotated[float, Field(gt=0.0)] = Field(
+        5.0,
+        description="Spike threshold in robust standard deviations (1.4826 x MAD) from the median.",
+    )
+    spike_min_dev: Annotated[float, Field(ge=0.0)] = Field(
+        0.0,
+        description="Smallest deviation from the median, in the tag's unit, that can be a spike.",
+    )
+    rate_limit_per_s: Annotated[float, Field(gt=0.0)] | None = Field(
+        None,
+        description="Largest change of the accepted value, tag unit per second; unset: off.",
+    )
+    stuck_samples: Annotated[int, Field(ge=0)] = Field(
+        60, description="Run of unchanged raw samples that marks the sensor STUCK; 0 disables."
+    )
+    stuck_epsilon: Annotated[float, Field(ge=0.0)] = Field(
+        0.0, description="A change no larger than this, in the tag's unit, counts as no change."
+    )
+    stuck_min_move_rate: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
+        0.5, description="Share of samples (0..1) that must normally change for STUCK to apply."
+    )
+    baseline_alpha: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
+        0.01, description="Learning rate per sample of the slow baseline and residual scale."
+    )
+    noise_floor: Annotated[float, Field(gt=0.0)] = Field(
+        1e-6,
+        description="Smallest residual scale, in the tag's unit; keeps z finite on flat signals.",
+    )
+    cusum_k: Annotated[float, Field(ge=0.0)] = Field(
+        0.5, description="Drift CUSUM allowance, in residual scales."
+    )
+    cusum_h: Annotated[float, Field(gt=0.0)] = Field(
+        12.0, description="Drift CUSUM decision interval, in residual scales."
+    )
+    score_threshold: Annotated[float, Field(gt=0.0)] = Field(
+        6.0, description="Robust z (residual scales) above which a sample's score is bad."
+    )
+    alarm_on_samples: Annotated[int, Field(ge=1)] = Field(
+        3, description="Consecutive bad samples that turn the tag's ANOMALOUS alarm on."
+    )
+    alarm_off_samples: Annotated[int, Field(ge=1)] = Field(
+        10, description="Consecutive clear samples that turn the tag's ANOMALOUS alarm off."
+    )
     # what makes a sample "bad" for the per-tag ANOMALOUS alarm.  Default: the sensor is
     # untrustworthy (stuck, out of range).  `score`/`drift` also fire on intended moves of an
     # operated variable (a setpoint step), so they are opt-in per tag.
-    alarm_on: tuple[AlarmCause, ...] = ("stuck", "out_of_range")
-    warmup_samples: Annotated[int, Field(ge=1)] = 30
-    check_range: bool = True  # use the tag table's min/max as the engineering range
+    alarm_on: tuple[AlarmCause, ...] = Field(
+        ("stuck", "out_of_range"),
+        description="Causes that make a sample bad: stuck, out_of_range, score, drift, spike.",
+    )
+    warmup_samples: Annotated[int, Field(ge=1)] = Field(
+        30, description="Valid samples before score and drift are evaluated."
+    )
+    check_range: bool = Field(
+        True, description="Samples outside the tag's min/max are OUT_OF_RANGE and not used."
+    )
     # false-alarm budget of the score (either, not both): the score limit and a k-out-of-n
     # persistence computed from the tag's warm-up; replaces score_threshold (as the alarm
     # limit) and the alarm_on/off_samples hysteresis
-    false_alarm_rate: Annotated[float, Field(gt=0.0, lt=0.5)] | None = None  # share of samples
-    false_alarms_per_day: Annotated[float, Field(gt=0.0)] | None = None  # alarm onsets per day
-    persistence_window: Annotated[int, Field(ge=1, le=MAX_PERSISTENCE_WINDOW)] = 10  # n, samples
+    false_alarm_rate: Annotated[float, Field(gt=0.0, lt=0.5)] | None = Field(
+        None, description="False-alarm budget: share of normal samples in alarm (0 < r < 0.5)."
+    )
+    false_alarms_per_day: Annotated[float, Field(gt=0.0)] | None = Field(
+        None, description="False-alarm budget: alarm onsets per day on normal data."
+    )
+    persistence_window: Annotated[int, Field(ge=1, le=MAX_PERSISTENCE_WINDOW)] = Field(
+        10, description="n of the budget's k-out-of-n alarm, in samples (k is computed)."
+    )
 
     @field_validator("hampel_window")
     @classmethod
@@ -130,7 +185,7 @@ def _optional_fields() -> dict[str, Any]:
     for name, info in TagParams.model_fields.items():
         ann = info.annotation
         inner = Annotated[(ann, *info.metadata)] if info.metadata else ann
-        fields[name] = (inner | None, None)
+        fields[name] = (inner | None, Field(None, description=info.description))
     return fields
 
 
@@ -146,24 +201,50 @@ TagOverride = create_model(
 class GroupSettings(StrictModel):
     """One multivariate group: PCA with Hotelling T2 and SPE (Q), learned from a warm-up."""
 
-    name: str = Field(min_length=1)
-    tags: list[str] = Field(min_length=2)
-    warmup_samples: Annotated[int, Field(ge=20)] = 400
-    variance_explained: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.9
-    n_components: Annotated[int, Field(ge=1)] | None = None  # overrides variance_explained
-    alpha: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.001  # per-sample false-alarm prob. of limits
-    score_alpha: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1  # EWMA on the normalised stat
-    alarm_on_samples: Annotated[int, Field(ge=1)] = 10
-    alarm_off_samples: Annotated[int, Field(ge=1)] = 20
-    adapt_alpha: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0  # 0 = frozen model
+    name: str = Field(min_length=1, description="Group name, unique; labels its score and events.")
+    tags: list[str] = Field(
+        min_length=2, description="Member tags (two or more) that move together."
+    )
+    warmup_samples: Annotated[int, Field(ge=20)] = Field(
+        400, description="Valid samples of all members the PCA model is learned from."
+    )
+    variance_explained: Annotated[float, Field(gt=0.0, lt=1.0)] = Field(
+        0.9, description="Share of variance the kept principal components must explain."
+    )
+    n_components: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="Exact number of principal components; overrides variance_explained."
+    )
+    alpha: Annotated[float, Field(gt=0.0, lt=0.5)] = Field(
+        0.001, description="Per-sample significance of the T2 and SPE limits (not an alarm rate)."
+    )
+    score_alpha: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
+        0.1, description="EWMA weight of the newest sample in the group score (1 = no smoothing)."
+    )
+    alarm_on_samples: Annotated[int, Field(ge=1)] = Field(
+        10, description="Consecutive samples above the limit that turn GROUP_ALARM on."
+    )
+    alarm_off_samples: Annotated[int, Field(ge=1)] = Field(
+        20, description="Consecutive samples below the limit that turn GROUP_ALARM off."
+    )
+    adapt_alpha: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(
+        0.0, description="EWMA rate at which member means and scales follow drift; 0 = frozen."
+    )
     # false-alarm budget (either, not both): limits and a k-out-of-n persistence computed from
     # the warm-up so that normal data alarm this often; replaces alpha and the hysteresis
-    false_alarm_rate: Annotated[float, Field(gt=0.0, lt=0.5)] | None = None  # share of samples
-    false_alarms_per_day: Annotated[float, Field(gt=0.0)] | None = None  # alarm onsets per day
-    persistence_window: Annotated[int, Field(ge=1, le=MAX_PERSISTENCE_WINDOW)] = 10  # n, samples
+    false_alarm_rate: Annotated[float, Field(gt=0.0, lt=0.5)] | None = Field(
+        None, description="False-alarm budget: share of normal samples in alarm (0 < r < 0.5)."
+    )
+    false_alarms_per_day: Annotated[float, Field(gt=0.0)] | None = Field(
+        None, description="False-alarm budget: alarm onsets per day on normal data."
+    )
+    persistence_window: Annotated[int, Field(ge=1, le=MAX_PERSISTENCE_WINDOW)] = Field(
+        10, description="n of the budget's k-out-of-n alarm, in samples (k is computed)."
+    )
     # dynamic PCA: the model sees each member at t, t-1, .., t-lags; `auto` picks 0..MAX_AUTO_LAGS
     # from the warm-up's partial autocorrelation
-    lags: Annotated[int, Field(ge=0, le=MAX_LAGS)] | Literal["auto"] = 0
+    lags: Annotated[int, Field(ge=0, le=MAX_LAGS)] | Literal["auto"] = Field(
+        0, description="Past samples per member in the model (dynamic PCA), or auto (0..3)."
+    )
 
     @model_validator(mode="after")
     def _unique_tags(self) -> GroupSettings:
@@ -193,9 +274,13 @@ class GroupSettings(StrictModel):
 class KernelConfig(StrictModel):
     """`kernel:` section; every default of the kernel lives in the models above."""
 
-    defaults: TagParams = TagParams()
-    tags: dict[str, TagOverride] = Field(default_factory=dict)  # type: ignore[valid-type]
-    groups: list[GroupSettings] = Field(default_factory=list)
+    defaults: TagParams = Field(TagParams(), description="Per-tag settings of every tag.")
+    tags: dict[str, TagOverride] = Field(  # type: ignore[valid-type]
+        default_factory=dict, description="Per-tag overrides of `defaults`, keyed by tag name."
+    )
+    groups: list[GroupSettings] = Field(
+        default_factory=list, description="Multivariate (PCA) groups of related tags."
+    )
 
     @field_validator("defaults")
     @classmethod

@@ -22,10 +22,18 @@ _MQTT = ("publish", "mqtt")
 class TlsConfig(StrictModel):
     """TLS to the broker; the CA pins who we talk to, a client cert/key authenticates us."""
 
-    ca_file: str | None = None  # None: the system trust store
-    cert_file: str | None = None
-    key_file: str | None = None
-    verify_hostname: bool = True
+    ca_file: str | None = Field(
+        None, description="PEM file of the CA(s) the broker's certificate must chain to."
+    )  # None: the system trust store
+    cert_file: str | None = Field(
+        None, description="PEM client certificate, for brokers that authenticate by cert."
+    )
+    key_file: str | None = Field(
+        None, description="Unencrypted PEM private key of cert_file; set both or neither."
+    )
+    verify_hostname: bool = Field(
+        True, description="Check that the broker's certificate names `host`."
+    )
 
     @model_validator(mode="after")
     def _pair(self) -> TlsConfig:
@@ -76,22 +84,44 @@ class TlsConfig(StrictModel):
 class MqttConfig(StrictModel):
     """Broker connection. Secrets never sit in YAML: use password_env or password_file."""
 
-    host: str = "127.0.0.1"
-    port: int = Field(1883, ge=1, le=65535)
-    topic_prefix: str = "edgeloop"
+    host: str = Field("127.0.0.1", description="Broker host name or IP address.")
+    port: int = Field(
+        1883, ge=1, le=65535, description="Broker TCP port (1883 plain, usually 8883 with TLS)."
+    )
+    topic_prefix: str = Field(
+        "edgeloop", description="First topic level of every JSON message: <prefix>/<site>/..."
+    )
     # Store-and-forward needs the broker's PUBACK, so QoS 1 is the only supported level.
-    qos: Literal[1] = 1
-    client_id: str | None = None  # default: edgeloop-<site>
-    keepalive_s: int = Field(30, ge=5, le=3600)
-    username: str | None = None
-    password_env: EnvName | None = None  # the variable's name, never the password
-    password_file: str | None = None
-    tls: TlsConfig | None = None
-    connect_timeout_s: float = Field(10.0, gt=0)
-    publish_timeout_s: float = Field(30.0, gt=0)  # for a whole in-flight window to be acked
-    backoff_initial_s: float = Field(0.5, gt=0)
-    backoff_max_s: float = Field(30.0, gt=0)
-    max_inflight: int = Field(200, ge=1, le=65535)  # messages awaiting PUBACK at once
+    qos: Literal[1] = Field(1, description="MQTT QoS of every message; only 1 (acknowledged).")
+    client_id: str | None = Field(
+        None, description="MQTT client id; omitted: edgeloop-<site>."
+    )  # default: edgeloop-<site>
+    keepalive_s: int = Field(
+        30, ge=5, le=3600, description="MQTT keep-alive in seconds; the broker drops us after 1.5x."
+    )
+    username: str | None = Field(None, description="Broker user name; none: anonymous.")
+    password_env: EnvName | None = Field(
+        None, description="Name of the environment variable holding the broker password."
+    )  # the variable's name, never the password
+    password_file: str | None = Field(
+        None, description="File holding the broker password (trailing newline dropped)."
+    )
+    tls: TlsConfig | None = Field(None, description="TLS to the broker; plain TCP when omitted.")
+    connect_timeout_s: float = Field(
+        10.0, gt=0, description="Seconds to wait for the broker's CONNACK."
+    )
+    publish_timeout_s: float = Field(
+        30.0, gt=0, description="Seconds for a whole in-flight window to be acknowledged."
+    )  # for a whole in-flight window to be acked
+    backoff_initial_s: float = Field(
+        0.5, gt=0, description="First reconnect delay in seconds; doubles on each failure."
+    )
+    backoff_max_s: float = Field(
+        30.0, gt=0, description="Longest reconnect delay in seconds (jitter added)."
+    )
+    max_inflight: int = Field(
+        200, ge=1, le=65535, description="Messages sent and awaiting PUBACK at once."
+    )  # messages awaiting PUBACK at once
 
     @model_validator(mode="after")
     def _secrets(self) -> MqttConfig:
@@ -116,35 +146,64 @@ class MqttConfig(StrictModel):
 class OutboxConfig(StrictModel):
     """The durable outbox: every message is committed here before it is sent."""
 
-    path: str = "/var/lib/edgeloop/outbox.db"
+    path: str = Field(
+        "/var/lib/edgeloop/outbox.db",
+        description="SQLite file of the messages not yet acknowledged by the broker.",
+    )
     # Disk budget for queued messages (payload + topic + row overhead); beyond it the
     # oldest messages are dropped and counted in edgeloop_outbox_dropped_total.
-    max_mb: float = Field(512.0, gt=0, le=1_048_576)  # at most 1 TiB
+    max_mb: float = Field(
+        512.0,
+        gt=0,
+        le=1_048_576,
+        description="Disk budget of queued messages in MiB; beyond it the oldest are dropped.",
+    )  # at most 1 TiB
     # normal: survives kill -9 of the agent; full: also survives power loss (fsync per commit).
-    synchronous: Literal["normal", "full"] = "normal"
+    synchronous: Literal["normal", "full"] = Field(
+        "normal",
+        description="SQLite sync: normal survives a crash, full also a power loss (slower).",
+    )
     # Messages handed over by the event loop and waiting for the outbox writer thread (a
     # slow disk, another process holding the write lock); beyond it the newest are dropped,
     # counted and logged. About 3.5 kB each for a 100-tag group.
-    queue_max: int = Field(5000, ge=10, le=1_000_000)
+    queue_max: int = Field(
+        5000,
+        ge=10,
+        le=1_000_000,
+        description="Messages waiting for the outbox writer; beyond it the newest are dropped.",
+    )
 
 
 class SparkplugConfig(StrictModel):
     """Sparkplug B naming: spBv1.0/<group_id>/<type>/<edge_node_id = site>[/<device>]."""
 
-    group_id: str = "edgeloop"
+    group_id: str = Field(
+        "edgeloop", description="Sparkplug group id, the topic level after spBv1.0."
+    )
 
 
 class PublishConfig(StrictModel):
     """Northbound MQTT. Every default of the publisher lives here."""
 
-    enabled: bool = True
-    encoding: Literal["json", "sparkplug_b"] = "json"
+    enabled: bool = Field(True, description="Publish frames and events to the MQTT broker.")
+    encoding: Literal["json", "sparkplug_b"] = Field(
+        "json", description="Payload format: json | sparkplug_b (protobuf, Sparkplug topics)."
+    )
     # 0: one message per poll-group frame; > 0: frames of a group collected for this long
     # go out as one message (fewer, larger messages; frames in an open window are in memory).
-    batch_window_ms: int = Field(0, ge=0, le=600_000)
-    mqtt: MqttConfig = MqttConfig()
-    outbox: OutboxConfig = OutboxConfig()
-    sparkplug: SparkplugConfig = SparkplugConfig()
+    batch_window_ms: int = Field(
+        0,
+        ge=0,
+        le=600_000,
+        description="ms a poll group's frames are collected into one message; 0 = each alone.",
+    )
+    mqtt: MqttConfig = Field(MqttConfig(), description="Broker connection and credentials.")
+    outbox: OutboxConfig = Field(
+        OutboxConfig(), description="Durable store of messages until the broker acknowledges."
+    )
+    sparkplug: SparkplugConfig = Field(
+        SparkplugConfig(), description="Sparkplug B naming, used with encoding sparkplug_b."
+    )
 
 
 def check_files(cfg: Any) -> list[tuple[tuple[str | int, ...], str]]:

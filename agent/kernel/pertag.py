@@ -8,6 +8,12 @@ The Hampel window is kept twice per tag: a ring buffer in arrival order and a so
 updated by one deletion and one insertion (O(window)), so the median is a lookup and the
 Hampel test is one counting loop (`_is_spike`) instead of a sort per sample.
 
+A tag with a false-alarm budget (`false_alarm_rate` / `false_alarms_per_day`) alarms on "k of
+the last n samples bad" instead of the on/off hysteresis; the jitted path keeps its warm-up
+inputs in a preallocated buffer (`TagState.wbuf`) and counts finished warm-ups in
+`TagState.due`, and `calibrate` (plain Python, once per tag) writes its score limit and k
+into the parameter table (`budget_limit`, with `agent.kernel.stats`).
+
 Every jitted function is compiled with `_nrt=False` (no numba reference-counting runtime):
 the kernel allocates nothing, and the atomic incref/decref calls numba otherwise emits for
 the array arguments of each inlined helper cost more than the arithmetic (32 -> 17 ns per

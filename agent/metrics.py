@@ -83,9 +83,15 @@ class Metrics:
                 lines.append(f"# HELP {name} {help_text}")
                 lines.append(f"# TYPE {name} {kind}")
                 if kind == "summary":
-                    for k, (s, c, mx) in sorted(self._summaries[name].items()):
+                    # a summary family holds only _sum/_count samples (parsers split anything
+                    # else off): the largest observation is its own gauge family, name_max
+                    series = sorted(self._summaries[name].items())
+                    for k, (s, c, _mx) in series:
                         lines.append(f"{name}_sum{_fmt(k)} {s:.9g}")
                         lines.append(f"{name}_count{_fmt(k)} {c:.0f}")
+                    lines.append(f"# HELP {name}_max Largest observation of {name}.")
+                    lines.append(f"# TYPE {name}_max gauge")
+                    for k, (_s, _c, mx) in series:
                         lines.append(f"{name}_max{_fmt(k)} {mx:.9g}")
                 else:
                     for k, v in sorted(self._values[name].items()):

@@ -87,7 +87,8 @@ def test_every_declared_metric_renders_as_valid_exposition_text() -> None:
         assert mt, f"invalid exposition line: {line!r}"
         base = re.sub(r"_(sum|count|max)$", "", mt["name"])
         assert mt["name"] in seen_types or base in seen_types, line
-    assert set(seen_types) == set(names.METRICS)
+    maxes = {f"{n}_max" for n, (k, _) in names.METRICS.items() if k == "summary"}
+    assert set(seen_types) == set(names.METRICS) | maxes
 
 
 def test_event_kinds_are_unique_snake_case() -> None:
@@ -140,3 +141,28 @@ def test_component_emits_its_names(component: str) -> None:
     exercise(metrics)
     missing = set(names.COMPONENTS[component]) - metrics.emitted()
     assert not missing, f"{component} did not emit {sorted(missing)}"
+
+
+def test_exposition_parses_into_the_declared_families() -> None:
+    """prometheus_client's own parser reads every declared metric as one family of its
+    declared type (a summary's _max is its own gauge family, not samples that split the
+    summary), plus the standard process_* families."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    m = Metrics()
+    for name, (kind, _) in names.METRICS.items():
+        for dev in ("a", "b"):  # two label sets: interleaving would split the family
+            {"counter": m.inc, "gauge": m.set, "summary": m.observe}[kind](name, 1.5, device=dev)
+    fams = {f.name: f for f in text_string_to_metric_families(m.render(process=True))}
+    for name, (kind, _) in names.METRICS.items():
+        fam = name.removesuffix("_total") if kind == "counter" else name
+        assert fams[fam].type == kind, (name, fams[fam].type)
+        samples = {s.name for s in fams[fam].samples}
+        if kind == "summary":
+            assert samples == {f"{name}_sum", f"{name}_count"}
+            assert fams[f"{name}_max"].type == "gauge"
+            assert len(fams[f"{name}_max"].samples) == 2
+        else:
+            assert samples == {name} and len(fams[fam].samples) == 2
+    assert not [f.name for f in fams.values() if f.type == "unknown"]
+    assert fams["process_resident_memory_bytes"].samples[0].value > 1e6

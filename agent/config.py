@@ -66,6 +66,7 @@ from agent.configbase import (
     env_secret,
     read_cert_file,
     read_secret_file,
+    tagged_union_for_editors,
 )
 from agent.configyaml import MAX_CONFIG_BYTES, MERGE_TAG, YamlProblem, describe_size, load_yaml
 from agent.control.settings import ControlConfig
@@ -180,7 +181,9 @@ class _TagCommon(StrictModel):
     max_rate_per_s: float | None = Field(
         None, gt=0, description="Largest change per second a controller may command."
     )
-    description: str = Field("", description="Free text for humans.")
+    description: str = Field(
+        "", description="Free text for people (e.g. the PLC comment); no effect on reading."
+    )
 
     def _common_problems(self) -> list[tuple[Path_, str]]:
         out: list[tuple[Path_, str]] = []
@@ -197,7 +200,9 @@ class ModbusTag(_TagCommon):
     """One Modbus value: where it lives (table, address, unit) and how to decode it."""
 
     table: Table = Field(description="Modbus table: holding | input | coil | discrete.")
-    address: int = Field(ge=0, le=65535, description="0-based protocol address.")
+    address: int = Field(
+        ge=0, le=65535, description="0-based protocol address (manual's 40001 = holding 0)."
+    )
     type: TagType | None = Field(
         None,
         description="Value type; default bool for coil/discrete, required for holding/input.",
@@ -289,7 +294,9 @@ class OpcUaTag(_TagCommon):
 
 class _GroupCommon(StrictModel):
     name: Name
-    interval_ms: int = Field(ge=1, le=86_400_000, description="Poll period in milliseconds.")
+    interval_ms: int = Field(
+        ge=1, le=86_400_000, description="Poll period of the group in ms; all its tags share it."
+    )
     stale_after_ms: int | None = Field(
         None, ge=1, description="Quality turns stale after this age; default 3 x interval_ms."
     )
@@ -303,7 +310,7 @@ class ModbusPollGroup(_GroupCommon):
     """Tags read together at one rate; the planner merges them into few requests."""
 
     mode: Literal["poll"] = Field("poll", description="Modbus groups are always polled.")
-    tags: list[ModbusTag] = Field(min_length=1, description="The tags of this group.")
+    tags: list[ModbusTag] = Field(min_length=1, description="Tags read together at this interval.")
 
 
 class OpcUaPollGroup(_GroupCommon):
@@ -321,7 +328,7 @@ class OpcUaPollGroup(_GroupCommon):
     queue_size: int = Field(
         1000, ge=1, le=1_000_000, description="Bounded notification queue (subscribe)."
     )
-    tags: list[OpcUaTag] = Field(min_length=1, description="The tags of this group.")
+    tags: list[OpcUaTag] = Field(min_length=1, description="Tags read together at this interval.")
 
 
 # --- devices -----------------------------------------------------------------------------
@@ -331,9 +338,11 @@ class _DeviceCommon(StrictModel):
     name: Name
     enabled: bool = Field(True, description="false keeps the device configured but idle.")
     backoff_initial_s: float = Field(
-        0.5, gt=0, le=3600, description="First reconnect delay; doubles up to backoff_max_s."
+        0.5, gt=0, le=3600, description="First reconnect delay in s; doubles up to backoff_max_s."
     )
-    backoff_max_s: float = Field(30.0, gt=0, le=3600, description="Cap of the reconnect delay.")
+    backoff_max_s: float = Field(
+        30.0, gt=0, le=3600, description="Longest reconnect delay in s (jitter added)."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -410,15 +419,21 @@ class ModbusDevice(_DeviceCommon):
 
     model_config = ConfigDict(json_schema_extra=_transport_needs)
 
-    driver: Literal["modbus"] = Field(description="modbus")
-    transport: Literal["tcp", "rtu"] = Field("tcp", description="tcp | rtu.")
-    host: str | None = Field(None, min_length=1, description="Host name or IP (tcp).")
-    port: int = Field(502, ge=1, le=65535, description="TCP port (tcp).")
-    serial_port: str | None = Field(None, min_length=1, description="e.g. /dev/ttyUSB0 (rtu).")
-    baudrate: int = Field(19200, ge=300, le=4_000_000, description="Serial speed (rtu).")
+    driver: Literal["modbus"] = Field(description="modbus: Modbus TCP or RTU.")
+    transport: Literal["tcp", "rtu"] = Field(
+        "tcp", description="tcp (needs host) | rtu (serial line, needs serial_port)."
+    )
+    host: str | None = Field(
+        None, min_length=1, description="Host name or IP address of the device (tcp)."
+    )
+    port: int = Field(502, ge=1, le=65535, description="TCP port of the device (tcp).")
+    serial_port: str | None = Field(
+        None, min_length=1, description="Serial device, e.g. /dev/ttyUSB0 (rtu)."
+    )
+    baudrate: int = Field(19200, ge=300, le=4_000_000, description="Serial speed in bit/s (rtu).")
     parity: Literal["N", "E", "O"] = Field("N", description="Serial parity N | E | O (rtu).")
-    stopbits: Literal[1, 2] = Field(1, description="Serial stop bits (rtu).")
-    bytesize: Literal[7, 8] = Field(8, description="Serial data bits (rtu).")
+    stopbits: Literal[1, 2] = Field(1, description="Serial stop bits per character (rtu).")
+    bytesize: Literal[7, 8] = Field(8, description="Serial data bits per character (rtu).")
     unit_id: int = Field(1, ge=0, le=255, description="Default unit (slave) id of the tags.")
     byte_order: Order = Field("big", description="Byte order inside a 16-bit register.")
     word_order: Order = Field("big", description="Register order of 32/64-bit values.")
@@ -429,18 +444,24 @@ class ModbusDevice(_DeviceCommon):
         description="Response timeout per request; omitted: 1 s, or 80 % of the fastest poll "
         "group's interval when that is shorter than 1 s.",
     )
-    retries: int = Field(1, ge=0, le=10, description="Retries of a failed request.")
+    retries: int = Field(
+        1, ge=0, le=10, description="Retries of a request after a timeout or garbled answer."
+    )
     max_read_registers: int = Field(
         125, ge=1, le=125, description="Largest register read; some devices accept less."
     )
-    max_read_bits: int = Field(2000, ge=1, le=2000, description="Largest coil/discrete read.")
+    max_read_bits: int = Field(
+        2000, ge=1, le=2000, description="Most coils/discrete inputs in one read."
+    )
     max_gap_registers: int = Field(
         8, ge=0, le=124, description="Unused registers the planner may read through to merge."
     )
     max_gap_bits: int = Field(
         32, ge=0, le=1999, description="Unused bits the planner may read through to merge."
     )
-    poll_groups: list[ModbusPollGroup] = Field(min_length=1, description="Poll groups.")
+    poll_groups: list[ModbusPollGroup] = Field(
+        min_length=1, description="Groups of tags, each polled at its own interval."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ModbusDevice:
@@ -514,25 +535,39 @@ SecurityMode = Literal["None", "Sign", "SignAndEncrypt"]
 class OpcUaDevice(_DeviceCommon):
     """An OPC UA server endpoint; secrets come from the environment or a file, never YAML."""
 
-    driver: Literal["opcua"] = Field(description="opcua")
+    driver: Literal["opcua"] = Field(description="opcua: an OPC UA server (opc.tcp).")
     endpoint: str = Field(
         pattern=r"^opc\.tcp://\S+$", description="opc.tcp://host:port/path of the server."
     )
-    security_policy: SecurityPolicy = Field("None", description="Message security policy.")
-    security_mode: SecurityMode = Field("None", description="None | Sign | SignAndEncrypt.")
-    client_certificate: str | None = Field(None, description="Client certificate (DER/PEM).")
-    client_private_key: str | None = Field(None, description="Client private key (PEM).")
+    security_policy: SecurityPolicy = Field(
+        "None",
+        description="Message security policy; other than None needs the client certificate, "
+        "key and a pinned or trusted server certificate.",
+    )
+    security_mode: SecurityMode = Field(
+        "None", description="None | Sign | SignAndEncrypt; not None when a policy is set."
+    )
+    client_certificate: str | None = Field(
+        None, description="This client's certificate file (DER or PEM)."
+    )
+    client_private_key: str | None = Field(
+        None, description="Unencrypted private key file (PEM) of client_certificate."
+    )
     server_certificate: str | None = Field(
         None, description="Pinned server certificate: only this one is accepted."
     )
     trust_dir: str | None = Field(
         None, description="Directory of trusted server certificates (instead of pinning one)."
     )
-    username: str | None = Field(None, min_length=1, description="User name for login.")
+    username: str | None = Field(
+        None, min_length=1, description="User name to log in; anonymous when omitted."
+    )
     password_env: EnvName | None = Field(
         None, description="Name of the environment variable holding the password."
     )
-    password_file: str | None = Field(None, description="File holding the password.")
+    password_file: str | None = Field(
+        None, description="File holding the login password (trailing newline dropped)."
+    )
     allow_plaintext_password: bool = Field(
         False,
         description="Allow a password with security_policy None, where it crosses the network "
@@ -548,7 +583,9 @@ class OpcUaDevice(_DeviceCommon):
     max_nodes_per_read: int = Field(
         0, ge=0, description="Nodes per Read request; 0 asks the server's MaxNodesPerRead."
     )
-    poll_groups: list[OpcUaPollGroup] = Field(min_length=1, description="Poll groups.")
+    poll_groups: list[OpcUaPollGroup] = Field(
+        min_length=1, description="Groups of tags, each polled or subscribed at its own interval."
+    )
 
     @field_validator("security_policy", "security_mode", mode="before")
     @classmethod
@@ -676,32 +713,6 @@ class OpcUaDevice(_DeviceCommon):
 DeviceConfig = Annotated[ModbusDevice | OpcUaDevice, Field(discriminator="driver")]
 
 
-def _driver_switch(schema: dict[str, Any]) -> None:
-    """JSON Schema of `devices` for editors: `if driver is X then X's model`.
-
-    pydantic writes the tagged union as `oneOf` + OpenAPI's `discriminator`, which JSON
-    Schema validators (yaml-language-server in VS Code, check-jsonschema) ignore: a device
-    with one wrong key then fails every branch and the editor reports "matches none of
-    oneOf" or the other driver's complaints. With `if`/`then` per driver only the chosen
-    model applies, so the error lands on the key that is wrong. Validation by pydantic is
-    unchanged; this edits the generated schema only.
-    """
-    items = schema["items"]
-    disc = items.pop("discriminator")
-    refs = {v: k for k, v in disc["mapping"].items()}
-    branches = items.pop("oneOf")
-    name = disc["propertyName"]
-    items["type"] = "object"
-    items["required"] = [name]
-    items["properties"] = {
-        name: {"enum": sorted(disc["mapping"]), "description": "Protocol of the device."}
-    }
-    items["allOf"] = [
-        {"if": {"properties": {name: {"const": refs[b["$ref"]]}}, "required": [name]}, "then": b}
-        for b in branches
-    ]
-
-
 # --- the root ----------------------------------------------------------------------------
 
 
@@ -735,7 +746,7 @@ class Config(StrictModel):
     devices: list[DeviceConfig] = Field(
         min_length=1,
         description="PLCs and servers to read, one entry per connection.",
-        json_schema_extra=_driver_switch,
+        json_schema_extra=tagged_union_for_editors("Protocol of the device."),
     )
     kernel: KernelConfig = Field(
         default_factory=KernelConfig, description="Signal cleaning and anomaly kernel."

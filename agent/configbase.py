@@ -14,8 +14,9 @@ from __future__ import annotations
 import errno
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -40,6 +41,38 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(
         extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False
     )
+
+
+def tagged_union_for_editors(description: str) -> Callable[[dict[str, Any]], None]:
+    """`json_schema_extra` of a field holding a tagged union (or a list of them).
+
+    pydantic writes the union as `oneOf` + OpenAPI's `discriminator`, which JSON Schema
+    validators (yaml-language-server in VS Code, check-jsonschema) ignore: an entry with one
+    wrong key then fails every branch, and the editor reports "matches none of oneOf" or
+    the other branches' complaints.  With one `if tag == X then X's model` per branch only
+    the chosen model applies, so the error lands on the key that is wrong.  Validation by
+    pydantic is unchanged; this edits the generated schema only.  `description` is the
+    tag key's hover text.
+    """
+
+    def edit(schema: dict[str, Any]) -> None:
+        node = schema.get("items", schema)
+        disc = node.pop("discriminator")
+        tag_of = {ref: tag for tag, ref in disc["mapping"].items()}
+        branches = node.pop("oneOf")
+        name = disc["propertyName"]
+        node["type"] = "object"
+        node["required"] = [name]
+        node["properties"] = {name: {"enum": sorted(disc["mapping"]), "description": description}}
+        node["allOf"] = [
+            {
+                "if": {"properties": {name: {"const": tag_of[b["$ref"]]}}, "required": [name]},
+                "then": b,
+            }
+            for b in branches
+        ]
+
+    return edit
 
 
 # --- secrets and certificate files --------------------------------------------------------

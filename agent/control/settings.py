@@ -27,7 +27,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from agent.configbase import StrictModel
+from agent.configbase import StrictModel, tagged_union_for_editors
 
 Mode = Literal["off", "manual", "shadow", "auto"]
 
@@ -42,10 +42,14 @@ class PidFallback(StrictModel):
 
     kind: Literal["pid"] = Field("pid", description="pid: a PID controller takes over.")
     kp: float = Field(DEFAULT_KP, description="proportional gain, output units per pv unit")
-    ti_s: float = Field(DEFAULT_TI_S, gt=0, description="integral time; large = almost P-only")
-    td_s: float = Field(0.0, ge=0, description="derivative time (on measurement)")
-    derivative_filter: float = Field(0.1, gt=0, le=1, description="Tf = derivative_filter*td_s")
-    tt_s: float | None = Field(None, gt=0, description="anti-windup tracking time; None = ti_s")
+    ti_s: float = Field(DEFAULT_TI_S, gt=0, description="integral time in s; large = almost P-only")
+    td_s: float = Field(0.0, ge=0, description="derivative time in s (on measurement); 0 = none")
+    derivative_filter: float = Field(
+        0.1, gt=0, le=1, description="derivative filter time as a share of td_s (Tf = this * td_s)"
+    )
+    tt_s: float | None = Field(
+        None, gt=0, description="anti-windup tracking time in s; None = ti_s"
+    )
     direct_acting: bool = Field(False, description="True if raising the output raises pv less")
 
 
@@ -58,7 +62,7 @@ class HoldFallback(StrictModel):
 class FixedFallback(StrictModel):
     """Write a fixed safe value."""
 
-    kind: Literal["fixed"] = Field(description="fixed: write `value`.")
+    kind: Literal["fixed"] = Field(description="fixed: write the safe `value` below.")
     value: float = Field(description="Safe output to write, in the output tag's unit.")
 
 
@@ -90,8 +94,12 @@ class SetpointConfig(StrictModel):
 class InterlockConfig(StrictModel):
     """When the loop leaves the model for its fallback, and when it may return."""
 
-    max_input_age_periods: float = Field(3.0, gt=0, description="older input -> fallback")
-    healthy_s: float = Field(10.0, ge=0, description="inputs healthy this long before model")
+    max_input_age_periods: float = Field(
+        3.0, gt=0, description="input older than this many loop periods -> fallback"
+    )
+    healthy_s: float = Field(
+        10.0, ge=0, description="seconds inputs must be healthy before the model takes over"
+    )
     on_bad_quality: bool = Field(
         True, description="A bad-quality input sends the loop to fallback."
     )
@@ -167,6 +175,7 @@ class LoopConfig(StrictModel):
     fallback: Fallback = Field(
         default_factory=PidFallback,
         description="What drives the output when the model may not: pid | hold | fixed.",
+        json_schema_extra=tagged_union_for_editors("Kind of fallback: pid | hold | fixed."),
     )
     interlocks: InterlockConfig = Field(
         default_factory=InterlockConfig,
@@ -178,8 +187,13 @@ class LoopConfig(StrictModel):
     readback: bool = Field(False, description="read the output tag back after each write")
     output_min: float | None = Field(None, description="narrower than the tag's min, if set")
     output_max: float | None = Field(None, description="narrower than the tag's max, if set")
-    max_rate_per_s: float | None = Field(None, gt=0, description="None = unlimited")
-    manual_output: float | None = Field(None, description="initial manual output")
+    max_rate_per_s: float | None = Field(
+        None, gt=0, description="largest output change, output unit per second; None = unlimited"
+    )
+    manual_output: float | None = Field(
+        None,
+        description="first output in manual mode, output unit; None = the last output (bumpless)",
+    )
     start_output: float | None = Field(
         None,
         description="the output's assumed present value when it cannot be read (write-only "

@@ -114,6 +114,18 @@ def test_wrong_value_deep_in_a_device_points_at_the_key(
     assert list(errors[0].absolute_path) == ["devices", i, "poll_groups", 0, "tags", 0, "address"]
 
 
+def test_fallback_mistake_is_reported_on_the_fallback(
+    validator: jsonschema.protocols.Validator,
+) -> None:
+    """The loop's `fallback` is a tagged union on `kind` too: same if/then treatment."""
+    doc = yaml.safe_load((ROOT / "config/examples/control_shadow.yaml").read_text())
+    doc["control"]["loops"][0]["fallback"] = {"kind": "fixed", "kp": 2.0}  # no value, a PID key
+    errors = _errors(validator, doc)
+    where = ["control", "loops", 0, "fallback"]
+    assert [list(e.absolute_path) for e in errors] == [where, where], _show(errors)
+    assert {e.validator for e in errors} == {"required", "additionalProperties"}
+
+
 def test_unknown_driver_is_reported_once(validator: jsonschema.protocols.Validator) -> None:
     doc = _two_devices()
     doc["devices"][0]["driver"] = "profinet"

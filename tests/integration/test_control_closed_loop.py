@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,9 +19,8 @@ from agent.metrics import Metrics
 from agent.tags import compile_config
 from tests.fixtures.sim import start_sim
 
-CONFIG = """
-site: control-test
-devices:
+# the heater PLC's loop points as a `devices:` section (str.format template: {port})
+HEATER_DEVICE = """devices:
   - name: heater_plc
     driver: modbus
     transport: tcp
@@ -42,7 +42,11 @@ devices:
              writable: true, min: 0, max: 100, max_rate_per_s: 25}}
           - {{name: heartbeat, table: holding, address: 16, type: uint16, writable: true,
              min: 0, max: 65535}}
-control:
+"""
+CONFIG = (
+    "site: control-test\n"
+    + HEATER_DEVICE
+    + """control:
   loops:
     - name: tank_temperature
       period_ms: 500
@@ -54,6 +58,7 @@ control:
       interlocks: {{max_input_age_periods: 3, healthy_s: {healthy_s}}}
       heartbeat: {{tag: heartbeat}}
 """
+)
 
 
 async def wait_for(pred, within_s: float) -> bool:  # type: ignore[no-untyped-def]
@@ -66,22 +71,29 @@ async def wait_for(pred, within_s: float) -> bool:  # type: ignore[no-untyped-de
 
 
 class Stack:
-    """Acquirer -> kernel -> ControlRunner, wired like agent/service.py."""
+    """Acquirer -> kernel -> ControlRunner, wired like agent/service.py; records the kernel's
+    events and the runner's."""
 
     def __init__(self, path: Path) -> None:
         self.compiled = compile_config(load_config(path))
+        self.table = self.compiled.table
         self.metrics = Metrics()
-        self.kernel = KernelRuntime(self.compiled.config.kernel, self.compiled.table)
-        self.events: list[tuple[str, dict]] = []
-        self.acq = Acquirer(self.compiled, self.metrics, lambda g, ts: self.kernel.process(g))
+        self.kernel = KernelRuntime(self.compiled.config.kernel, self.table, self.metrics)
+        self.kernel_events: list[dict[str, Any]] = []
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.acq = Acquirer(self.compiled, self.metrics, self._process)
         self.runner = ControlRunner(
             self.compiled.config.control,
-            self.compiled.table,
+            self.table,
             self.acq.write,
             self.metrics,
             lambda k, p: self.events.append((k, p)),
         )
-        self.decisions: list[tuple[float, str, tuple[str, ...]]] = []
+
+    def _process(self, group: Any, ts: int) -> list[dict[str, Any]]:
+        ev = self.kernel.process(group)
+        self.kernel_events.extend(ev)
+        return ev
 
 
 async def _run(stack: Stack, seconds: float, sim) -> list[tuple[float, float, str]]:  # type: ignore[no-untyped-def]

@@ -11,7 +11,6 @@ the step alone pushed the loop to its fallback (issue 13).
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,41 +18,16 @@ import numpy as np
 import pytest
 
 from agent import names as N
-from agent.acquire import Acquirer
-from agent.config import load_config
-from agent.control.runner import ControlRunner
 from agent.kernel import flags as F
 from agent.kernel import pertag as pt
-from agent.kernel.runtime import KernelRuntime
-from agent.metrics import Metrics
-from agent.tags import compile_config
 from tests.fixtures.sim import start_sim
+from tests.integration.test_control_closed_loop import HEATER_DEVICE, wait_for
+from tests.integration.test_control_closed_loop import Stack as _Stack
 
-CONFIG = """
-site: interlock-test
-devices:
-  - name: heater_plc
-    driver: modbus
-    transport: tcp
-    host: 127.0.0.1
-    port: {port}
-    unit_id: 1
-    timeout_s: 0.15
-    retries: 0
-    backoff_initial_s: 0.1
-    backoff_max_s: 0.3
-    poll_groups:
-      - name: fast
-        interval_ms: 200
-        tags:
-          - {{name: tank_temp, table: input, address: 0, type: float32, min: 0, max: 120}}
-          - {{name: inlet_flow, table: input, address: 2, type: float32, min: 0, max: 60}}
-          - {{name: inlet_temp, table: input, address: 4, type: float32, min: 0, max: 80}}
-          - {{name: heater_power, table: holding, address: 10, type: float32,
-             writable: true, min: 0, max: 100, max_rate_per_s: 25}}
-          - {{name: heartbeat, table: holding, address: 16, type: uint16, writable: true,
-             min: 0, max: 65535}}
-kernel:
+CONFIG = (
+    "site: interlock-test\n"
+    + HEATER_DEVICE
+    + """kernel:
   tags:
     # as the demo config: a drifting model input should not go unnoticed
     inlet_temp: {{alarm_on: [stuck, out_of_range, drift], stuck_samples: 20}}
@@ -69,41 +43,12 @@ control:
       interlocks: {{max_input_age_periods: 3, healthy_s: 1.0{extra}}}
       heartbeat: {{tag: heartbeat}}
 """
+)
 LOOP = "tank_temperature"
 
 
-async def wait_for(pred, within_s: float) -> bool:  # type: ignore[no-untyped-def]
-    end = time.monotonic() + within_s
-    while time.monotonic() < end:
-        if pred():
-            return True
-        await asyncio.sleep(0.05)
-    return bool(pred())
-
-
-class Stack:
-    """Acquirer -> kernel -> ControlRunner, recording kernel and control events."""
-
-    def __init__(self, path: Path) -> None:
-        self.compiled = compile_config(load_config(path))
-        self.table = self.compiled.table
-        self.metrics = Metrics()
-        self.kernel = KernelRuntime(self.compiled.config.kernel, self.table, self.metrics)
-        self.kernel_events: list[dict[str, Any]] = []
-        self.events: list[tuple[str, dict[str, Any]]] = []
-        self.acq = Acquirer(self.compiled, self.metrics, self._process)
-        self.runner = ControlRunner(
-            self.compiled.config.control,
-            self.table,
-            self.acq.write,
-            self.metrics,
-            lambda k, p: self.events.append((k, p)),
-        )
-
-    def _process(self, group: Any, ts: int) -> list[dict[str, Any]]:
-        ev = self.kernel.process(group)
-        self.kernel_events.extend(ev)
-        return ev
+class Stack(_Stack):
+    """The closed-loop test's stack, asked about alarms and fallbacks."""
 
     def tag_alarm(self, name: str) -> bool:
         return any(

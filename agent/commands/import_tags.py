@@ -58,8 +58,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--indent", type=int, default=10, help="spaces before each YAML line (10)")
 
 
-def parse_address(text: str, table: str | None = None) -> tuple[str, int, int | None, str]:
-    """(table, 0-based address, bit or None, how it was read) of one exported address."""
+def parse_address(
+    text: str, table: str | None = None
+) -> tuple[str, int, int | None, str, str | None]:
+    """(table, 0-based address, bit or None, how it was read, the type the address form
+    implies or None: %MD int32, %MF float32, %M/%I bool) of one exported address."""
     a = text.strip().strip('"').strip()
     if not a:
         raise RowError("empty address")
@@ -69,22 +72,23 @@ def parse_address(text: str, table: str | None = None) -> tuple[str, int, int | 
         if bit > 15:
             raise RowError(f"bit {bit} in {text!r}: a register has bits 0..15")
     if m := re.fullmatch(r"%(MW|MD|MF|IW|M|I)(\d+)", a, re.IGNORECASE):
-        tab, _ = _IEC[m.group(1).lower()]
-        return tab, int(m.group(2)), bit, f"%{m.group(1).upper()}{m.group(2)} (IEC, 0-based)"
+        tab, implied = _IEC[m.group(1).lower()]
+        how = f"%{m.group(1).upper()}{m.group(2)} (IEC, 0-based)"
+        return tab, int(m.group(2)), bit, how, implied
     if m := re.fullmatch(r"(HR|IR|CO|C|DI)[\s:]?(\d+)", a, re.IGNORECASE):
         tab = _PREFIX[m.group(1).lower()]
-        return tab, int(m.group(2)), bit, f"{m.group(1).upper()}{m.group(2)} (0-based)"
+        return tab, int(m.group(2)), bit, f"{m.group(1).upper()}{m.group(2)} (0-based)", None
     if not a.isdigit():
         raise RowError(f"address {text!r}: not Modicon (40001), IEC (%MW100) or HR0-style")
     n = int(a)
     if table:
-        return table, n, bit, f"{n} ({table}, 0-based)"
+        return table, n, bit, f"{n} ({table}, 0-based)", None
     if len(a) in (5, 6) and int(a[0]) in _MODICON:
         tab = _MODICON[int(a[0])]
         reg = n - int(a[0]) * 10 ** (len(a) - 1) - 1
         if reg < 0:
             raise RowError(f"address {text!r}: Modicon references start at 1 (e.g. 40001)")
-        return tab, reg, bit, f"{a} (Modicon {a[0]}{'x' * (len(a) - 1)}, 1-based)"
+        return tab, reg, bit, f"{a} (Modicon {a[0]}{'x' * (len(a) - 1)}, 1-based)", None
     raise RowError(
         f"address {text!r}: a plain number needs a `table` column (holding/input/coil/"
         "discrete) or a Modicon reference (5-6 digits, e.g. 40001)"
@@ -115,12 +119,11 @@ def convert_row(row: dict[str, str]) -> tuple[dict[str, Any], str]:
     table = row.get("table", "").strip().lower() or None
     if table and table not in _TABLES:
         raise RowError(f"table {table!r}: holding, input, coil or discrete")
-    tab, addr, bit, how = parse_address(row.get("address", ""), table)
+    tab, addr, bit, how, implied = parse_address(row.get("address", ""), table)
     if addr > 65535:
         raise RowError(f"address {row.get('address')!r} is register {addr}, beyond 65535")
     raw_type = row.get("type", "").strip().lower()
-    iec = re.fullmatch(r"%(MD|MF|M|I)\d+", row.get("address", "").strip(), re.IGNORECASE)
-    typ = _TYPES.get(raw_type) if raw_type else (_IEC[iec.group(1).lower()][1] if iec else None)
+    typ = _TYPES.get(raw_type) if raw_type else implied
     if raw_type and typ is None:
         raise RowError(f"type {raw_type!r} unknown (INT, DINT, REAL, BOOL, WORD, ...)")
     tag: dict[str, Any] = {"name": name, "table": tab, "address": addr}

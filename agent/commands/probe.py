@@ -217,7 +217,7 @@ def parse_pick(text: str, table: str) -> tuple[str, str, str]:
     code = order.strip().upper() or "ABCD"
     if code not in _ORDER_CODES:
         raise ValueError(f"order {order!r}: one of {', '.join(_ORDER_CODES)}")
-    if code != "ABCD" and WIDTH.get(dtype, 1) < 2 and code not in ("BADC", "ABCD"):
+    if WIDTH.get(dtype, 1) < 2 and code not in ("ABCD", "BADC"):
         raise ValueError(f"{dtype} is one register: only ABCD or BADC (byte swap) apply")
     return (dtype, *_ORDER_CODES[code])
 

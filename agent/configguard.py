@@ -117,11 +117,17 @@ def _verdict(
         if result.get("memory"):
             return [_over_budget(filename, memory_mb, timeout_s)]
         return [str(line) for line in result.get("lines", [])]
-    if code in (-signal.SIGKILL, -signal.SIGXCPU, -signal.SIGSEGV) or (b"MemoryError" in stderr):
+    if code in (-signal.SIGKILL, -signal.SIGXCPU, -signal.SIGSEGV) or _out_of_memory(stderr):
         return [_over_budget(filename, memory_mb, timeout_s)]
     err = stderr.decode("utf-8", "replace").strip().splitlines()
     why = f": {err[-1][:200]}" if err else ""
     return [f"{filename}:1: the validating process failed (exit {code}){why}"]
+
+
+def _out_of_memory(stderr: bytes) -> bool:
+    """At its address-space limit CPython fails as MemoryError or, where a C allocation fails
+    without setting one, as SystemError ("error return without exception set")."""
+    return b"MemoryError" in stderr or b"SystemError" in stderr
 
 
 def _over_budget(filename: str, memory_mb: int, timeout_s: float) -> str:
@@ -161,7 +167,7 @@ def _child(argv: list[str]) -> int:
         out: dict[str, object] = {"lines": []}
     except ConfigError as exc:
         out = {"lines": str(exc).splitlines()}
-    except MemoryError:
+    except (MemoryError, SystemError):  # SystemError: a C allocation failed at the limit
         out = {"memory": True}
     sys.stdout.write(json.dumps(out) + "\n")
     sys.stdout.flush()

@@ -248,3 +248,18 @@ async def test_guarded_validation_async_agrees_with_the_sync_one() -> None:
     bad = b"site: x\ndevices: 5\n"
     assert await validate_isolated_async(bad, "x.yaml") == validate_isolated(bad, "x.yaml")
     assert await validate_isolated_async(bad, "x.yaml")
+
+
+def test_a_child_failing_an_allocation_at_its_limit_is_read_as_over_budget() -> None:
+    """Seen in CI: at RLIMIT_AS a C allocation failed without setting MemoryError and the
+    child died with SystemError; that is the memory budget, not a broken validator."""
+    from agent.configguard import _verdict
+
+    err = b"Traceback (most recent call last):\nSystemError: error return without exception set\n"
+    assert _verdict("p.yaml", 4, 5, 1, b"", err) == [
+        "p.yaml:1: validating the file needs more than 4 MiB of memory (or 5 s): refused"
+    ]
+    other = b"Traceback (most recent call last):\nKeyError: 'x'\n"
+    assert _verdict("p.yaml", 4, 5, 1, b"", other) == [
+        "p.yaml:1: the validating process failed (exit 1): KeyError: 'x'"
+    ]

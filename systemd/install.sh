@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
-# Install, upgrade or remove edgeloop as a systemd service.
+# Install, upgrade, roll back or remove edgeloop as a systemd service.
 #
 #   sudo systemd/install.sh                  install or upgrade from this source tree, start
+#   sudo systemd/install.sh --bundle F.tar.gz   ... from an offline bundle (`make bundle`):
+#                                            no network, pip --no-index on its wheels
 #   sudo systemd/install.sh --wheel F.whl    ... from a built wheel instead
+#   sudo systemd/install.sh --rollback       back to the previous version (again: forward)
 #   sudo systemd/install.sh --uninstall      remove the service and /opt/edgeloop;
 #                                            keep /etc/edgeloop and the history
 #   sudo systemd/install.sh --uninstall --purge   remove config, history, cache and user too
 #
-# Layout: /opt/edgeloop/venv (the package and its dependencies), /usr/local/bin/edgeloop
-# (a link to the venv's command), /etc/edgeloop/edgeloop.yaml (first install: the inert
+# Layout: one venv per version, /opt/edgeloop/versions/<version>, with the version's unit,
+# template and JSON schema in its share/edgeloop; /opt/edgeloop/current and
+# /opt/edgeloop/previous link to two of them (an upgrade keeps the previous version,
+# older ones are removed); /opt/edgeloop/config -> current/share/edgeloop (where the
+# config's `yaml-language-server: $schema=` modeline points); /usr/local/bin/edgeloop ->
+# /opt/edgeloop/current/bin/edgeloop, the unit's ExecStart too.
+# /etc/edgeloop/edgeloop.yaml (first install: the inert
 # template config/edgeloop.template.yaml, which `check` refuses until edited, so the service
 # is enabled but not started; never overwritten: a newer template lands beside it as
 # edgeloop.yaml.dist),
@@ -16,21 +24,26 @@
 # StateDirectory=), /var/cache/edgeloop (numba cache, CacheDirectory=), user `edgeloop`.
 #
 # Re-running is safe: it converges on the same tree and restarts the service only when the
-# installed package or the unit changed.  DESTDIR=/some/root stages everything under that
-# root without root privileges, users or systemctl (used by the tests); --dry-run prints
-# what would be done and changes nothing.
+# installed package or the unit changed, and only when `edgeloop check` passes on the
+# config.  DESTDIR=/some/root (or --root) stages everything under that root without root
+# privileges, users or systemctl (used by the tests); without a running systemd,
+# systemctl is skipped too; --dry-run prints what would be done and changes nothing.
 set -euo pipefail
 
 usage() {
   cat <<'EOF'
 usage: install.sh [options]
-  --uninstall         remove the unit and the venv (keeps config and history)
+  --bundle FILE       install an offline bundle (dist/edgeloop-<version>-<arch>.tar.gz
+                      from `make bundle`): its wheels only, no network
+  --rollback          make the previous version current again (restarts a running service)
+  --uninstall         remove the unit and the venvs (keeps config and history)
   --purge             with --uninstall: also remove config, history, cache and the user
   --wheel FILE        install this wheel instead of the source tree
   --wheelhouse DIR    offline: resolve dependencies only from wheels in DIR
   --no-deps           install the edgeloop package only (dependencies already present)
   --python PYTHON     interpreter for the venv (default: python3; needs >= 3.11)
   --no-start          enable the service but do not (re)start it
+  --root DIR          stage into DIR (same as DESTDIR=DIR)
   --dry-run           print the actions, change nothing
   -h, --help          this text
 environment: DESTDIR=/path stages into that root (no users, no systemctl)
@@ -39,6 +52,7 @@ EOF
 
 ACTION=install
 PURGE=0
+BUNDLE=""
 WHEEL=""
 WHEELHOUSE=""
 NO_DEPS=0
@@ -48,12 +62,15 @@ DRY_RUN=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --uninstall) ACTION=uninstall ;;
+    --rollback) ACTION=rollback ;;
     --purge) PURGE=1 ;;
+    --bundle) BUNDLE="${2:?--bundle needs a file}"; shift ;;
     --wheel) WHEEL="${2:?--wheel needs a file}"; shift ;;
     --wheelhouse) WHEELHOUSE="${2:?--wheelhouse needs a directory}"; shift ;;
     --no-deps) NO_DEPS=1 ;;
     --python) PYTHON="${2:?--python needs an interpreter}"; shift ;;
     --no-start) START=0 ;;
+    --root) DESTDIR="${2:?--root needs a directory}"; shift ;;
     --dry-run) DRY_RUN=1 ;;
     -h | --help) usage; exit 0 ;;
     *) echo "install.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
@@ -64,6 +81,10 @@ if [ "$PURGE" = 1 ] && [ "$ACTION" != uninstall ]; then
   echo "install.sh: --purge only goes with --uninstall" >&2
   exit 2
 fi
+if [ -n "$BUNDLE" ] && [ -n "$WHEEL$WHEELHOUSE" ]; then
+  echo "install.sh: --bundle carries its own wheels (no --wheel/--wheelhouse)" >&2
+  exit 2
+fi
 
 SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DESTDIR="${DESTDIR:-}"
@@ -71,7 +92,9 @@ DESTDIR="${DESTDIR%/}"
 NAME=edgeloop
 SVC_USER=edgeloop
 OPT="$DESTDIR/opt/$NAME"
-VENV="$OPT/venv"
+VERSIONS="$OPT/versions"
+CURRENT="$OPT/current"
+PREVIOUS="$OPT/previous"
 ETC="$DESTDIR/etc/$NAME"
 UNIT_DIR="$DESTDIR/etc/systemd/system"
 BIN_DIR="$DESTDIR/usr/local/bin"
@@ -79,8 +102,11 @@ UNIT="$UNIT_DIR/$NAME.service"
 STATE="$DESTDIR/var/lib/$NAME"
 CACHE="$DESTDIR/var/cache/$NAME"
 DOC_DIR="$OPT/share/doc"
+VERSION=""
+VENV=""
 
 say() { printf '%s\n' "install.sh: $*"; }
+die() { printf '%s\n' "install.sh: $*" >&2; exit 1; }
 
 # Every change goes through run(), so --dry-run shows exactly what would happen.
 run() {
@@ -94,28 +120,48 @@ run() {
 # systemctl and account changes only on a real root filesystem.
 live() { [ -z "$DESTDIR" ]; }
 
+# ... and systemctl only where systemd is the running init (not in a container or chroot).
+have_systemd() {
+  live && [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1
+}
+
 systemctl_() {
-  if live; then
+  if have_systemd; then
     run systemctl "$@"
+  elif live; then
+    say "skipped (systemd not running): systemctl $*"
   else
     say "skipped (DESTDIR set): systemctl $*"
   fi
 }
 
+need_root() {
+  if live && [ "$DRY_RUN" = 0 ] && [ "$(id -u)" != 0 ]; then
+    die "run as root (or set DESTDIR / --root to stage into a directory)"
+  fi
+}
+
+# Replace a symlink atomically (a rename), so `current` never dangles mid-switch.
+relink() {
+  local link="$1" target="$2"
+  run ln -sfn "$target" "$link.new"
+  run mv -Tf "$link.new" "$link"
+}
+
+version_of() { # the version a link (current, previous) points at, or nothing
+  if [ -L "$1" ]; then basename "$(readlink "$1")"; fi
+}
+
 fingerprint() {
-  # What decides whether a running service must restart: the unit and the installed package.
-  local files=()
-  [ -f "$UNIT" ] && files+=("$UNIT")
-  if [ -d "$VENV/lib" ]; then
-    while IFS= read -r f; do files+=("$f"); done < <(
-      find "$VENV/lib" -path "*/$NAME-*.dist-info/RECORD" 2>/dev/null | sort
-    )
-  fi
-  if [ ${#files[@]} -eq 0 ]; then
-    echo none
-  else
-    cat "${files[@]}" | sha256sum | cut -d' ' -f1
-  fi
+  # What decides whether a running service must restart: the unit, the current version and
+  # its installed package.
+  {
+    if [ -f "$UNIT" ]; then cat "$UNIT"; fi
+    version_of "$CURRENT"
+    if [ -d "$CURRENT/lib" ]; then
+      find "$CURRENT/lib/" -path "*/$NAME-*.dist-info/RECORD" -exec cat {} + 2>/dev/null || true
+    fi
+  } | sha256sum | cut -d' ' -f1
 }
 
 check_python() {
@@ -131,6 +177,59 @@ check_python() {
     echo "install.sh: $PYTHON lacks venv/ensurepip (Debian: apt-get install python3-venv)" >&2
     exit 1
   fi
+}
+
+# A bundle directory (unpacked from --bundle, or the one this script was run from):
+# its wheels, unit, template and schema replace the source tree's.
+use_bundle_dir() {
+  local dir="$1" arch python tag
+  VERSION="$(sed -n 's/^version=//p' "$dir/BUNDLE")"
+  arch="$(sed -n 's/^arch=//p' "$dir/BUNDLE")"
+  python="$(sed -n 's/^python=//p' "$dir/BUNDLE")"
+  if [ -z "$VERSION" ] || [ -z "$arch" ]; then die "$dir/BUNDLE: no version= or arch= line"; fi
+  if [ "$arch" != "$(uname -m)" ]; then
+    die "this bundle is for $arch, this machine is $(uname -m)"
+  fi
+  tag="$("$PYTHON" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')"
+  if [ "$tag" != "$python" ]; then
+    die "this bundle's wheels are for $python, $PYTHON is $tag (use --python)"
+  fi
+  SRC="$dir"
+  WHEELHOUSE="$dir/wheels"
+  WHEEL="$(find "$WHEELHOUSE" -maxdepth 1 -name "$NAME-$VERSION-*.whl" | head -n 1)"
+  [ -n "$WHEEL" ] || die "the bundle has no $NAME-$VERSION wheel"
+}
+
+unpack_bundle() {
+  [ -f "$BUNDLE" ] || die "no such bundle: $BUNDLE"
+  BUNDLE_TMP="$(mktemp -d "${TMPDIR:-/tmp}/edgeloop-bundle.XXXXXX")"
+  trap 'rm -rf "$BUNDLE_TMP"' EXIT
+  tar -xzf "$BUNDLE" -C "$BUNDLE_TMP" || die "cannot unpack $BUNDLE"
+  local dirs=("$BUNDLE_TMP"/"$NAME"-*)
+  if [ ${#dirs[@]} != 1 ] || [ ! -f "${dirs[0]}/BUNDLE" ]; then
+    die "$BUNDLE is not an edgeloop bundle (no $NAME-<version>-<arch>/BUNDLE)"
+  fi
+  use_bundle_dir "${dirs[0]}"
+  say "bundle $(basename "$BUNDLE"): edgeloop $VERSION, $(find "$WHEELHOUSE" -name '*.whl' | wc -l) wheels"
+}
+
+# Which version is being installed: the bundle's, the wheel's name, or pyproject.toml's.
+resolve_source() {
+  if [ -n "$BUNDLE" ]; then
+    unpack_bundle
+  elif [ -z "$WHEEL" ] && [ -f "$SRC/BUNDLE" ]; then
+    use_bundle_dir "$SRC"  # run from an unpacked bundle
+  elif [ -n "$WHEEL" ]; then
+    [ -f "$WHEEL" ] || die "no such wheel: $WHEEL"
+    VERSION="$(basename "$WHEEL" | cut -d- -f2)"
+  else
+    VERSION="$("$PYTHON" -c 'import sys, tomllib
+print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' "$SRC/pyproject.toml")"
+  fi
+  case "$VERSION" in
+    "" | *[!0-9A-Za-z.+_!-]*) die "bad version '$VERSION'" ;;
+  esac
+  VENV="$VERSIONS/$VERSION"
 }
 
 ensure_user() {
@@ -151,20 +250,57 @@ install_venv() {
     run rm -rf "$VENV"
   fi
   if [ ! -x "$VENV/bin/python" ] || [ "$DRY_RUN" = 1 ]; then
-    run install -d -m 0755 "$OPT"
+    run install -d -m 0755 "$VERSIONS"
     run "$PYTHON" -m venv "$VENV"
   fi
   local target="$SRC"
   [ -n "$WHEEL" ] && target="$WHEEL"
   local pip=("$VENV/bin/python" -m pip --no-input --disable-pip-version-check -q)
   local idx=()
-  [ -n "$WHEELHOUSE" ] && idx=(--no-index --find-links "$WHEELHOUSE")
+  if [ -n "$WHEELHOUSE" ]; then
+    # Offline: only the wheelhouse, whatever pip.conf or PIP_* say (an index, find-links).
+    local v unset=(env)
+    while IFS= read -r v; do unset+=(-u "$v"); done < <(compgen -e | grep '^PIP_' || true)
+    pip=("${unset[@]}" PIP_CONFIG_FILE=/dev/null "${pip[@]}")
+    idx=(--no-index --find-links "$WHEELHOUSE")
+  fi
   if [ "$NO_DEPS" = 0 ]; then
     # Dependencies as pinned by pyproject.toml, upgraded only where the pins demand it.
     run "${pip[@]}" install "${idx[@]}" --upgrade --upgrade-strategy only-if-needed "$target"
   fi
   # The package itself always, so a rebuilt tree with an unchanged version still lands.
   run "${pip[@]}" install "${idx[@]}" --no-deps --force-reinstall "$target"
+  # The version's own unit, template and schema: --rollback restores its unit, and
+  # /opt/edgeloop/config follows `current` to its schema.
+  run install -d -m 0755 "$VENV/share/$NAME"
+  run install -m 0644 "$SRC/systemd/$NAME.service" "$SRC/config/$NAME.template.yaml" \
+    "$SRC/config/$NAME.schema.json" "$VENV/share/$NAME/"
+}
+
+# Make VERSION current; the version it replaces becomes `previous`; older ones go.
+switch_version() {
+  local cur d v
+  cur="$(version_of "$CURRENT")"
+  if [ "$cur" != "$VERSION" ]; then
+    if [ -n "$cur" ] && [ -d "$VERSIONS/$cur" ]; then
+      relink "$PREVIOUS" "versions/$cur"
+    fi
+    relink "$CURRENT" "versions/$VERSION"
+    if [ -n "$cur" ]; then say "upgraded: $cur -> $VERSION (--rollback returns to $cur)"; fi
+  fi
+  relink "$OPT/config" "current/share/$NAME"
+  for d in "$VERSIONS"/*/; do
+    [ -d "$d" ] || continue
+    v="$(basename "$d")"
+    if [ "$v" != "$VERSION" ] && [ "$v" != "$(version_of "$PREVIOUS")" ]; then
+      run rm -rf "$VERSIONS/$v"
+      say "removed version $v (only the current and the previous version are kept)"
+    fi
+  done
+  if [ -d "$OPT/venv" ] && [ ! -L "$OPT/venv" ]; then
+    run rm -rf "$OPT/venv"
+    say "removed $OPT/venv of an older, unversioned install"
+  fi
 }
 
 install_files() {
@@ -186,9 +322,9 @@ install_files() {
   else
     run install -m 0640 "$tmpl" "$cfg"
   fi
-  # `edgeloop` on the PATH (the venv's console script; absolute target, as on the live box)
+  # `edgeloop` on the PATH (the current version's console script; absolute, as on the box)
   run install -d -m 0755 "$BIN_DIR"
-  run ln -sfn "/opt/$NAME/venv/bin/$NAME" "$BIN_DIR/$NAME"
+  run ln -sfn "/opt/$NAME/current/bin/$NAME" "$BIN_DIR/$NAME"
   if live; then
     run chown root:"$SVC_USER" "$ETC" "$cfg"
     [ -e "$cfg.dist" ] && run chown root:"$SVC_USER" "$cfg.dist"
@@ -197,7 +333,8 @@ install_files() {
 }
 
 check_config() {
-  if ! live || [ "$NO_DEPS" = 1 ] || [ "$DRY_RUN" = 1 ]; then
+  # With --no-deps (tests, a venv without the dependencies) `check` cannot run.
+  if [ "$NO_DEPS" = 1 ] || [ "$DRY_RUN" = 1 ]; then
     return 0
   fi
   if ! "$VENV/bin/edgeloop" check "$ETC/$NAME.yaml"; then
@@ -208,34 +345,38 @@ check_config() {
 
 do_install() {
   check_python
-  if live && [ "$DRY_RUN" = 0 ] && [ "$(id -u)" != 0 ]; then
-    echo "install.sh: run as root (or set DESTDIR to stage into a directory)" >&2
-    exit 1
-  fi
+  need_root
+  resolve_source
   local before after
   before="$(fingerprint)"
   ensure_user
   install_venv
+  switch_version
   install_files
   after="$(fingerprint)"
   systemctl_ daemon-reload
   systemctl_ enable "$NAME.service"
   if ! check_config; then
     if grep -q '^template: true' "$ETC/$NAME.yaml"; then
-      say "installed and enabled; not started until $ETC/$NAME.yaml is edited and passes check"
+      say "installed $VERSION and enabled; not started until $ETC/$NAME.yaml is edited and passes check"
       exit 0
     fi
-    say "installed, but not started"
+    if have_systemd && systemctl is-active -q "$NAME.service"; then
+      say "installed $VERSION, but the running service was not restarted (it runs the previous"
+      say "version until restarted; or: install.sh --rollback)"
+    else
+      say "installed $VERSION, but not started"
+    fi
     exit 1
   fi
   if [ "$START" = 0 ]; then
-    say "installed and enabled; not started (--no-start)"
-  elif live && systemctl is-active -q "$NAME.service"; then
+    say "installed $VERSION and enabled; not started (--no-start)"
+  elif have_systemd && systemctl is-active -q "$NAME.service"; then
     if [ "$before" != "$after" ]; then
       systemctl_ restart "$NAME.service"
-      say "upgraded and restarted"
+      say "upgraded to $VERSION and restarted"
     else
-      say "already installed and running; nothing changed"
+      say "$VERSION already installed and running; nothing changed"
     fi
   else
     systemctl_ start "$NAME.service"
@@ -244,12 +385,36 @@ do_install() {
   say "PLCs off this host need: systemctl edit $NAME  ->  [Service] IPAddressAllow=<subnet>"
 }
 
-do_uninstall() {
-  if live && [ "$DRY_RUN" = 0 ] && [ "$(id -u)" != 0 ]; then
-    echo "install.sh: run as root (or set DESTDIR)" >&2
-    exit 1
+do_rollback() {
+  need_root
+  local cur prev
+  cur="$(version_of "$CURRENT")"
+  prev="$(version_of "$PREVIOUS")"
+  if [ -z "$prev" ] || [ ! -x "$VERSIONS/$prev/bin/$NAME" ]; then
+    die "no previous version to roll back to (current: ${cur:-none})"
   fi
-  if live && systemctl cat "$NAME.service" >/dev/null 2>&1; then
+  relink "$CURRENT" "versions/$prev"
+  if [ -n "$cur" ] && [ -d "$VERSIONS/$cur" ]; then
+    relink "$PREVIOUS" "versions/$cur"
+  fi
+  # The unit that version shipped with.
+  local unit="$VERSIONS/$prev/share/$NAME/$NAME.service"
+  if [ -f "$unit" ] && ! cmp -s "$unit" "$UNIT"; then
+    run install -m 0644 "$unit" "$UNIT"
+    systemctl_ daemon-reload
+  fi
+  say "rolled back: current is $prev (was ${cur:-none}; --rollback again returns to it)"
+  if have_systemd && systemctl is-active -q "$NAME.service"; then
+    systemctl_ restart "$NAME.service"
+    say "restarted $NAME on $prev"
+  else
+    say "the service was not running; not started"
+  fi
+}
+
+do_uninstall() {
+  need_root
+  if have_systemd && systemctl cat "$NAME.service" >/dev/null 2>&1; then
     systemctl_ disable --now "$NAME.service"
   fi
   [ -e "$UNIT" ] && run rm -f "$UNIT"
@@ -271,8 +436,8 @@ do_uninstall() {
   fi
 }
 
-if [ "$ACTION" = install ]; then
-  do_install
-else
-  do_uninstall
-fi
+case "$ACTION" in
+  install) do_install ;;
+  rollback) do_rollback ;;
+  *) do_uninstall ;;
+esac

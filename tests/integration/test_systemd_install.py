@@ -105,8 +105,9 @@ def test_install_twice_gives_the_same_tree(tmp_path: Path, wheel: Path) -> None:
     for rel in (
         "etc/systemd/system/edgeloop.service",
         "etc/edgeloop/edgeloop.yaml",
-        "opt/edgeloop/venv/bin/python",
-        "opt/edgeloop/venv/bin/edgeloop",
+        "opt/edgeloop/versions/0.1.0/bin/python",
+        "opt/edgeloop/versions/0.1.0/bin/edgeloop",
+        "opt/edgeloop/versions/0.1.0/share/edgeloop/edgeloop.schema.json",
         "opt/edgeloop/share/doc",
     ):
         assert rel in tree1, rel
@@ -115,8 +116,11 @@ def test_install_twice_gives_the_same_tree(tmp_path: Path, wheel: Path) -> None:
     ).read_bytes()
     assert (root / "etc/edgeloop").stat().st_mode & 0o777 == 0o750
     assert (root / "etc/edgeloop/edgeloop.yaml").stat().st_mode & 0o777 == 0o640
-    # on the PATH: /usr/local/bin/edgeloop -> the venv's command (absolute, as on the box)
-    assert tree1["usr/local/bin/edgeloop"] == "link:/opt/edgeloop/venv/bin/edgeloop"
+    # one venv per version, `current` links to it; on the PATH: /usr/local/bin/edgeloop ->
+    # the current version's command (absolute, as on the box)
+    assert tree1["opt/edgeloop/current"] == "link:versions/0.1.0"
+    assert tree1["opt/edgeloop/config"] == "link:current/share/edgeloop"
+    assert tree1["usr/local/bin/edgeloop"] == "link:/opt/edgeloop/current/bin/edgeloop"
     _install(root, wheel)
     assert _tree(root) == tree1
 
@@ -149,7 +153,7 @@ def test_installed_config_is_the_inert_template_that_check_refuses(
 def test_installed_package_is_importable_from_the_venv(tmp_path: Path, wheel: Path) -> None:
     root = tmp_path / "root"
     _install(root, wheel)
-    py = root / "opt/edgeloop/venv/bin/python"
+    py = root / "opt/edgeloop/current/bin/python"
     res = subprocess.run(
         [
             str(py),

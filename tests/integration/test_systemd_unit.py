@@ -3,7 +3,7 @@
 Uses this machine's `systemd-analyze` (systemd 252 here: it has `security --offline=yes`
 and `--threshold=`; `verify --root=` needs a whole OS tree with sysinit.target, so verify
 runs on a test-time copy of the unit whose ExecStart points at this checkout's real
-`edgeloop` console script instead of /opt/edgeloop/venv/bin/edgeloop; every other line is
+`edgeloop` console script instead of /opt/edgeloop/current/bin/edgeloop; every other line is
 the shipped unit, byte for byte).
 """
 
@@ -69,7 +69,7 @@ def test_verify_is_clean(tmp_path: Path) -> None:
         exe.write_text("#!/bin/sh\nexit 0\n")
         exe.chmod(0o755)
     text = UNIT.read_text()
-    shipped = "ExecStart=/opt/edgeloop/venv/bin/edgeloop "
+    shipped = "ExecStart=/opt/edgeloop/current/bin/edgeloop "
     assert text.count(shipped) == 1
     copy = tmp_path / "edgeloop.service"
     copy.write_text(text.replace(shipped, f"ExecStart={exe} "))
@@ -85,7 +85,7 @@ def test_verify_catches_a_broken_unit(tmp_path: Path) -> None:
     copy.write_text(UNIT.read_text())  # ExecStart in /opt/edgeloop, not installed here
     res = _analyze("verify", str(copy))
     assert res.returncode != 0
-    assert "/opt/edgeloop/venv/bin/edgeloop" in res.stderr
+    assert "/opt/edgeloop/current/bin/edgeloop" in res.stderr
 
 
 def test_service_contract() -> None:
@@ -93,7 +93,7 @@ def test_service_contract() -> None:
     s = _settings()
     assert s["Type"] == ["notify"]
     assert s["NotifyAccess"] == ["main"]
-    assert s["ExecStart"] == ["/opt/edgeloop/venv/bin/edgeloop run /etc/edgeloop/edgeloop.yaml"]
+    assert s["ExecStart"] == ["/opt/edgeloop/current/bin/edgeloop run /etc/edgeloop/edgeloop.yaml"]
     assert s["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     assert s["RestartPreventExitStatus"] == ["78"]  # agent.cli.EX_CONFIG
     assert s["Restart"] == ["on-failure"]

@@ -160,6 +160,8 @@ class Pipeline:
             self._bind_telemetry()
         else:
             self.telemetry = self._make_telemetry()
+        # every documented series of this config exists from start-up, at 0 (agent/names.py)
+        metrics.declare_all(names.startup_series(compiled))
         self.frames = 0
         self.polled: set[tuple[str, str]] = set()
         self.active_alarms: set[str] = set(carry.active_alarms) if carry is not None else set()
@@ -229,7 +231,7 @@ class Pipeline:
         t0 = time.perf_counter()
         events = self.kernel.process(group)
         self.metrics.observe(
-            "edgeloop_kernel_seconds",
+            names.KERNEL_SECONDS,
             time.perf_counter() - t0,
             group=f"{group.device}/{group.name}",
         )
@@ -315,9 +317,9 @@ class Pipeline:
         counts too.  What does not count: devices up but no poll completing (a wedged loop).
         """
         attempts = (
-            self.metrics.total("edgeloop_poll_errors_total")
-            + self.metrics.total("edgeloop_reconnects_total")
-            + self.metrics.total("edgeloop_polls_total")
+            self.metrics.total(names.POLL_ERRORS_TOTAL)
+            + self.metrics.total(names.RECONNECTS_TOTAL)
+            + self.metrics.total(names.POLLS_TOTAL)
         )
         acquiring = attempts != self._attempts or self.frames != getattr(self, "_frames_seen", -1)
         self._attempts, self._frames_seen = attempts, self.frames
@@ -359,6 +361,9 @@ class Pipeline:
         await self.start_outputs()
         await self.start_acquisition()
         self.start_control()
+        # the supervised parts that report only a failure say from start-up they run
+        for part in ("acquire", "kernel") + (("control",) if self.control is not None else ()):
+            self.metrics.set(names.COMPONENT_UP, 1, component=part)
 
     async def start_outputs(self) -> None:
         """Store, publisher and HTTP server: the parts not carried over from a reload."""
@@ -389,8 +394,8 @@ class Pipeline:
         exc = None if task.cancelled() else task.exception()
         how = "cancelled" if task.cancelled() else repr(exc)  # or returned: stopped all the same
         self.fatal = f"control task ended: {how}"
-        self.metrics.inc("edgeloop_component_crashes_total", component="control")
-        self.metrics.set("edgeloop_component_up", 0, component="control")
+        self.metrics.inc(names.COMPONENT_CRASHES_TOTAL, component="control")
+        self.metrics.set(names.COMPONENT_UP, 0, component="control")
         log.critical("%s", self.fatal, exc_info=exc)
 
     async def stop_control(self) -> dict[str, Any]:
@@ -491,7 +496,7 @@ class Service:
     def __init__(self, config_path: str | Path) -> None:
         self.config_path = Path(config_path)
         self.metrics = Metrics()
-        self.metrics.set("edgeloop_build_info", 1, **build_info())
+        self.metrics.set(names.BUILD_INFO, 1, **build_info())
         self.watchdog = Watchdog(metrics=self.metrics, stall_s=None)
         self.pipeline: Pipeline | None = None
         self._stop = asyncio.Event()
@@ -513,7 +518,7 @@ class Service:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload.set)
-        self.metrics.set("edgeloop_up", 1)
+        self.metrics.set(names.UP, 1)
         try:
             self.pipeline = Pipeline(compiled, self.metrics, self.watchdog, self.config_path.parent)
             await self.pipeline.start()
@@ -533,7 +538,7 @@ class Service:
             t0 = time.monotonic()
             if self.pipeline is not None:
                 await self.pipeline.stop()
-            self.metrics.set("edgeloop_up", 0)
+            self.metrics.set(names.UP, 0)
             log.info("stopped in %.2f s", time.monotonic() - t0)
         return self.exit_code
 
@@ -639,13 +644,13 @@ class Service:
             await new.start_outputs()
         except Exception as exc:  # a port taken, say: the pipeline runs on without it
             log.error("reloaded configuration: outputs failed to start: %s", exc)
-        self.metrics.inc("edgeloop_config_reloads_total", result="ok")
+        self.metrics.inc(names.CONFIG_RELOADS_TOTAL, result="ok")
         carried = ", ".join(sorted(new.carried)) or "nothing"
         sdnotify.ready(f"reloaded; {new.status_line()}")
         log.info("configuration reloaded (carried over: %s)", carried)
 
     def _reload_refused(self, status: str) -> None:
-        self.metrics.inc("edgeloop_config_reloads_total", result="refused")
+        self.metrics.inc(names.CONFIG_RELOADS_TOTAL, result="refused")
         sdnotify.ready(status)
 
 

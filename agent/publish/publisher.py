@@ -29,6 +29,7 @@ import aiomqtt
 import numpy as np
 from aiomqtt.exceptions import MqttConnectError
 
+from agent import names
 from agent.configbase import SecretError
 from agent.metrics import Metrics
 from agent.names import EVENT_STORAGE_RECOVERED
@@ -701,10 +702,12 @@ class Publisher:
                 tasks.append(
                     asyncio.ensure_future(client.publish(r.topic, payload, qos=1, timeout=math.inf))
                 )
+            sent = time.perf_counter()
             everything = asyncio.gather(*tasks, return_exceptions=True)
             await asyncio.wait(
                 {everything, disconnected}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
+            round_trip = time.perf_counter() - sent
             # per topic, the acknowledged prefix is deleted; after a topic's first failure its
             # later rows stay (re-sent after reconnecting, so the topic's order holds)
             acked: list[int] = []
@@ -726,7 +729,9 @@ class Publisher:
                 await writer.call(
                     lambda o, ids=acked, src=ob: o.ack(ids) if o is src and o is not None else 0
                 )
-                self.metrics.inc("edgeloop_publish_messages_total", len(acked))
+                self.metrics.inc(names.PUBLISH_MESSAGES_TOTAL, len(acked))
+            if first_failure is None:  # the whole batch acknowledged: its round trip
+                self.metrics.observe(names.PUBLISH_SECONDS, round_trip)
             if first_failure is not None:
                 cause = None if first_failure.cancelled() else first_failure.exception()
                 raise aiomqtt.MqttError(

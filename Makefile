@@ -35,3 +35,10 @@ schema: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
+
+# Offline install bundles, dist/edgeloop-<version>-{x86_64,aarch64}.tar.gz: edgeloop's wheel,
+# every runtime dependency's wheel (CPython 3.11 manylinux) and install.sh
+# (`sudo systemd/install.sh --bundle FILE` on the gateway; docs/operations.md).
+.PHONY: bundle
+bundle: $(STAMP)
+	$(BIN)/python tools/bundle.py --out dist

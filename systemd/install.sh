@@ -337,6 +337,9 @@ check_config() {
   if [ "$NO_DEPS" = 1 ] || [ "$DRY_RUN" = 1 ]; then
     return 0
   fi
+  if grep -q '^template: true' "$ETC/$NAME.yaml"; then
+    return 1  # the unedited template: `check` refuses it, by design
+  fi
   if ! "$VENV/bin/edgeloop" check "$ETC/$NAME.yaml"; then
     say "the configuration has errors (above); fix $ETC/$NAME.yaml, then: systemctl restart $NAME"
     return 1

@@ -47,6 +47,7 @@ from agent.telemetry.settings import HttpConfig
 log = logging.getLogger(__name__)
 
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 JSON_CONTENT_TYPE = "application/json"
 _REASONS = {
     200: "OK",
@@ -567,9 +568,11 @@ class TelemetryServer:
             if self.components_fn is not None:  # supervised tasks: ok | degraded | failed
                 body["components"] = self.components_fn()
             return endpoint, 200 if ready else 503, _json(body), *_J
-        if endpoint == "metrics":
-            body = self.metrics.render(process=True).encode()
-            return endpoint, 200, body, METRICS_CONTENT_TYPE, {}
+        if endpoint == "metrics":  # OpenMetrics when the scraper asks for it (Prometheus does)
+            om = "application/openmetrics-text" in req.headers.get("accept", "")
+            body = self.metrics.render(process=True, openmetrics=om).encode()
+            kind = OPENMETRICS_CONTENT_TYPE if om else METRICS_CONTENT_TYPE
+            return endpoint, 200, body, kind, {"Vary": "Accept"}
         if endpoint == "control":
             return endpoint, 200, _json(self._require_control().status()), *_J
         return endpoint, 200, _json(await self._control_write(req, parts[1], parts[2])), *_J

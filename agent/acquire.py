@@ -27,7 +27,7 @@ import random
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -41,6 +41,7 @@ from drivers.base import (
     DriverError,
     GroupSpec,
     ReadResult,
+    Reason,
     WriteRefused,
 )
 from drivers.base import Quality as Q
@@ -53,6 +54,18 @@ GOOD, BAD, STALE, COMM_LOST = int(Q.GOOD), int(Q.BAD), int(Q.STALE), int(Q.COMM_
 # Link-level failures: the connection is not usable any more.
 LINK_ERRORS: tuple[type[BaseException], ...] = (ConnectError, OSError, TimeoutError, EOFError)
 CLOSE_TIMEOUT_S = 2.0
+# the reason a tag takes when its driver gives a quality but no reason (indexed by quality)
+_REASON_OF_QUALITY = np.array(
+    [Reason.NONE, Reason.DECODE_ERROR, Reason.STALE, Reason.COMM_LOST, Reason.NONE],
+    dtype=np.uint16,
+)
+
+
+class _Lost(NamedTuple):
+    """Why a device's link was dropped: the text for logs and /readyz, the tags' code."""
+
+    text: str
+    code: int
 
 
 def backoff_delay(attempt: int, initial_s: float, max_s: float, rng: random.Random) -> float:
@@ -123,6 +136,7 @@ class Acquirer:
             raise ValueError(f"unknown device(s): {', '.join(sorted(unknown))}")
         self._run = [n for n in compiled.devices if n in wanted and n in compiled.drivers]
         now = time.time()
+        self._device_index: dict[str, np.ndarray] = {}
         self._health = {
             n: DeviceHealth(state="connecting" if n in compiled.drivers else "disabled", since=now)
             for n in compiled.devices
@@ -190,8 +204,31 @@ class Acquirer:
         await self.stop()
 
     def health(self) -> dict[str, dict[str, Any]]:
-        """State, last error, since (epoch s) and reconnect count per device."""
-        return {n: h.as_dict() for n, h in self._health.items()}
+        """State, last error, since (epoch s) and reconnect count per device, and its tags
+        that are not good, by reason: `{"timeout": {"count": 3, "tags": [first five]}}`."""
+        out = {n: h.as_dict() for n, h in self._health.items()}
+        for name, d in out.items():
+            d["not_good"] = self.not_good(name)
+        return out
+
+    def not_good(self, device: str, examples: int = 5) -> dict[str, dict[str, Any]]:
+        """A device's tags that are not good, grouped by reason name."""
+        from drivers.base import reason_name
+
+        t = self.table
+        idx = self._device_index.get(device)
+        if idx is None:
+            idx = np.array([i for i, d in enumerate(t.devices) if d == device], dtype=np.intp)
+            self._device_index[device] = idx
+        bad = idx[t.quality[idx] != GOOD]
+        out: dict[str, dict[str, Any]] = {}
+        for code in np.unique(t.reason[bad]):
+            hit = bad[t.reason[bad] == code]
+            out[reason_name(int(code))] = {
+                "count": int(hit.size),
+                "tags": [t.names[i] for i in hit[:examples]],
+            }
+        return out
 
     # --- writes --------------------------------------------------------------------------
 
@@ -293,7 +330,8 @@ class Acquirer:
                 raise
             except Exception as e:  # the task must outlive any driver failure
                 await self._close(name, drv)
-                self._link_down(name, groups, _describe(e), unexpected=not _expected(e))
+                why = _Lost(_describe(e), _reason_code(e))
+                self._link_down(name, groups, why, unexpected=not _expected(e))
                 await asyncio.sleep(self._backoff(dev, attempt))
                 attempt += 1
                 continue
@@ -303,31 +341,31 @@ class Acquirer:
             self.metrics.set("edgeloop_device_up", 1, device=name)
             if self._episodes.ok(name):
                 log.info("%s: connected", name)
-            lost: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+            lost: asyncio.Future[_Lost] = asyncio.get_running_loop().create_future()
             tasks = [
                 asyncio.create_task(self._group_loop(dev, drv, g, lost), name=f"{name}/{g.name}")
                 for g in groups
             ]
             try:
-                reason = await lost
+                why = await lost
             finally:
                 for t in tasks:
                     t.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
             await self._close(name, drv)
-            self._link_down(name, groups, reason, unexpected=False)
+            self._link_down(name, groups, why, unexpected=False)
             await asyncio.sleep(self._backoff(dev, attempt))
             attempt += 1
 
     def _backoff(self, dev: Any, attempt: int) -> float:
         return backoff_delay(attempt, dev.backoff_initial_s, dev.backoff_max_s, self._rng)
 
-    def _link_down(self, name: str, groups: list[GroupSpec], reason: str, unexpected: bool) -> None:
-        self._set_state(name, "down", reason)
+    def _link_down(self, name: str, groups: list[GroupSpec], why: _Lost, unexpected: bool) -> None:
+        self._set_state(name, "down", why.text)
         self.metrics.set("edgeloop_device_up", 0, device=name)
-        self._episodes.fail(name, reason, level=logging.ERROR if unexpected else logging.WARNING)
+        self._episodes.fail(name, why.text, level=logging.ERROR if unexpected else logging.WARNING)
         for g in groups:
-            self._mark(g, COMM_LOST)
+            self._mark(g, COMM_LOST, why.code)
 
     async def _close(self, name: str, drv: Driver) -> None:
         try:
@@ -348,7 +386,7 @@ class Acquirer:
     # --- group task ----------------------------------------------------------------------
 
     async def _group_loop(
-        self, dev: Any, drv: Driver, g: GroupSpec, lost: asyncio.Future[str]
+        self, dev: Any, drv: Driver, g: GroupSpec, lost: asyncio.Future[_Lost]
     ) -> None:
         loop = asyncio.get_running_loop()
         labels = {"device": g.device, "group": g.name}
@@ -381,8 +419,8 @@ class Acquirer:
         labels: dict[str, str],
         guard: float,
         stale_s: float,
-    ) -> str | None:
-        """One poll; returns a reason when the link is lost, else None."""
+    ) -> _Lost | None:
+        """One poll; returns why when the link is lost, else None."""
         key = f"{g.device}/{g.name}"
         ts_ns = time.time_ns()
         t0 = time.perf_counter()
@@ -396,23 +434,24 @@ class Acquirer:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
                 self.metrics.inc("edgeloop_poll_errors_total", **labels)
-                return self._link_error(g, f"no answer within {guard:.1f} s", timeout=True)
+                why = _Lost(f"no answer within {guard:.1f} s", Reason.TIMEOUT)
+                return self._link_error(g, why, timeout=True)
             result: ReadResult = task.result()
         except asyncio.CancelledError:
             task.cancel()
             raise
         except LINK_ERRORS as e:
             self.metrics.inc("edgeloop_poll_errors_total", **labels)
-            return self._link_error(g, _describe(e), timeout=_is_timeout(e))
+            return self._link_error(g, _Lost(_describe(e), _reason_code(e)), timeout=_is_timeout(e))
         except DriverError as e:
             self.metrics.inc("edgeloop_poll_errors_total", **labels)
             self._episodes.fail(key, _describe(e))
-            self._mark(g, BAD)
+            self._mark(g, BAD, e.reason)
             return None
         except Exception as e:  # a driver bug: drop the link, a fresh session may recover
             self.metrics.inc("edgeloop_poll_errors_total", **labels)
             log.exception("%s: unexpected error from the driver", key)
-            return f"driver error: {_describe(e)}"
+            return _Lost(f"driver error: {_describe(e)}", Reason.DRIVER_ERROR)
         self.metrics.observe("edgeloop_poll_latency_seconds", time.perf_counter() - t0, **labels)
         self.metrics.inc("edgeloop_polls_total", **labels)
         self._failing[g.device].discard(g.name)
@@ -420,16 +459,16 @@ class Acquirer:
         self._episodes.ok(key)
         return None
 
-    def _link_error(self, g: GroupSpec, reason: str, *, timeout: bool) -> str | None:
+    def _link_error(self, g: GroupSpec, why: _Lost, *, timeout: bool) -> _Lost | None:
         """A lost link takes the device down; a timeout does so only once every group of
         the device times out, so one dead unit behind a gateway does not cut off the others
         (its own group goes comm_lost, the driver re-opens the connection on its own)."""
         failing = self._failing[g.device]
         failing.add(g.name)
         if not timeout or len(failing) >= len(self._groups[g.device]):
-            return reason
-        self._episodes.fail(f"{g.device}/{g.name}", reason)
-        self._mark(g, COMM_LOST)
+            return why
+        self._episodes.fail(f"{g.device}/{g.name}", why.text)
+        self._mark(g, COMM_LOST, why.code)
         return None
 
     # --- the tag table -------------------------------------------------------------------
@@ -445,14 +484,19 @@ class Acquirer:
                 len(result.values),
                 g.size,
             )
-            self._mark(g, BAD)
+            self._mark(g, BAD, Reason.DRIVER_ERROR)
             return
         t.raw[sl] = result.values
         q = np.array(result.quality, dtype=np.uint8)
+        if result.reason is not None and len(result.reason) == g.size:
+            t.reason[sl] = result.reason
+        else:
+            t.reason[sl] = _REASON_OF_QUALITY[np.minimum(q, len(_REASON_OF_QUALITY) - 1)]
         far = far_outside(t.raw[sl], t.min[sl], t.max[sl]) & (q == GOOD)
         key = f"{g.device}/{g.name}: out of range"
         if far.any():
             q[far] = BAD
+            t.reason[sl][far] = Reason.OUT_OF_RANGE
             i = g.start + int(np.flatnonzero(far)[0])
             self._episodes.fail(
                 key,
@@ -470,9 +514,10 @@ class Acquirer:
                 t.texts[g.start + rel] = text
         self._emit(g, ts_ns)
 
-    def _mark(self, g: GroupSpec, quality: int) -> None:
-        """Set a whole group's quality without new values (bad, comm_lost) and tell."""
+    def _mark(self, g: GroupSpec, quality: int, reason: int) -> None:
+        """Set a whole group's quality and reason without new values and tell."""
         self.table.quality[g.start : g.stop] = quality
+        self.table.reason[g.start : g.stop] = reason
         self._emit(g, time.time_ns())
 
     def _mark_stale(self, g: GroupSpec, now_ns: int) -> None:
@@ -483,6 +528,7 @@ class Acquirer:
         old = (q == GOOD) & (now_ns - self._last_good_ns[sl] > limit)
         if old.any():
             q[old] = STALE
+            self.table.reason[sl][old] = Reason.STALE
             self._emit(g, now_ns)
 
     def _emit(self, g: GroupSpec, ts_ns: int) -> None:
@@ -516,6 +562,13 @@ def _is_timeout(e: BaseException) -> bool:
 
 def _expected(e: BaseException) -> bool:
     return isinstance(e, (*LINK_ERRORS, DriverError))
+
+
+def _reason_code(e: BaseException) -> int:
+    """The `Reason` a failure gives the tags it hits."""
+    if isinstance(e, DriverError):
+        return int(e.reason)
+    return int(Reason.TIMEOUT if _is_timeout(e) else Reason.COMM_LOST)
 
 
 def _describe(e: BaseException) -> str:

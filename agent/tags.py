@@ -26,7 +26,7 @@ from agent.config import (
     OpcUaTag,
 )
 from agent.kernel.settings import signal_kind
-from drivers.base import Driver, GroupSpec, PlannedRequest, Point, Quality, create_driver
+from drivers.base import Driver, GroupSpec, PlannedRequest, Point, Quality, Reason, create_driver
 
 
 @dataclass(slots=True)
@@ -35,7 +35,8 @@ class TagTable:
 
     `raw` holds engineering values (scale/offset applied) as the drivers deliver them,
     `value/flags/score` are the kernel's output, `quality` is a `drivers.base.Quality`
-    code, `ts_ns` the wall-clock time of the last sample (0 = never), `texts` the value of
+    code and `reason` the `drivers.base.Reason` code of why it is not good (0 when good),
+    `ts_ns` the wall-clock time of the last sample (0 = never), `texts` the value of
     string tags by index, `min/max` the configured bounds (NaN = unbounded).
     """
 
@@ -45,6 +46,7 @@ class TagTable:
     raw: np.ndarray
     value: np.ndarray
     quality: np.ndarray
+    reason: np.ndarray
     flags: np.ndarray
     score: np.ndarray
     ts_ns: np.ndarray
@@ -66,6 +68,7 @@ class TagTable:
             value=nan.copy(),
             # nothing read yet: the same code as a device that does not answer
             quality=np.full(n, int(Quality.COMM_LOST), dtype=np.uint8),
+            reason=np.full(n, int(Reason.NO_DATA), dtype=np.uint16),
             flags=np.zeros(n, dtype=np.uint16),
             score=np.zeros(n, dtype=np.float64),
             ts_ns=np.zeros(n, dtype=np.int64),
@@ -87,6 +90,7 @@ class TagTable:
         ]
         table = cls.from_points(points, [""] * len(points))
         table.quality[:] = int(Quality.GOOD)
+        table.reason[:] = int(Reason.NONE)
         return table
 
     @property

@@ -29,6 +29,73 @@ class Quality(enum.IntEnum):
 QUALITY_NAMES = {q.value: q.name.lower() for q in Quality}
 
 
+class Reason(enum.IntEnum):
+    """Why a tag is not good: a uint16 code stored beside its quality, end to end (tag
+    table, history, MQTT frames, `read --json`, /readyz).
+
+    One number space, so a consumer needs no protocol to read it: codes below 0x100 are
+    edgeloop's own (below); `0x100 + n` is Modbus exception `n` (0x102: illegal data
+    address); codes from 0x4000 up are an OPC UA StatusCode's upper 16 bits (0x8034:
+    BadNodeIdUnknown, 0x4xxx Uncertain...).  `reason_name` spells any of them.
+    """
+
+    NONE = 0
+    NO_DATA = 1  # not read since start-up
+    TIMEOUT = 2  # no (complete) answer within the timeout
+    COMM_LOST = 3  # no connection: refused, closed, device down
+    PROTOCOL_ERROR = 4  # an answer that does not match the request
+    DECODE_ERROR = 5  # the value is not a finite number of the configured type
+    OUT_OF_RANGE = 6  # more than a whole span outside min..max: type, order or scale
+    STALE = 7  # no fresh sample within the group's staleness limit
+    DRIVER_ERROR = 8  # the driver failed in an unexpected way
+
+
+MODBUS_EXCEPTION_BASE = 0x100
+OPCUA_STATUS_BASE = 0x4000
+MODBUS_EXCEPTION_NAMES = {
+    0x01: "illegal_function",
+    0x02: "illegal_data_address",
+    0x03: "illegal_data_value",
+    0x04: "device_failure",
+    0x05: "acknowledge",
+    0x06: "device_busy",
+    0x08: "memory_parity_error",
+    0x0A: "gateway_path_unavailable",
+    0x0B: "gateway_target_no_response",
+}
+
+
+def modbus_reason(exception_code: int) -> int:
+    """The reason code of a Modbus exception response."""
+    return MODBUS_EXCEPTION_BASE + (int(exception_code) & 0xFF)
+
+
+def opcua_reason(status_code: int) -> int:
+    """The reason code of a non-good OPC UA StatusCode (its upper 16 bits)."""
+    return (int(status_code) >> 16) & 0xFFFF
+
+
+def reason_name(code: int) -> str:
+    """`timeout`, `modbus_exception_2_illegal_data_address`, `opcua_BadNodeIdUnknown`."""
+    code = int(code)
+    if code >= OPCUA_STATUS_BASE:
+        try:  # asyncua is loaded only when a config has an OPC UA device
+            from asyncua.ua.status_codes import get_name_and_doc
+
+            name, doc = get_name_and_doc(code << 16)
+        except Exception:
+            name, doc = "", ""
+        known = name and not doc.startswith("Unknown StatusCode")
+        return f"opcua_{name}" if known else f"opcua_0x{code:04X}"
+    if code >= MODBUS_EXCEPTION_BASE:
+        n = code - MODBUS_EXCEPTION_BASE
+        return f"modbus_exception_{n}_{MODBUS_EXCEPTION_NAMES.get(n, 'unknown')}"
+    try:
+        return Reason(code).name.lower()
+    except ValueError:
+        return f"reason_{code}"
+
+
 @dataclass(frozen=True, slots=True)
 class Point:
     """One configured tag as a driver needs it; `index` is its fixed slot in the tag table."""
@@ -81,6 +148,8 @@ class ReadResult:
     values: np.ndarray  # float64, len == group.size; NaN where not numeric / not read
     quality: np.ndarray  # uint8 Quality codes, len == group.size
     texts: dict[int, str] = field(default_factory=dict)  # group-relative index -> string value
+    # uint16 `Reason` codes, len == group.size (0 where good); None: derived from quality
+    reason: np.ndarray | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +168,10 @@ class PlannedRequest:
 
 
 class DriverError(Exception):
-    """Root of the driver layer; carries the device and, where known, unit/address/status."""
+    """Root of the driver layer; carries the device and, where known, unit/address/status,
+    and the `Reason` code the tags it hits take."""
+
+    reason: int = Reason.DRIVER_ERROR
 
     def __init__(
         self,
@@ -109,7 +181,10 @@ class DriverError(Exception):
         unit_id: int | None = None,
         address: int | None = None,
         status: str | None = None,
+        reason: int | None = None,
     ) -> None:
+        if reason is not None:
+            self.reason = int(reason)
         self.device = device
         self.unit_id = unit_id
         self.address = address
@@ -127,9 +202,13 @@ class DriverError(Exception):
 class ConnectError(DriverError):
     """The device could not be reached or the session could not be established."""
 
+    reason = Reason.COMM_LOST
+
 
 class ReadError(DriverError):
     """A read failed or its response was unusable (exception code, garbage, short)."""
+
+    reason = Reason.PROTOCOL_ERROR
 
 
 class WriteError(DriverError):

@@ -41,6 +41,7 @@ from pymodbus.pdu.register_message import (
 )
 
 from drivers.base import (
+    MODBUS_EXCEPTION_NAMES,
     ConnectError,
     DriverError,
     GroupSpec,
@@ -49,25 +50,16 @@ from drivers.base import (
     Quality,
     ReadError,
     ReadResult,
+    Reason,
     WriteError,
     WriteRefused,
+    modbus_reason,
 )
 from drivers.modbus_codec import bit_masks, decode_into, encode_point
 from drivers.modbus_plan import FUNCTION, ModbusPlan, PlanLimits, ReadRequest, plan_points
 
 log = logging.getLogger(__name__)
 
-EXCEPTION_NAMES = {
-    0x01: "ILLEGAL_FUNCTION",
-    0x02: "ILLEGAL_DATA_ADDRESS",
-    0x03: "ILLEGAL_DATA_VALUE",
-    0x04: "DEVICE_FAILURE",
-    0x05: "ACKNOWLEDGE",
-    0x06: "DEVICE_BUSY",
-    0x08: "MEMORY_PARITY_ERROR",
-    0x0A: "GATEWAY_PATH_UNAVAILABLE",
-    0x0B: "GATEWAY_TARGET_NO_RESPONSE",
-}
 # gateway exceptions say the device behind the gateway is unreachable, not that it refused
 _COMM_LOST_EXCEPTIONS = (0x0A, 0x0B)
 
@@ -81,11 +73,13 @@ _READ_METHOD = {
 
 def exception_status(code: int) -> str:
     """`exception 0x02 ILLEGAL_DATA_ADDRESS` - the status text carried by errors."""
-    return f"exception 0x{code:02X} {EXCEPTION_NAMES.get(code, 'UNKNOWN')}"
+    return f"exception 0x{code:02X} {MODBUS_EXCEPTION_NAMES.get(code, 'unknown').upper()}"
 
 
 class ResponseTimeout(ConnectError):
     """No (complete) answer within timeout_s after all retries."""
+
+    reason = Reason.TIMEOUT
 
     def __init__(self, message: str, **ctx: Any) -> None:
         super().__init__(message, status="timeout", **ctx)
@@ -100,7 +94,7 @@ class DeviceException(ReadError):
 
     def __init__(self, message: str, *, code: int, **ctx: Any) -> None:
         self.code = code
-        super().__init__(message, status=exception_status(code), **ctx)
+        super().__init__(message, status=exception_status(code), reason=modbus_reason(code), **ctx)
 
 
 class _FastRegisters:
@@ -524,6 +518,7 @@ class ModbusDriver:
     async def read(self, plan: ModbusPlan) -> ReadResult:
         """Read a group: every request of the plan, then one decode over all of them."""
         quality = np.zeros(plan.size, dtype=np.uint8)
+        reason = np.zeros(plan.size, dtype=np.uint16)
         values = np.full(plan.size, np.nan)
         regs = np.zeros(plan.n_registers, dtype=np.uint16)
         bits = np.zeros(plan.n_bits, dtype=np.uint8)
@@ -535,6 +530,7 @@ class ModbusDriver:
         for req in plan.requests:
             if req.unit_id in dead_units:
                 quality[req.points] = Quality.COMM_LOST
+                reason[req.points] = Reason.TIMEOUT
                 continue
             try:
                 async with self._lock:
@@ -542,15 +538,18 @@ class ModbusDriver:
             except ResponseTimeout as exc:
                 dead_units.add(req.unit_id)
                 quality[req.points] = Quality.COMM_LOST
+                reason[req.points] = exc.reason
                 errors.append(exc)
                 continue
             except DeviceException as exc:
                 lost = exc.code in _COMM_LOST_EXCEPTIONS
                 quality[req.points] = Quality.COMM_LOST if lost else Quality.BAD
+                reason[req.points] = exc.reason
                 errors.append(exc)
                 continue
             except ReadError as exc:
                 quality[req.points] = Quality.BAD
+                reason[req.points] = exc.reason
                 errors.append(exc)
                 continue
             answered += 1
@@ -571,13 +570,15 @@ class ModbusDriver:
         # a NaN/inf float from the device (a failed sensor) is a bad value, not a good one
         nonfinite = ~np.isfinite(values)
         nonfinite[plan.text_positions] = False
-        quality[nonfinite & (quality == Quality.GOOD)] = Quality.BAD
+        nonfinite &= quality == Quality.GOOD
+        quality[nonfinite] = Quality.BAD
+        reason[nonfinite] = Reason.DECODE_ERROR
         if errors:
             bad = quality != Quality.GOOD
             values[bad] = np.nan
             for i in np.flatnonzero(bad):
                 texts.pop(int(i), None)
-        return ReadResult(values=values, quality=quality, texts=texts)
+        return ReadResult(values=values, quality=quality, texts=texts, reason=reason)
 
     def _failed(self, e: DriverError) -> None:
         """Log a request's failure once per episode (a dead unit at 5 Hz is one line)."""

@@ -53,6 +53,7 @@ from drivers.base import (
     Quality,
     ReadError,
     ReadResult,
+    Reason,
     WriteError,
     WriteRefused,
 )
@@ -103,6 +104,7 @@ class _SubState:
     sub: _CountingSubscription
     raw: np.ndarray
     quality: np.ndarray
+    reason: np.ndarray
     texts: dict[int, str] = field(default_factory=dict)
     seeded_at: float = 0.0  # monotonic time of the seeding Read
     dead: str | None = None  # set by a Bad StatusChangeNotification
@@ -424,15 +426,17 @@ class OpcUaDriver:
             sub=sub,
             raw=np.full(n, np.nan),
             quality=np.full(n, np.uint8(Quality.STALE), dtype=np.uint8),
+            reason=np.full(n, Reason.STALE, dtype=np.uint16),
         )
         # seed with one batched Read so the first read() has values, not "no data yet"
-        await self._read_into(client, plan, state.raw, state.quality, state.texts)
+        await self._read_into(client, plan, state.raw, state.quality, state.texts, state.reason)
         for i, r in enumerate(results):
             if isinstance(r, ua.StatusCode):  # this item could not be monitored
                 log.warning(
                     "%s: cannot monitor %s: %s", self.name, plan.node_ids[i], codec.status_name(r)
                 )
                 state.quality[i] = Quality.BAD
+                state.reason[i] = codec.opcua_reason(r.value)
                 state.raw[i] = np.nan
         state.seeded_at = time.monotonic()
         return state
@@ -497,9 +501,10 @@ class OpcUaDriver:
         n = plan.size
         raw = np.full(n, np.nan)
         quality = np.empty(n, dtype=np.uint8)
+        reason = np.zeros(n, dtype=np.uint16)
         texts: dict[int, str] = {}
-        await self._read_into(client, plan, raw, quality, texts)
-        return codec.engineering(plan, raw, quality, texts)
+        await self._read_into(client, plan, raw, quality, texts, reason)
+        return codec.engineering(plan, raw, quality, texts, reason)
 
     async def _read_into(
         self,
@@ -508,6 +513,7 @@ class OpcUaDriver:
         raw: np.ndarray,
         quality: np.ndarray,
         texts: dict[int, str],
+        reason: np.ndarray,
     ) -> None:
         start = 0
         while start < plan.size:
@@ -530,6 +536,7 @@ class OpcUaDriver:
                     f"Read of group {plan.group.name!r} refused",
                     device=self.name,
                     status=_status_of(exc),
+                    reason=codec.opcua_reason(_code_of(exc) or 0x80000000),
                 ) from exc
             self.stats["read_calls"] += 1
             if len(dvs) != stop - start:
@@ -538,7 +545,7 @@ class OpcUaDriver:
                     device=self.name,
                     status="BadUnexpectedError",
                 )
-            codec.decode_into(plan, dvs, start, raw, quality, texts)
+            codec.decode_into(plan, dvs, start, raw, quality, texts, reason)
             start = stop
 
     def _read_params(self, plan: OpcUaPlan, start: int, stop: int) -> ua.ReadParameters:
@@ -571,9 +578,12 @@ class OpcUaDriver:
                 status=state.dead,
             )
         quality = state.quality.copy()
+        reason = state.reason.copy()
         if time.monotonic() - state.alive_at() > plan.stale_after_s:
-            quality[quality != Quality.BAD] = Quality.STALE
-        return codec.engineering(plan, state.raw.copy(), quality, dict(state.texts))
+            old = quality != Quality.BAD
+            quality[old] = Quality.STALE
+            reason[old] = Reason.STALE
+        return codec.engineering(plan, state.raw.copy(), quality, dict(state.texts), reason)
 
     def _drain(self, state: _SubState) -> None:
         """Apply every queued notification (in order, so the newest value wins)."""
@@ -592,9 +602,11 @@ class OpcUaDriver:
                 i = index.get(ev.node.nodeid)
                 if i is None:
                     continue
-                value, q, text = codec.decode_value(ev.data.monitored_item.Value, bool(is_text[i]))
+                dv = ev.data.monitored_item.Value
+                value, q, text, why = codec.decode_value(dv, bool(is_text[i]))
                 state.raw[i] = value
                 state.quality[i] = q
+                state.reason[i] = why
                 if text is not None:
                     state.texts[i] = text
                 else:

@@ -18,7 +18,16 @@ from dataclasses import dataclass, field
 import numpy as np
 from asyncua import ua
 
-from drivers.base import DriverError, GroupSpec, PlannedRequest, Point, Quality, ReadResult
+from drivers.base import (
+    DriverError,
+    GroupSpec,
+    PlannedRequest,
+    Point,
+    Quality,
+    ReadResult,
+    Reason,
+    opcua_reason,
+)
 
 FUNCTION_READ = "OPC UA Read"
 FUNCTION_SUBSCRIBE = "OPC UA CreateMonitoredItems"
@@ -132,23 +141,24 @@ def status_name(status: ua.StatusCode | int) -> str:
         return f"0x{code:08X}"
 
 
-def decode_value(dv: ua.DataValue, is_text: bool) -> tuple[float, Quality, str | None]:
-    """(raw float, quality, text) of one DataValue."""
+def decode_value(dv: ua.DataValue, is_text: bool) -> tuple[float, Quality, str | None, int]:
+    """(raw float, quality, text, `Reason` code) of one DataValue."""
     q = status_quality(dv.StatusCode)
+    why = opcua_reason(dv.StatusCode.value) if q != Quality.GOOD else Reason.NONE
     if q == Quality.BAD:
-        return math.nan, q, None
+        return math.nan, q, None, why
     v = dv.Value.Value if dv.Value is not None else None
     if isinstance(v, str):
-        return math.nan, (q if is_text else Quality.BAD), v
+        return (math.nan, q, v, why) if is_text else (math.nan, Quality.BAD, v, Reason.DECODE_ERROR)
     if is_text:
         if v is None or isinstance(v, (list, tuple, bytes)):
-            return math.nan, Quality.BAD, None
-        return math.nan, q, str(v.Text if isinstance(v, ua.LocalizedText) else v)
+            return math.nan, Quality.BAD, None, Reason.DECODE_ERROR
+        return math.nan, q, str(v.Text if isinstance(v, ua.LocalizedText) else v), why
     if isinstance(v, bool):
-        return (1.0 if v else 0.0), q, None
+        return (1.0 if v else 0.0), q, None, why
     if isinstance(v, (int, float)):
-        return float(v), q, None
-    return math.nan, Quality.BAD, None
+        return float(v), q, None, why
+    return math.nan, Quality.BAD, None, Reason.DECODE_ERROR
 
 
 def decode_into(
@@ -158,14 +168,16 @@ def decode_into(
     raw: np.ndarray,
     quality: np.ndarray,
     texts: dict[int, str],
+    reason: np.ndarray,
 ) -> None:
-    """Decode `dvs` (the values of points start..start+len) into raw/quality/texts."""
+    """Decode `dvs` (the values of points start..start+len) into raw/quality/texts/reason."""
     is_text = plan.is_text
     for k, dv in enumerate(dvs):
         i = start + k
-        value, q, text = decode_value(dv, bool(is_text[i]))
+        value, q, text, why = decode_value(dv, bool(is_text[i]))
         raw[i] = value
         quality[i] = q
+        reason[i] = why
         if text is not None:
             texts[i] = text
         else:
@@ -173,10 +185,15 @@ def decode_into(
 
 
 def engineering(
-    plan: OpcUaPlan, raw: np.ndarray, quality: np.ndarray, texts: dict[int, str]
+    plan: OpcUaPlan,
+    raw: np.ndarray,
+    quality: np.ndarray,
+    texts: dict[int, str],
+    reason: np.ndarray,
 ) -> ReadResult:
     """Apply scale/offset in one vector operation and package the result."""
-    return ReadResult(values=raw * plan.scale + plan.offset, quality=quality, texts=texts)
+    values = raw * plan.scale + plan.offset
+    return ReadResult(values=values, quality=quality, texts=texts, reason=reason)
 
 
 # --- writes ----------------------------------------------------------------------------

@@ -113,24 +113,29 @@ def run(args: argparse.Namespace) -> int:
     health = asyncio.run(_read(compiled, devices, indices, args.timeout))
 
     from agent.tags import far_outside
+    from drivers.base import reason_name
 
     far = far_outside(table.raw, table.min, table.max)
     rows = []
     reasons: dict[str, str] = {}
+    hints: dict[str, str] = {}
     for i in indices:
+        name = table.names[i]
         q = QUALITY_NAMES.get(int(table.quality[i]), str(int(table.quality[i])))
+        if q != "good":
+            reasons[name] = reason_name(int(table.reason[i]))
         if q == "bad" and far[i]:
             # the raw value is kept: show it, it is what tells a wrong order from a wrong scale
-            reasons[table.names[i]] = (
-                f"out_of_range: {table.raw[i]:.6g} is more than a span outside "
-                f"{table.min[i]:g}..{table.max[i]:g}; check type, byte/word order and scale "
-                "with `edgeloop probe`"
+            hints[name] = (
+                f"{table.raw[i]:.6g} is more than a span outside {table.min[i]:g}.."
+                f"{table.max[i]:g}; check type, byte/word order and scale with `edgeloop probe`"
             )
-        rows.append((table.names[i], _value(table, i), table.units[i], q, table.devices[i]))
+        rows.append((name, _value(table, i), table.units[i], q, table.devices[i]))
     if args.json:
         doc = {
             name: {"value": v, "unit": u, "quality": q}
             | ({"reason": reasons[name]} if name in reasons else {})
+            | ({"hint": hints[name]} if name in hints else {})
             for name, v, u, q, _ in rows
         }
         print(json.dumps(doc, indent=2))
@@ -140,7 +145,8 @@ def run(args: argparse.Namespace) -> int:
         for name, v, u, q, dev in rows:
             print(f"{name:<{w}}  {_text(v):>14}  {u:<8} {q:<10} {dev}")
         for name, why in reasons.items():
-            print(f"{name}: {why}", file=sys.stderr)
+            hint = f": {hints[name]}" if name in hints else ""
+            print(f"{name}: {why}{hint}", file=sys.stderr)
     for dev, h in sorted(health.items()):
         if h["last_error"]:
             print(f"{dev}: {h['last_error']}", file=sys.stderr)

@@ -2,8 +2,8 @@
 
 Schema (chosen by measurement, see bench/store.py and docs/history.md): a frame of a group
 of `n` tags is one row `(ts_ns, group_id, data)` where `data` is the group's slice packed as
-little-endian `raw f8[n] | value f8[n] | score f8[n] | flags u2[n] | quality u1[n]`
-(27 bytes per tag). `groups` maps `group_id` to the device, group name and ordered tag
+little-endian `raw f8[n] | value f8[n] | score f8[n] | flags u2[n] | quality u1[n] |
+reason u2[n]` (29 bytes per tag; rows of earlier releases, without the reason, still read). `groups` maps `group_id` to the device, group name and ordered tag
 names, so the database describes itself: export works without the YAML, and a config
 change (tags added) starts a new group version instead of corrupting old rows.
 
@@ -48,11 +48,13 @@ from agent.store.durable import (
 )
 from agent.store.settings import StoreConfig
 from agent.telemetry.episodes import EpisodeLog
+from drivers.base import reason_name
 
 log = logging.getLogger("edgeloop.store")
 
 SCHEMA_VERSION = 1
-BYTES_PER_TAG = 27  # 3 x f8 + u2 + u1
+BYTES_PER_TAG = 29  # 3 x f8 + u2 flags + u1 quality + u2 reason
+LEGACY_BYTES_PER_TAG = 27  # rows written before the reason was stored: read as reason 0
 PAGE_SIZE = 16384
 
 _SCHEMA = """
@@ -97,9 +99,15 @@ class StoreError(Exception):
 
 
 def pack_frame(
-    raw: np.ndarray, value: np.ndarray, score: np.ndarray, flags: np.ndarray, quality: np.ndarray
+    raw: np.ndarray,
+    value: np.ndarray,
+    score: np.ndarray,
+    flags: np.ndarray,
+    quality: np.ndarray,
+    reason: np.ndarray | None = None,
 ) -> bytes:
     """Pack one group slice into the row blob (copies, so the table may change afterwards)."""
+    why = np.zeros(len(raw), "<u2") if reason is None else reason.astype("<u2", copy=False)
     return b"".join(
         (
             raw.astype("<f8", copy=False).tobytes(),
@@ -107,6 +115,7 @@ def pack_frame(
             score.astype("<f8", copy=False).tobytes(),
             flags.astype("<u2", copy=False).tobytes(),
             quality.astype("u1", copy=False).tobytes(),
+            why.tobytes(),
         )
     )
 
@@ -121,12 +130,19 @@ class Frames:
     score: np.ndarray
     flags: np.ndarray
     quality: np.ndarray
+    reason: np.ndarray  # `drivers.base.Reason` codes, 0 where good (and in legacy rows)
 
 
 def unpack_frames(ts_ns: Sequence[int], blobs: Sequence[bytes], n: int) -> Frames:
     """Decode many row blobs of an `n`-tag group in one numpy pass."""
     m = len(blobs)
-    buf = np.frombuffer(b"".join(blobs), dtype=np.uint8)
+    joined = b"".join(blobs)
+    if len(joined) != m * n * BYTES_PER_TAG and all(
+        len(b) in (n * BYTES_PER_TAG, n * LEGACY_BYTES_PER_TAG) for b in blobs
+    ):  # a file that has rows from before the reason column: pad them with reason 0
+        pad = bytes(2 * n)
+        joined = b"".join(b if len(b) == n * BYTES_PER_TAG else b + pad for b in blobs)
+    buf = np.frombuffer(joined, dtype=np.uint8)
     if buf.size != m * n * BYTES_PER_TAG:
         raise StoreError(f"frame blobs do not match a {n}-tag group ({buf.size} bytes, {m} rows)")
     rows = buf.reshape(m, n * BYTES_PER_TAG)
@@ -142,6 +158,7 @@ def unpack_frames(ts_ns: Sequence[int], blobs: Sequence[bytes], n: int) -> Frame
         score=col(2 * o, 3 * o, "<f8"),
         flags=col(3 * o, 3 * o + 2 * n, "<u2"),
         quality=col(3 * o + 2 * n, 3 * o + 3 * n, "u1"),
+        reason=col(3 * o + 3 * n, 3 * o + 5 * n, "<u2"),
     )
 
 
@@ -196,7 +213,7 @@ def _connect(path: str, synchronous: str = "normal", check: bool = True) -> sqli
                 raise HistoryCorrupt(f"not a usable SQLite database: {problem}")
         con = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
         # page size and auto_vacuum take effect only before the first table exists. Frame rows
-        # are 27 B per tag (2.7 kB for 100 tags): 16 kB pages hold several, 4 kB pages one.
+        # are 29 B per tag (2.9 kB for 100 tags): 16 kB pages hold several, 4 kB pages one.
         con.execute(f"PRAGMA page_size={PAGE_SIZE}")
         con.execute("PRAGMA auto_vacuum=INCREMENTAL")
         mode = con.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -331,7 +348,8 @@ class HistoryReader:
 
         Columns: `time` (ISO 8601 UTC), `epoch_s`, `device`, `group`, then per tag
         `<tag>` (raw, or the kernel-filtered value with `filtered`), `<tag>:quality`,
-        `<tag>:flags`. Cells of tags outside the row's group are empty; NaN is empty.
+        `<tag>:flags`, `<tag>:reason` (why it is not good, empty when good). Cells of tags
+        outside the row's group are empty; NaN is empty.
         """
         a, b = to_ns(t_from), to_ns(t_to)
         want = list(dict.fromkeys(tags)) if tags else None
@@ -345,7 +363,7 @@ class HistoryReader:
                 raise StoreError(f"tags not in history: {', '.join(missing)}")
             ordered = want
         pos = {t: i for i, t in enumerate(ordered)}
-        width = 4 + 3 * len(ordered)
+        width = 4 + 4 * len(ordered)
 
         def group_rows(gid: int, dev: str, name: str, names: list[str]) -> Iterator[tuple]:
             sel = [(i, pos[t]) for i, t in enumerate(names) if t in pos]
@@ -357,16 +375,18 @@ class HistoryReader:
                     row[0], row[1], row[2], row[3] = iso(ts), f"{ts / 1e9:.6f}", dev, name
                     for i, j in sel:
                         v = float(vals[r, i])
-                        row[4 + 3 * j] = "" if math.isnan(v) else repr(v)
-                        row[5 + 3 * j] = str(int(f.quality[r, i]))
-                        row[6 + 3 * j] = str(int(f.flags[r, i]))
+                        why = int(f.reason[r, i])
+                        row[4 + 4 * j] = "" if math.isnan(v) else repr(v)
+                        row[5 + 4 * j] = str(int(f.quality[r, i]))
+                        row[6 + 4 * j] = str(int(f.flags[r, i]))
+                        row[7 + 4 * j] = reason_name(why) if why else ""
                     yield ts, gid, row
 
         streams = [group_rows(*g) for g in groups if any(t in pos for t in g[3])]
         w = csv.writer(out, lineterminator="\n")
         header = ["time", "epoch_s", "device", "group"]
         for t in ordered:
-            header += [t, f"{t}:quality", f"{t}:flags"]
+            header += [t, f"{t}:quality", f"{t}:flags", f"{t}:reason"]
         w.writerow(header)
         n = 0
         # groups are merged by time chunk by chunk, so a long range streams in bounded memory
@@ -586,7 +606,9 @@ class HistoryStore:
         if gkey is None:
             gkey = (group.device, group.name, json.dumps(list(t.names[s:e])))
             self._group_keys[key] = gkey
-        blob = pack_frame(t.raw[s:e], t.value[s:e], t.score[s:e], t.flags[s:e], t.quality[s:e])
+        blob = pack_frame(
+            t.raw[s:e], t.value[s:e], t.score[s:e], t.flags[s:e], t.quality[s:e], t.reason[s:e]
+        )
         return self._put(("F", int(ts_ns), gkey, blob))
 
     def submit_event(self, ts_ns: int, kind: str, source: str, payload: Any) -> bool:

@@ -108,6 +108,7 @@ def test_read_reports_a_dead_device_as_comm_lost(tmp_path: Path, capsys) -> None
     out = capsys.readouterr()
     doc = json.loads(out.out)
     assert {v["quality"] for v in doc.values()} == {"comm_lost"}
+    assert {v["reason"] for v in doc.values()} == {"comm_lost"}
     assert all(v["value"] is None for v in doc.values())
     assert "cannot connect" in out.err
 
@@ -139,5 +140,23 @@ def test_a_value_far_outside_its_range_is_bad_with_the_reason(tmp_path: Path, hw
     assert doc["inlet_flow"]["quality"] == "good" and "reason" not in doc["inlet_flow"]
     bad = doc["tank_temp"]
     assert bad["quality"] == "bad"
-    assert bad["reason"].startswith("out_of_range: ") and "edgeloop probe" in bad["reason"]
+    assert bad["reason"] == "out_of_range" and "edgeloop probe" in bad["hint"]
     assert abs(bad["value"]) > 1000  # the raw value is kept for the diagnosis
+
+
+def test_a_wrong_opcua_node_says_the_servers_status_code(tmp_path: Path, hw_sim) -> None:  # type: ignore[no-untyped-def]
+    """The server's own verdict on a node reaches `read`: BadNodeIdUnknown, not just bad."""
+    mb, ua = hw_sim
+    path = plant_config(tmp_path, mb, ua)
+    text = path.read_text().replace('"ns=2;s=Pump.MotorTemp"', '"ns=2;s=Pump.NoSuchNode"')
+    assert "NoSuchNode" in text
+    path.write_text(text)
+    args = ["--tag", "pump_motor_temp", "--tag", "pump_motor_current"]
+    res = edgeloop("read", str(path), "--json", *args)
+    assert res.returncode == 1, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["pump_motor_current"]["quality"] == "good"
+    assert doc["pump_motor_temp"]["quality"] == "bad"
+    assert doc["pump_motor_temp"]["reason"] == "opcua_BadNodeIdUnknown"
+    table = edgeloop("read", str(path), *args)
+    assert "pump_motor_temp: opcua_BadNodeIdUnknown" in table.stderr

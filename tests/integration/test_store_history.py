@@ -22,6 +22,7 @@ from agent.commands import export as export_cmd
 from agent.metrics import Metrics
 from agent.store import HistoryStore, StoreConfig, open_reader
 from agent.tags import TagTable
+from drivers.base import Reason
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -53,6 +54,7 @@ def fill(store: HistoryStore, table: Table, group: Group, k: int, ts_ns: int) ->
     table.raw[s:e] = k + np.arange(e - s) / 10
     table.value[s:e] = table.raw[s:e] * 2
     table.quality[s:e] = k % 3
+    table.reason[s:e] = (0, Reason.DECODE_ERROR, Reason.STALE)[k % 3]
     table.flags[s:e] = k
     table.score[s:e] = 0.5
     store.submit_frame(group, ts_ns)
@@ -171,6 +173,7 @@ WRITER = textwrap.dedent(
     t.names = [f"t{{i}}" for i in range(n)]
     t.raw = np.zeros(n); t.value = np.zeros(n); t.score = np.zeros(n)
     t.flags = np.zeros(n, np.uint16); t.quality = np.zeros(n, np.uint8)
+    t.reason = np.zeros(n, np.uint16)
     class G: device = "d"; name = "g"; start = 0; stop = n
     cfg = StoreConfig(path={db!r}, batch_ms=50, batch_max_frames=100)
     s = HistoryStore(cfg, t, None); s.start()
@@ -246,15 +249,17 @@ def test_export_csv_via_command(tmp_path: Path) -> None:
         "b",
         "b:quality",
         "b:flags",
+        "b:reason",
         "d",
         "d:quality",
         "d:flags",
+        "d:reason",
     ]
     body = rows[1:]
     assert [r[3] for r in body] == ["fast", "fast", "slow", "fast", "fast"]
     assert body[0][0] == "2023-11-14T22:13:20.000000Z" and body[0][1] == "1700000000.000000"
-    assert body[1][4:] == ["1.1", "1", "1", "", "", ""]
-    assert body[2][4:] == ["", "", "", "7.0", "1", "7"]
+    assert body[1][4:] == ["1.1", "1", "1", "decode_error", "", "", "", ""]
+    assert body[2][4:] == ["", "", "", "", "7.0", "1", "7", "decode_error"]
     # --filtered exports the kernel value (2 x raw here)
     rc = export_cmd.run(
         export_cmd.build_args(

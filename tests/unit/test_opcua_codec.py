@@ -10,7 +10,7 @@ import pytest
 from asyncua import ua
 
 from drivers import opcua_codec as codec
-from drivers.base import DriverError, GroupSpec, Point, Quality
+from drivers.base import DriverError, GroupSpec, Point, Quality, reason_name
 
 
 def _group(n: int = 5, mode: str = "poll", **options) -> GroupSpec:
@@ -111,15 +111,18 @@ def test_status_name():
     ],
 )  # fmt: skip
 def test_decode_value(dv, is_text, expected):
-    value, q, text = codec.decode_value(dv, is_text)
+    value, q, text, why = codec.decode_value(dv, is_text)
     assert (q, text) == expected[1:]
+    # a good value has no reason; a bad one always has one
+    assert (why == 0) == (q == Quality.GOOD)
     assert value == expected[0] or (math.isnan(value) and math.isnan(expected[0]))
 
 
 def test_bad_status_gives_nan_even_with_a_value():
     dv = ua.DataValue(ua.Variant(), StatusCode=ua.StatusCode(ua.StatusCodes.BadSensorFailure))
-    value, q, _ = codec.decode_value(dv, False)
+    value, q, _, why = codec.decode_value(dv, False)
     assert math.isnan(value) and q == Quality.BAD
+    assert reason_name(why) == "opcua_BadSensorFailure"
 
 
 def test_decode_into_and_engineering_apply_scale_offset_in_place():
@@ -127,11 +130,12 @@ def test_decode_into_and_engineering_apply_scale_offset_in_place():
     raw = np.full(4, np.nan)
     quality = np.zeros(4, dtype=np.uint8)
     texts = {3: "old"}
-    codec.decode_into(plan, [_dv(1.0), _dv(2.0)], 0, raw, quality, texts)
-    codec.decode_into(
-        plan, [_dv(3.0), _dv(None, None, ua.StatusCodes.BadNodeIdUnknown)], 2, raw, quality, texts
-    )
-    res = codec.engineering(plan, raw, quality, texts)
+    why = np.zeros(4, dtype=np.uint16)
+    codec.decode_into(plan, [_dv(1.0), _dv(2.0)], 0, raw, quality, texts, why)
+    bad = _dv(None, None, ua.StatusCodes.BadNodeIdUnknown)
+    codec.decode_into(plan, [_dv(3.0), bad], 2, raw, quality, texts, why)
+    res = codec.engineering(plan, raw, quality, texts, why)
+    assert [reason_name(r) for r in res.reason] == ["none"] * 3 + ["opcua_BadNodeIdUnknown"]
     assert res.values[:3].tolist() == [3.0, 5.0, 7.0]  # raw * 2 + 1
     assert math.isnan(res.values[3])
     assert res.quality.tolist() == [Quality.GOOD] * 3 + [Quality.BAD]

@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from agent.names import WATCHDOG_MISSED_TOTAL
+
 if TYPE_CHECKING:
     from agent.metrics import Metrics
 
@@ -168,7 +170,7 @@ class Watchdog:
             return True
         self.missed += 1
         if self._metrics is not None:
-            self._metrics.inc("edgeloop_watchdog_missed_total")
+            self._metrics.inc(WATCHDOG_MISSED_TOTAL)
         if not self._stalled:
             self._stalled = True
             log.error(

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from agent.kernel import pertag as pt
+from agent.names import ALARMS_TOTAL, TAG_ALARM
 
 TAG_CAUSES = ("out_of_range", "stuck", "spike", "drift", "score")  # priority at an onset
 GROUP_CAUSES = ("spe", "t2")
@@ -74,15 +75,15 @@ class AlarmBook:
         if metrics is None:
             return
         for i, name in enumerate(names):
-            metrics.set("edgeloop_tag_alarm", 0.0, tag=name, kind="tag")
+            metrics.set(TAG_ALARM, 0.0, tag=name, kind="tag")
             for cause in TAG_CAUSES:
                 if int(self.mask[i]) & pt.ALARM_BITS[cause]:
-                    metrics.inc("edgeloop_alarms_total", 0.0, level="tag", source=name, cause=cause)
+                    metrics.inc(ALARMS_TOTAL, 0.0, level="tag", source=name, cause=cause)
         for gname, idx in groups:
             for i in idx:
-                metrics.set("edgeloop_tag_alarm", 0.0, tag=names[int(i)], kind="group")
+                metrics.set(TAG_ALARM, 0.0, tag=names[int(i)], kind="group")
             for cause in GROUP_CAUSES:
-                metrics.inc("edgeloop_alarms_total", 0.0, level="group", source=gname, cause=cause)
+                metrics.inc(ALARMS_TOTAL, 0.0, level="group", source=gname, cause=cause)
 
     def tag_transition(self, i: int, on: bool, flags: int, score: float) -> str | None:
         """A tag's own alarm went on or off; returns the cause of an onset."""
@@ -91,9 +92,9 @@ class AlarmBook:
         if on:
             cause = tag_cause(flags, score, int(self.mask[i]), float(self.threshold[i]))
         if self.metrics is not None:
-            self.metrics.set("edgeloop_tag_alarm", 1.0 if on else 0.0, tag=name, kind="tag")
+            self.metrics.set(TAG_ALARM, 1.0 if on else 0.0, tag=name, kind="tag")
             if cause is not None:
-                self.metrics.inc("edgeloop_alarms_total", level="tag", source=name, cause=cause)
+                self.metrics.inc(ALARMS_TOTAL, level="tag", source=name, cause=cause)
         return cause
 
     def group_transition(self, name: str, idx: np.ndarray, on: bool, cause: str | None) -> None:
@@ -103,6 +104,6 @@ class AlarmBook:
             return
         for i in idx:
             v = 1.0 if self.groups_on[i] > 0 else 0.0
-            self.metrics.set("edgeloop_tag_alarm", v, tag=self.names[int(i)], kind="group")
+            self.metrics.set(TAG_ALARM, v, tag=self.names[int(i)], kind="group")
         if on and cause is not None:
-            self.metrics.inc("edgeloop_alarms_total", level="group", source=name, cause=cause)
+            self.metrics.inc(ALARMS_TOTAL, level="group", source=name, cause=cause)

@@ -22,6 +22,7 @@ from agent.kernel import multivar as mv
 from agent.kernel import pertag as pt
 from agent.kernel.alarm_metrics import AlarmBook, group_cause
 from agent.kernel.settings import GroupSettings, KernelConfig
+from agent.names import ANOMALY_ALARM
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,7 @@ class KernelRuntime:
                     log.warning("kernel group disabled: %s", exc)
                     return None
                 if self.metrics is not None:
-                    self.metrics.set("edgeloop_anomaly_alarm", 0.0, group=g.settings.name)
+                    self.metrics.set(ANOMALY_ALARM, 0.0, group=g.settings.name)
                 if g.model.excluded:
                     log.warning(
                         "kernel group %s: constant in warm-up, excluded from the model: %s",
@@ -202,7 +203,7 @@ class KernelRuntime:
         if trans == 0:
             return None
         if self.metrics is not None:
-            self.metrics.set("edgeloop_anomaly_alarm", float(m.alarm), group=m.name)
+            self.metrics.set(ANOMALY_ALARM, float(m.alarm), group=m.name)
         ev = self._group_event(g, trans > 0, int(tb.ts_ns[g.idx].max()))
         cause = None
         if trans > 0:

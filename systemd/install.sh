@@ -194,6 +194,14 @@ use_bundle_dir() {
   if [ "$tag" != "$python" ]; then
     die "this bundle's wheels are for $python, $PYTHON is $tag (use --python)"
   fi
+  # Every wheel as built (BUNDLE lists them with their sha256), and nothing else.
+  local sums n
+  sums="$(sed -n 's/^wheel=\([^ ]*\) sha256=\([0-9a-f]*\)$/\2  \1/p' "$dir/BUNDLE")"
+  n="$(find "$dir/wheels" -maxdepth 1 -name '*.whl' | wc -l)"
+  if [ -z "$sums" ] || [ "$(printf '%s\n' "$sums" | wc -l)" != "$n" ] \
+    || ! (cd "$dir/wheels" && printf '%s\n' "$sums" | sha256sum -c --quiet --strict >&2); then
+    die "$(basename "$dir"): the wheels do not match the list in its BUNDLE file: damaged or altered"
+  fi
   SRC="$dir"
   WHEELHOUSE="$dir/wheels"
   WHEEL="$(find "$WHEELHOUSE" -maxdepth 1 -name "$NAME-$VERSION-*.whl" | head -n 1)"

@@ -191,6 +191,23 @@ def resolve_offline(arch: str, cache: Path, wheel: Path, version: str) -> list[P
     return sorted(files, key=lambda p: p.name.lower())
 
 
+def source_state() -> tuple[str, list[str]]:
+    """The commit the bundle is built from and the shipped paths with uncommitted changes."""
+    paths = [*SOURCE, *SHIPPED]
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--", *paths],
+            capture_output=True,
+            text=True,
+        ).stdout
+    except OSError:
+        return "unknown", []
+    return commit or "unknown", [ln[3:] for ln in status.splitlines() if ln.strip()]
+
+
 def write_bundle(arch: str, version: str, wheels: list[Path], out: Path) -> Path:
     name = f"edgeloop-{version}-{arch}"
     out.mkdir(parents=True, exist_ok=True)
@@ -209,6 +226,8 @@ def write_bundle(arch: str, version: str, wheels: list[Path], out: Path) -> Path
             f"python=cp{PYTHON_VERSION.replace('.', '')}",
             f"built={dt.datetime.now(dt.UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}",
         ]
+        commit, dirty = source_state()
+        lines.append(f"commit={commit}{' (with uncommitted changes)' if dirty else ''}")
         for w in wheels:
             digest = hashlib.sha256(w.read_bytes()).hexdigest()
             lines.append(f"wheel={w.name} sha256={digest}")
@@ -225,6 +244,10 @@ def build(arches: list[str], version: str | None, out: Path, cache: Path, log=pr
     proj = project()
     version = version or proj["version"]
     requirements = list(proj["dependencies"])
+    _, dirty = source_state()
+    if dirty:
+        shown = ", ".join(dirty[:5]) + (" ..." if len(dirty) > 5 else "")
+        log(f"bundle: warning: uncommitted changes are built in: {shown}")
     with tempfile.TemporaryDirectory(prefix="edgeloop-wheel-") as tmp:
         t0 = time.monotonic()
         wheel = build_wheel(version, Path(tmp))

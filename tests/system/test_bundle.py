@@ -66,9 +66,11 @@ def _offline_env() -> dict[str, str]:
     return env
 
 
-def _install_sh(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def _install_sh(
+    root: Path, *args: str, check: bool = True, script: Path = SCRIPT
+) -> subprocess.CompletedProcess[str]:
     res = subprocess.run(
-        ["bash", str(SCRIPT), "--root", str(root), "--python", str(BASE_PYTHON), *args],
+        ["bash", str(script), "--root", str(root), "--python", str(BASE_PYTHON), *args],
         capture_output=True,
         text=True,
         env=_offline_env(),
@@ -156,6 +158,28 @@ def test_bundle_install_runs_offline(installed: Path, tmp_path: Path) -> None:
     )
 
 
+def test_a_damaged_or_foreign_bundle_is_refused(bundles: dict[str, Path], tmp_path: Path) -> None:
+    """Before anything is installed: a wheel that is not the one built (BUNDLE lists each
+    with its sha256), a bundle for the other architecture."""
+    with tarfile.open(bundles[VERSION]) as tf:
+        tf.extractall(tmp_path, filter="data")
+    top = tmp_path / f"edgeloop-{VERSION}-{ARCH}"
+    script = top / "systemd/install.sh"
+    (whl,) = (top / "wheels").glob("pymodbus-*.whl")
+    data = bytearray(whl.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    whl.write_bytes(bytes(data))
+    res = _install_sh(tmp_path / "root", script=script, check=False)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "do not match the list in its BUNDLE file" in res.stderr, res.stderr
+    info = top / "BUNDLE"
+    other = "aarch64" if ARCH == "x86_64" else "x86_64"
+    info.write_text(info.read_text().replace(f"arch={ARCH}", f"arch={other}"))
+    res = _install_sh(tmp_path / "root", script=script, check=False)
+    assert res.returncode == 1 and f"this bundle is for {other}" in res.stderr, res.stderr
+    assert not (tmp_path / "root").exists()
+
+
 def test_rollback_without_a_previous_version_is_refused(tmp_path: Path) -> None:
     res = _install_sh(tmp_path / "root", "--rollback", check=False)
     assert res.returncode == 1 and "no previous version" in res.stderr
@@ -174,7 +198,11 @@ def test_upgrade_keeps_the_previous_version_and_rollback_returns(
     cfg.write_text(edited)
     (versions / "0.0.1/bin").mkdir(parents=True)
 
-    res = _install_sh(root, "--bundle", str(bundles[NEXT]))
+    # this time the way the README shows too: the unpacked bundle's own install.sh
+    with tarfile.open(bundles[NEXT]) as tf:
+        tf.extractall(tmp_path / "unpacked", filter="data")
+    shipped = tmp_path / f"unpacked/edgeloop-{NEXT}-{ARCH}/systemd/install.sh"
+    res = _install_sh(root, script=shipped)
     assert f"upgraded: {VERSION} -> {NEXT}" in res.stdout
     # check passed, so the service would be started (no systemd here: skipped)
     assert "systemctl start edgeloop.service" in res.stdout, res.stdout

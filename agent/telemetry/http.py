@@ -38,6 +38,7 @@ import json
 import logging
 import math
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -95,7 +96,7 @@ class _HttpError(Exception):
 
 
 class _Request:
-    __slots__ = ("body", "headers", "method", "path", "version")
+    __slots__ = ("body", "headers", "method", "path", "query", "version")
 
     def __init__(self, method: str, path: str, version: str, headers: dict[str, str]):
         self.method = method
@@ -103,6 +104,7 @@ class _Request:
         self.version = version
         self.headers = headers
         self.body = b""
+        self.query: dict[str, str] = {}  # the status page's history routes only
 
     @property
     def keep_alive(self) -> bool:
@@ -152,6 +154,7 @@ class TelemetryServer:
         ready_fn: Callable[[], bool],
         control: Control | None = None,
         components_fn: Callable[[], Mapping[str, Any]] | None = None,
+        status: Any = None,
     ) -> None:
         self.cfg = http_cfg
         self.metrics = metrics
@@ -159,6 +162,8 @@ class TelemetryServer:
         self.ready_fn = ready_fn
         self.control = control
         self.components_fn = components_fn
+        self.status = status  # agent.telemetry.statuspage.StatusSource: the page at /
+        self._page: Any = None  # its assets, loaded on first request
         self._token = http_cfg.resolve_token()  # ValueError now rather than an open endpoint
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.Task[None]] = set()
@@ -470,7 +475,10 @@ class TelemetryServer:
             if key in headers and key in ("content-length", "authorization", "host"):
                 raise _HttpError(400, f"duplicate {name} header")
             headers[key] = value.strip()
-        req = _Request(method.upper(), target.split("?", 1)[0], version, headers)
+        path, _, query = target.partition("?")
+        req = _Request(method.upper(), path, version, headers)
+        if query:
+            req.query = {k: v[-1] for k, v in urllib.parse.parse_qs(query[:2000]).items()}
         if "transfer-encoding" in headers:
             raise _HttpError(501, "chunked request bodies are not supported")
         length_text = headers.get("content-length", "0")
@@ -533,6 +541,8 @@ class TelemetryServer:
             allowed = ("POST",)
         elif path == "/":
             endpoint, allowed = "index", ("GET", "HEAD")
+        elif path in _STATUS_PATHS and self.status is not None:
+            endpoint, allowed = "status_" + path.rsplit("/", 1)[1], ("GET", "HEAD")
         else:
             return "unknown", 404, _json({"error": f"no such endpoint {req.path}"}), *_J
         if req.method not in allowed:
@@ -556,10 +566,14 @@ class TelemetryServer:
     async def _route(
         self, req: _Request, endpoint: str, parts: list[str]
     ) -> tuple[str, int, bytes, str, dict[str, str]]:
+        if endpoint == "index" and self.status is not None and _wants_html(req):
+            return self._page_response()  # the page holds no data: no token needed
         if endpoint not in ("healthz", "readyz"):
             self._authorize(req)
         if endpoint == "index":
             return endpoint, 200, _json({"endpoints": _INDEX}), *_J
+        if endpoint.startswith("status_"):
+            return endpoint, 200, await self._status_route(endpoint, req), *_J
         if endpoint == "healthz":
             return endpoint, 200, _json(self._healthz()), *_J
         if endpoint == "readyz":
@@ -576,6 +590,26 @@ class TelemetryServer:
         if endpoint == "control":
             return endpoint, 200, _json(self._require_control().status()), *_J
         return endpoint, 200, _json(await self._control_write(req, parts[1], parts[2])), *_J
+
+    def _page_response(self) -> tuple[str, int, bytes, str, dict[str, str]]:
+        if self._page is None:
+            from agent.telemetry.statuspage import PageAssets
+
+            self._page = PageAssets()
+        headers = {"Content-Security-Policy": self._page.csp, "Referrer-Policy": "no-referrer"}
+        return "page", 200, self._page.body, "text/html; charset=utf-8", headers
+
+    async def _status_route(self, endpoint: str, req: _Request) -> bytes:
+        """The status page's data: meta (once per page load), live (1 Hz), history and
+        trend (from SQLite, on a page load or a filter change)."""
+        status = self.status
+        if endpoint == "status_meta":
+            return bytes(status.meta())
+        if endpoint == "status_live":
+            return bytes(status.live())
+        if endpoint == "status_history":
+            return bytes(await status.history(req.query))
+        return bytes(await status.trend(req.query))
 
     def _authorize(self, req: _Request) -> None:
         if self._token is None:
@@ -646,6 +680,7 @@ class TelemetryServer:
 
 
 _J = (JSON_CONTENT_TYPE, {})
+_STATUS_PATHS = ("/status/meta", "/status/live", "/status/history", "/status/trend")
 _INDEX = [
     "GET /metrics",
     "GET /healthz",
@@ -655,6 +690,11 @@ _INDEX = [
     "POST /control/<loop>/mode",
     "POST /control/<loop>/commission",
 ]
+
+
+def _wants_html(req: _Request) -> bool:
+    """A browser asks for text/html; API clients (curl, scripts) keep the JSON index."""
+    return "text/html" in req.headers.get("accept", "")
 
 
 def _json(obj: Any) -> bytes:

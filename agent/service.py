@@ -156,9 +156,11 @@ class Pipeline:
         self.control = self._make_control()
         if carry is not None and carry.cfg.http == self.cfg.http:
             self.telemetry = carry.telemetry
+            self.status = carry.status  # the status page keeps its recent events
             self.carried.add("telemetry")
             self._bind_telemetry()
         else:
+            self.status = self._make_status()
             self.telemetry = self._make_telemetry()
         # every documented series of this config exists from start-up, at 0 (agent/names.py)
         metrics.declare_all(names.startup_series(compiled))
@@ -202,6 +204,15 @@ class Pipeline:
             ),
         )
 
+    def _make_status(self) -> Any:
+        """The operator's status page at / (agent/telemetry/statuspage.py)."""
+        from agent.telemetry.statuspage import StatusSource
+
+        token = bool(self.cfg.http.bearer_token_env or self.cfg.http.bearer_token_file)
+        status = StatusSource(self.cfg.site, token)
+        status.bind(self)
+        return status
+
     def _make_telemetry(self) -> Any:
         from agent.telemetry.http import TelemetryServer
 
@@ -212,6 +223,7 @@ class Pipeline:
             self.ready,
             control=self.control,
             components_fn=self.components,
+            status=self.status,
         )
 
     def _bind_telemetry(self) -> None:
@@ -220,6 +232,8 @@ class Pipeline:
         t.health_fn, t.ready_fn, t.control = self.health, self.ready, self.control
         if hasattr(t, "components_fn"):
             t.components_fn = self.components
+        if self.status is not None:
+            self.status.bind(self)
 
     # -- the hot path: one call per poll of one group
     def _on_frame(self, group: Any, ts_ns: int) -> None:
@@ -260,8 +274,10 @@ class Pipeline:
             else:
                 self.store.submit_event(ts_ns, kind, source, payload)
         # per-step control actions are history only; events and mode changes go north too
-        if self.publisher is not None and kind != "control_action":
-            self.publisher.publish_event(kind, payload)
+        if kind != "control_action":
+            if self.publisher is not None:
+                self.publisher.publish_event(kind, payload)
+            self.status.note_event(kind, payload)  # the status page's event list
 
     # -- health
     def health(self) -> dict[str, Any]:
@@ -571,6 +587,7 @@ class Service:
                 self.exit_code = EX_SOFTWARE
                 break
             p.check_progress()
+            p.status.tick()  # device up/down for the status page's event list
             now = time.monotonic()
             if not self._ready_sent and (p.first_cycle_done() or now - started > READY_TIMEOUT_S):
                 self._ready_sent = True

@@ -46,6 +46,17 @@ from agent.control.settings import (
     PidFallback,
     output_bounds,
 )
+from agent.names import (
+    COMPONENT_CRASHES_TOTAL,
+    COMPONENT_UP,
+    CONTROL_FALLBACKS_TOTAL,
+    CONTROL_MODE,
+    CONTROL_MODEL_MISMATCH,
+    CONTROL_REFUSED_TOTAL,
+    CONTROL_STEP_SECONDS,
+    CONTROL_WRITE_ERRORS_TOTAL,
+    CONTROL_WRITES_TOTAL,
+)
 
 log = logging.getLogger("edgeloop.control")
 
@@ -557,13 +568,13 @@ class ControlRunner:
     def _account(self, lp: _Loop, d: loopmod.Decision, prev: loopmod.Decision | None) -> None:
         name = lp.cfg.name
         m = self.metrics
-        m.observe("edgeloop_control_step_seconds", lp.step_s, loop=name)
-        m.set("edgeloop_control_mode", loopmod.ACTIVE_CODES[d.active], loop=name)
+        m.observe(CONTROL_STEP_SECONDS, lp.step_s, loop=name)
+        m.set(CONTROL_MODE, loopmod.ACTIVE_CODES[d.active], loop=name)
         if d.refused:
-            m.inc("edgeloop_control_refused_total", loop=name)
+            m.inc(CONTROL_REFUSED_TOTAL, loop=name)
         if d.entered_fallback:
             for r in d.reasons:
-                m.inc("edgeloop_control_fallbacks_total", loop=name, reason=r)
+                m.inc(CONTROL_FALLBACKS_TOTAL, loop=name, reason=r)
             log.warning(
                 "control loop %s: model -> fallback (%s): %s",
                 name,
@@ -608,13 +619,13 @@ class ControlRunner:
             async with asyncio.timeout(lp.cfg.period_s):  # not wait_for: 3.11's can eat a cancel
                 await self._write(tag, value, role=f"{role}:{lp.cfg.name}")
         except Exception as e:  # any failure is an interlock reason; the loop runs on
-            self.metrics.inc("edgeloop_control_write_errors_total", loop=lp.cfg.name)
+            self.metrics.inc(CONTROL_WRITE_ERRORS_TOTAL, loop=lp.cfg.name)
             if type(e).__name__ == "WriteRefused":
-                self.metrics.inc("edgeloop_control_refused_total", loop=lp.cfg.name)
+                self.metrics.inc(CONTROL_REFUSED_TOTAL, loop=lp.cfg.name)
             if WRITE_FAILED not in lp.logged:
                 log.warning("control loop %s: write %s=%r failed: %s", lp.cfg.name, tag, value, e)
             return False
-        self.metrics.inc("edgeloop_control_writes_total", loop=lp.cfg.name)
+        self.metrics.inc(CONTROL_WRITES_TOTAL, loop=lp.cfg.name)
         return True
 
     # -- commissioning on the running service ---------------------------------------------
@@ -763,7 +774,7 @@ class ControlRunner:
                 d.pv_ok,
             )
             self.metrics.set(
-                "edgeloop_control_model_mismatch", _num(ratio) or 0.0, loop=lp.cfg.name
+                CONTROL_MODEL_MISMATCH, _num(ratio) or 0.0, loop=lp.cfg.name
             )
             if lp.check.mismatched and not lp.check.told:
                 lp.check.told = True
@@ -836,7 +847,7 @@ class ControlRunner:
             if lp.failing is not None:
                 log.warning("control loop %s: periods complete again", lp.cfg.name)
                 lp.failing = None
-                self.metrics.set("edgeloop_component_up", 1, component="control")
+                self.metrics.set(COMPONENT_UP, 1, component="control")
             backoff = period
             k += 1
             now = ev.time()
@@ -852,8 +863,8 @@ class ControlRunner:
         lp.crashes += 1
         first = lp.failing is None
         lp.failing = f"{type(e).__name__}: {e}"
-        self.metrics.inc("edgeloop_component_crashes_total", component="control")
-        self.metrics.set("edgeloop_component_up", 0, component="control")
+        self.metrics.inc(COMPONENT_CRASHES_TOTAL, component="control")
+        self.metrics.set(COMPONENT_UP, 0, component="control")
         if first:  # the traceback once per episode; the count says how often
             log.error(
                 "control loop %s: period failed (no output, no heartbeat; retrying): %s",
@@ -872,7 +883,7 @@ class ControlRunner:
             return
         self._stopping = asyncio.Event()
         self._started_at = time.monotonic()
-        self.metrics.set("edgeloop_component_up", 1, component="control")
+        self.metrics.set(COMPONENT_UP, 1, component="control")
         async with asyncio.TaskGroup() as tg:
             tasks = [
                 tg.create_task(self._run_loop(lp), name=f"control:{lp.cfg.name}")

@@ -34,7 +34,15 @@ from typing import Any, TextIO
 import numpy as np
 
 from agent.metrics import Metrics
-from agent.names import EVENT_STORAGE_RECOVERED
+from agent.names import (
+    COMPONENT_UP,
+    EVENT_STORAGE_RECOVERED,
+    STORE_BYTES,
+    STORE_DROPPED_TOTAL,
+    STORE_QUEUE_DEPTH,
+    STORE_RETENTION_DELETED_TOTAL,
+    STORE_ROWS_TOTAL,
+)
 from agent.store.durable import (
     REOPEN_INITIAL_S,
     REOPEN_MAX_S,
@@ -592,7 +600,7 @@ class HistoryStore:
 
     def _set_up(self) -> None:
         up = self.health()["state"] == "ok"
-        self.metrics.set("edgeloop_component_up", 1 if up else 0, component="store")
+        self.metrics.set(COMPONENT_UP, 1 if up else 0, component="store")
 
     # -- event-loop side: copy and enqueue, never touch disk
     def submit_frame(self, group: Any, ts_ns: int) -> bool:
@@ -628,7 +636,7 @@ class HistoryStore:
             self._q.put_nowait(item)
         except queue.Full:
             self.dropped += 1
-            self.metrics.inc("edgeloop_store_dropped_total")
+            self.metrics.inc(STORE_DROPPED_TOTAL)
             self._dropping = True
             self._last_drop = time.monotonic()
             self._episodes.fail(
@@ -651,7 +659,7 @@ class HistoryStore:
     def _drop_now(self) -> bool:
         """Failed state: count the item as dropped (the open-failure episode logged it)."""
         self.dropped += 1
-        self.metrics.inc("edgeloop_store_dropped_total")
+        self.metrics.inc(STORE_DROPPED_TOTAL)
         return False
 
     # -- reads (own read-only connection; fine while the writer runs)
@@ -820,7 +828,7 @@ class HistoryStore:
 
     def _count_dropped(self, n: int) -> None:
         self.dropped += n
-        self.metrics.inc("edgeloop_store_dropped_total", n)
+        self.metrics.inc(STORE_DROPPED_TOTAL, n)
 
     # -- writer thread: opening, recovery
     def _open(self) -> None:
@@ -925,11 +933,11 @@ class HistoryStore:
             self._set_up()
         m = self.metrics
         if frames:
-            m.inc("edgeloop_store_rows_total", len(frames), table="frames")
+            m.inc(STORE_ROWS_TOTAL, len(frames), table="frames")
         if events:
-            m.inc("edgeloop_store_rows_total", len(events), table="events")
+            m.inc(STORE_ROWS_TOTAL, len(events), table="events")
         if controls:
-            m.inc("edgeloop_store_rows_total", len(controls), table="control")
+            m.inc(STORE_ROWS_TOTAL, len(controls), table="control")
         self._update_gauges()
 
     def _write_failed(self, con: sqlite3.Connection, exc: sqlite3.Error, n: int) -> None:
@@ -955,8 +963,8 @@ class HistoryStore:
         self._update_gauges()
 
     def _update_gauges(self) -> None:
-        self.metrics.set("edgeloop_store_queue_depth", self._q.qsize())
-        self.metrics.set("edgeloop_store_bytes", db_bytes(self.cfg.path))
+        self.metrics.set(STORE_QUEUE_DEPTH, self._q.qsize())
+        self.metrics.set(STORE_BYTES, db_bytes(self.cfg.path))
 
     # -- retention
     def _maybe_retention(self) -> None:
@@ -1014,6 +1022,6 @@ class HistoryStore:
             con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             for reason, n in deleted.items():
                 if n:
-                    self.metrics.inc("edgeloop_store_retention_deleted_total", n, reason=reason)
+                    self.metrics.inc(STORE_RETENTION_DELETED_TOTAL, n, reason=reason)
         self._update_gauges()
         return deleted

@@ -29,6 +29,12 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from agent.metrics import Metrics
+from agent.names import (
+    COMPONENT_CRASHES_TOTAL,
+    COMPONENT_RESTARTS_TOTAL,
+    COMPONENT_UP,
+    STORAGE_RECOVERED_TOTAL,
+)
 
 T = TypeVar("T")
 
@@ -150,7 +156,7 @@ def open_recovering(
         reason,
         moved,
     )
-    metrics.inc("edgeloop_storage_recovered_total", component=component)
+    metrics.inc(STORAGE_RECOVERED_TOTAL, component=component)
     return open_fn(), moved, reason
 
 
@@ -183,8 +189,8 @@ def run_supervised(
             crashes += 1
             if time.monotonic() - started >= RESTART_RESET_S:
                 delay = RESTART_INITIAL_S
-            metrics.inc("edgeloop_component_crashes_total", component=component)
-            metrics.set("edgeloop_component_up", 0, component=component)
+            metrics.inc(COMPONENT_CRASHES_TOTAL, component=component)
+            metrics.set(COMPONENT_UP, 0, component=component)
             with contextlib.suppress(Exception):
                 on_crash(exc)
             stopped = stopping.is_set()
@@ -201,7 +207,7 @@ def run_supervised(
                 return
         stopping.wait(delay)
         delay = min(RESTART_MAX_S, delay * 2)
-        metrics.inc("edgeloop_component_restarts_total", component=component)
+        metrics.inc(COMPONENT_RESTARTS_TOTAL, component=component)
         logger.info("%s restarted", what)
 
 

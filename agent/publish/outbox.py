@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.metrics import Metrics
+from agent.names import OUTBOX_BYTES, OUTBOX_DEPTH, OUTBOX_DROPPED_TOTAL, QUEUE_DROPPED_TOTAL
 from agent.store.durable import (
     REOPEN_INITIAL_S,
     REOPEN_MAX_S,
@@ -446,7 +447,7 @@ class OutboxWriter:
             self.lost += n
             for t, k in counts.items():
                 self._skips[t] = self._skips.get(t, 0) + k
-        self.metrics.inc("edgeloop_queue_dropped_total", n, queue="outbox")
+        self.metrics.inc(QUEUE_DROPPED_TOTAL, n, queue="outbox")
 
     # -- writer thread
     def _main(self) -> None:
@@ -667,7 +668,7 @@ class OutboxWriter:
             self._on_state()
         if dropped:
             self.budget_dropped += dropped
-            self.metrics.inc("edgeloop_outbox_dropped_total", dropped)
+            self.metrics.inc(OUTBOX_DROPPED_TOTAL, dropped)
             self._budget_dropping = True
             for _ in range(dropped):  # one failure per message: the episode's end counts them
                 self._episodes.fail(
@@ -724,8 +725,8 @@ class OutboxWriter:
     def _gauges(self) -> None:
         ob = self._ob
         if ob is not None:
-            self.metrics.set("edgeloop_outbox_depth", ob.depth)
-            self.metrics.set("edgeloop_outbox_bytes", ob.bytes)
+            self.metrics.set(OUTBOX_DEPTH, ob.depth)
+            self.metrics.set(OUTBOX_BYTES, ob.bytes)
 
 
 def _resolve(

@@ -32,6 +32,17 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from agent.metrics import Metrics
+from agent.names import (
+    COMPONENT_CRASHES_TOTAL,
+    COMPONENT_RESTARTS_TOTAL,
+    COMPONENT_UP,
+    DEVICE_UP,
+    POLL_ERRORS_TOTAL,
+    POLL_LATENCY_SECONDS,
+    POLL_OVERRUNS_TOTAL,
+    POLLS_TOTAL,
+    RECONNECTS_TOTAL,
+)
 from agent.tags import Compiled, far_outside
 from agent.telemetry.episodes import EpisodeLog
 from agent.writegate import WriteGate, rules_from_config
@@ -150,7 +161,7 @@ class Acquirer:
         for name in self._run:
             if name in self._tasks:
                 continue
-            self.metrics.set("edgeloop_device_up", 0, device=name)
+            self.metrics.set(DEVICE_UP, 0, device=name)
             self._spawn(name)
 
     def _spawn(self, name: str) -> None:
@@ -165,8 +176,8 @@ class Acquirer:
         exc = task.exception()
         self._crashes[name] = self._crashes.get(name, 0) + 1
         self._failures[name] = f"device task crashed: {exc!r}"
-        self.metrics.inc("edgeloop_component_crashes_total", component="acquire")
-        self.metrics.set("edgeloop_component_up", 0, component="acquire")
+        self.metrics.inc(COMPONENT_CRASHES_TOTAL, component="acquire")
+        self.metrics.set(COMPONENT_UP, 0, component="acquire")
         log.critical("device %s: task crashed; restarting it", name, exc_info=exc)
         delay = min(30.0, 0.5 * 2 ** min(self._crashes[name], 6))
         asyncio.get_running_loop().call_later(delay, self._restart, name, task)
@@ -174,10 +185,10 @@ class Acquirer:
     def _restart(self, name: str, dead: asyncio.Task[None]) -> None:
         if self._tasks.get(name) is not dead:  # stopped meanwhile
             return
-        self.metrics.inc("edgeloop_component_restarts_total", component="acquire")
+        self.metrics.inc(COMPONENT_RESTARTS_TOTAL, component="acquire")
         self._failures.pop(name, None)
         if not self._failures:
-            self.metrics.set("edgeloop_component_up", 1, component="acquire")
+            self.metrics.set(COMPONENT_UP, 1, component="acquire")
         self._spawn(name)
 
     def task_failures(self) -> dict[str, str]:
@@ -194,7 +205,7 @@ class Acquirer:
         for name in self._run:
             await self._close(name, self.compiled.drivers[name])
             self._set_state(name, "stopped", self._health[name].last_error)
-            self.metrics.set("edgeloop_device_up", 0, device=name)
+            self.metrics.set(DEVICE_UP, 0, device=name)
 
     async def __aenter__(self) -> Acquirer:
         await self.start()
@@ -320,7 +331,7 @@ class Acquirer:
         while True:
             if attempt:
                 self._health[name].reconnects += 1
-                self.metrics.inc("edgeloop_reconnects_total", device=name)
+                self.metrics.inc(RECONNECTS_TOTAL, device=name)
             if self._health[name].state != "down":
                 self._set_state(name, "connecting", self._health[name].last_error)
             try:
@@ -338,7 +349,7 @@ class Acquirer:
             attempt = 0
             self._failing[name].clear()
             self._set_state(name, "up", None)
-            self.metrics.set("edgeloop_device_up", 1, device=name)
+            self.metrics.set(DEVICE_UP, 1, device=name)
             if self._episodes.ok(name):
                 log.info("%s: connected", name)
             lost: asyncio.Future[_Lost] = asyncio.get_running_loop().create_future()
@@ -362,7 +373,7 @@ class Acquirer:
 
     def _link_down(self, name: str, groups: list[GroupSpec], why: _Lost, unexpected: bool) -> None:
         self._set_state(name, "down", why.text)
-        self.metrics.set("edgeloop_device_up", 0, device=name)
+        self.metrics.set(DEVICE_UP, 0, device=name)
         self._episodes.fail(name, why.text, level=logging.ERROR if unexpected else logging.WARNING)
         for g in groups:
             self._mark(g, COMM_LOST, why.code)
@@ -409,7 +420,7 @@ class Acquirer:
             if late > 0:  # the poll outlived its period: skip the ticks it ate, count them
                 missed = int(late // period) + 1
                 next_t += missed * period
-                self.metrics.inc("edgeloop_poll_overruns_total", missed, **labels)
+                self.metrics.inc(POLL_OVERRUNS_TOTAL, missed, **labels)
 
     async def _poll(
         self,
@@ -433,7 +444,7 @@ class Acquirer:
             if not done:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-                self.metrics.inc("edgeloop_poll_errors_total", **labels)
+                self.metrics.inc(POLL_ERRORS_TOTAL, **labels)
                 why = _Lost(f"no answer within {guard:.1f} s", Reason.TIMEOUT)
                 return self._link_error(g, why, timeout=True)
             result: ReadResult = task.result()
@@ -441,19 +452,19 @@ class Acquirer:
             task.cancel()
             raise
         except LINK_ERRORS as e:
-            self.metrics.inc("edgeloop_poll_errors_total", **labels)
+            self.metrics.inc(POLL_ERRORS_TOTAL, **labels)
             return self._link_error(g, _Lost(_describe(e), _reason_code(e)), timeout=_is_timeout(e))
         except DriverError as e:
-            self.metrics.inc("edgeloop_poll_errors_total", **labels)
+            self.metrics.inc(POLL_ERRORS_TOTAL, **labels)
             self._episodes.fail(key, _describe(e))
             self._mark(g, BAD, e.reason)
             return None
         except Exception as e:  # a driver bug: drop the link, a fresh session may recover
-            self.metrics.inc("edgeloop_poll_errors_total", **labels)
+            self.metrics.inc(POLL_ERRORS_TOTAL, **labels)
             log.exception("%s: unexpected error from the driver", key)
             return _Lost(f"driver error: {_describe(e)}", Reason.DRIVER_ERROR)
-        self.metrics.observe("edgeloop_poll_latency_seconds", time.perf_counter() - t0, **labels)
-        self.metrics.inc("edgeloop_polls_total", **labels)
+        self.metrics.observe(POLL_LATENCY_SECONDS, time.perf_counter() - t0, **labels)
+        self.metrics.inc(POLLS_TOTAL, **labels)
         self._failing[g.device].discard(g.name)
         self._store(g, result, ts_ns)
         self._episodes.ok(key)
@@ -537,16 +548,16 @@ class Acquirer:
         try:
             self._on_frame(g, ts_ns)
         except Exception as e:  # a consumer bug must not stop acquisition
-            self.metrics.inc("edgeloop_component_crashes_total", component="kernel")
+            self.metrics.inc(COMPONENT_CRASHES_TOTAL, component="kernel")
             if self.frame_error is None:
-                self.metrics.set("edgeloop_component_up", 0, component="kernel")
+                self.metrics.set(COMPONENT_UP, 0, component="kernel")
             self.frame_error = f"{g.device}/{g.name}: {_describe(e)}"
             if self._episodes.fail("on_frame", _describe(e), level=logging.ERROR):
                 log.exception("on_frame failed for %s/%s", g.device, g.name)
         else:
             if self.frame_error is not None:
                 self.frame_error = None
-                self.metrics.set("edgeloop_component_up", 1, component="kernel")
+                self.metrics.set(COMPONENT_UP, 1, component="kernel")
             self._episodes.ok("on_frame")
 
 

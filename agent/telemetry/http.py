@@ -43,6 +43,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from agent.metrics import Metrics
+from agent.names import HTTP_REQUESTS_TOTAL
 from agent.telemetry.settings import HttpConfig
 
 log = logging.getLogger(__name__)
@@ -521,7 +522,7 @@ class TelemetryServer:
             await writer.drain()
 
     def _count(self, endpoint: str, code: int) -> None:
-        self.metrics.inc("edgeloop_http_requests_total", endpoint=endpoint, code=code)
+        self.metrics.inc(HTTP_REQUESTS_TOTAL, endpoint=endpoint, code=code)
 
     # --- routing ---------------------------------------------------------------------------
 

@@ -183,7 +183,7 @@ class Publisher:
         )
         self._closed_writer = None
         self._writer.start()
-        self.metrics.set("edgeloop_mqtt_connected", 0)
+        self.metrics.set(names.MQTT_CONNECTED, 0)
         self._state_changed()
         self._task = asyncio.create_task(self._supervised_run(), name="edgeloop-publish")
         if self.cfg.batch_window_ms > 0:
@@ -273,7 +273,7 @@ class Publisher:
     def _state_changed(self) -> None:
         """Any thread: keep edgeloop_component_up{component="publish"} in step."""
         up = self.health()["state"] == "ok"
-        self.metrics.set("edgeloop_component_up", 1 if up else 0, component="publish")
+        self.metrics.set(names.COMPONENT_UP, 1 if up else 0, component="publish")
 
     def _outbox_opened(self, ob: Outbox, moved: str | None, reason: str | None) -> None:
         """Writer thread: payloads built from now on carry this file's epoch; a corrupt file
@@ -357,7 +357,7 @@ class Publisher:
     def _append(self, items: list) -> None:
         writer = self._writer
         if writer is None:  # not started or closed: nothing can keep it; count, never raise
-            self.metrics.inc("edgeloop_queue_dropped_total", len(items), queue="outbox")
+            self.metrics.inc(names.QUEUE_DROPPED_TOTAL, len(items), queue="outbox")
             return
         for topic, build, is_spb in items:
             writer.submit(topic, build, is_spb)
@@ -439,7 +439,7 @@ class Publisher:
                 self._task_crashes += 1
                 self._task_error = f"connection task crashed: {describe(exc)}"
                 self._set_connected(False)
-                self.metrics.inc("edgeloop_component_crashes_total", component="publish")
+                self.metrics.inc(names.COMPONENT_CRASHES_TOTAL, component="publish")
                 self._state_changed()
                 log.error(
                     "MQTT connection task crashed (crash %d): %s; %s",
@@ -453,7 +453,7 @@ class Publisher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), delay)
             delay = min(RESTART_MAX_S, delay * 2)
-            self.metrics.inc("edgeloop_component_restarts_total", component="publish")
+            self.metrics.inc(names.COMPONENT_RESTARTS_TOTAL, component="publish")
             self._task_error = None
             self._state_changed()
 
@@ -531,7 +531,7 @@ class Publisher:
         m = self.cfg.mqtt
         rc = getattr(exc, "rc", None)
         code = getattr(rc, "value", rc)
-        depth = int(self.metrics.get("edgeloop_outbox_depth"))
+        depth = int(self.metrics.get(names.OUTBOX_DEPTH))
         if isinstance(exc, MqttConnectError) and code in _AUTH_CODES:
             kind = "auth"
             msg = (
@@ -552,7 +552,7 @@ class Publisher:
 
     def _set_connected(self, up: bool) -> None:
         self.connected = up
-        self.metrics.set("edgeloop_mqtt_connected", 1 if up else 0)
+        self.metrics.set(names.MQTT_CONNECTED, 1 if up else 0)
 
     # ------------------------------------------------------------------ birth / death
     def _status(self, state: str) -> bytes:

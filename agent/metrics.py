@@ -79,6 +79,7 @@ class Metrics:
         self._values: dict[str, dict[_LabelKey, float]] = {}
         self._hists: dict[str, dict[_LabelKey, Histogram]] = {}
         self._touched: set[str] = set()  # names reported at least once (not only declared)
+        self._observed: dict[tuple[object, ...], Histogram] = {}  # observe()'s lookup cache
 
     @staticmethod
     def _check(name: str, kind: str) -> None:
@@ -105,6 +106,11 @@ class Metrics:
     def histogram(self, name: str, **labels: object) -> Histogram:
         """The series of histogram `name` with these labels, created empty if new; hot paths
         keep it and call its `observe`."""
+        h = self._histogram(name, labels)
+        self._touched.add(name)
+        return h
+
+    def _histogram(self, name: str, labels: dict[str, object]) -> Histogram:
         self._check(name, "histogram")
         k = _key(labels)
         with self._lock:
@@ -115,9 +121,13 @@ class Metrics:
         return h
 
     def observe(self, name: str, value: float, **labels: object) -> None:
-        """Observe into histogram `name`; a lookup per call, fine below a few kHz."""
-        self.histogram(name, **labels).observe(value)
-        self._touched.add(name)
+        """Observe into histogram `name`: a dict lookup on the call's own label items, then the
+        series' bisect (a few hundred ns; `histogram()` skips the lookup)."""
+        key = (name, *labels.items())
+        h = self._observed.get(key)
+        if h is None:
+            h = self._observed[key] = self.histogram(name, **labels)
+        h.observe(value)
 
     def declare(self, name: str, **labels: object) -> None:
         """Make a series exist from start-up: a counter or gauge at 0 (an existing value is
@@ -125,7 +135,7 @@ class Metrics:
         cannot on a series that appears with the event."""
         kind = _names.METRICS[name][0] if name in _names.METRICS else "undeclared"
         if kind == "histogram":
-            self.histogram(name, **labels)
+            self._histogram(name, labels)
             return
         self._check(name, kind)
         with self._lock:

@@ -230,6 +230,15 @@ def test_histogram_series_is_shared_and_observing_allocates_nothing() -> None:
     assert h.count == 10_001
 
 
+def test_observe_finds_one_series_whatever_the_label_order() -> None:
+    m = Metrics()
+    m.observe(names.POLL_LATENCY_SECONDS, 0.002, device="plc", group="fast")
+    m.observe(names.POLL_LATENCY_SECONDS, 0.003, group="fast", device="plc")
+    m.observe(names.POLL_LATENCY_SECONDS, 0.004, group="slow", device="plc")
+    assert m.histogram(names.POLL_LATENCY_SECONDS, device="plc", group="fast").count == 2
+    assert m.render().count("edgeloop_poll_latency_seconds_count{") == 2
+
+
 def test_declared_series_exist_at_zero_and_keep_values() -> None:
     m = Metrics()
     m.inc(names.STORE_DROPPED_TOTAL, 3)

@@ -243,7 +243,7 @@ def process_lines(openmetrics: bool = False) -> list[str]:
     out = []
     for name, kind, help_text, v in series:
         family = name.removesuffix("_total") if openmetrics and kind == "counter" else name
-        out += [f"# HELP {family} {help_text}", f"# TYPE {family} {kind}", f"{name} {v:.9g}"]
+        out += [f"# HELP {family} {help_text}", f"# TYPE {family} {kind}", f"{name} {_num(v)}"]
     return out
 
 

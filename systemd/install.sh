@@ -415,6 +415,15 @@ do_rollback() {
     systemctl_ daemon-reload
   fi
   say "rolled back: current is $prev (was ${cur:-none}; --rollback again returns to it)"
+  VENV="$VERSIONS/$prev"
+  if ! check_config; then
+    if grep -q '^template: true' "$ETC/$NAME.yaml"; then
+      say "the config is still the unedited template; not started"
+      return 0
+    fi
+    say "not restarted: $prev refuses the config (above); a running service goes on with ${cur:-its code}"
+    exit 1
+  fi
   if have_systemd && systemctl is-active -q "$NAME.service"; then
     systemctl_ restart "$NAME.service"
     say "restarted $NAME on $prev"

@@ -216,6 +216,7 @@ def test_upgrade_keeps_the_previous_version_and_rollback_returns(
 
     res = _install_sh(root, "--rollback")
     assert f"rolled back: current is {VERSION} (was {NEXT}" in res.stdout
+    assert "the service was not running; not started" in res.stdout  # after its check passed
     assert _link(root, "opt/edgeloop/current") == f"versions/{VERSION}"
     assert _link(root, "opt/edgeloop/previous") == f"versions/{NEXT}"
     res = _edgeloop(root, "--version", cwd=tmp_path)

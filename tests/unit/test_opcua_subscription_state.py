@@ -23,7 +23,7 @@ from asyncua.common.subscription import (
     SubscriptionItemData,
 )
 
-from drivers.base import ConnectError, GroupSpec, Point, Quality
+from drivers.base import ConnectError, GroupSpec, Point, Quality, reason_name
 from drivers.opcua import OpcUaDriver, _SubState, create
 
 
@@ -49,6 +49,7 @@ def _driver(stale_ms: int = 300) -> tuple[OpcUaDriver, object, _StandInSub]:
         sub=sub,  # type: ignore[arg-type]
         raw=np.array([1.0, 2.0, 3.0]),
         quality=np.zeros(3, dtype=np.uint8),
+        reason=np.zeros(3, dtype=np.uint16),
         seeded_at=time.monotonic(),
     )
     drv._subs["g"] = state
@@ -76,6 +77,7 @@ async def test_latest_value_per_node_wins_and_scale_applies():
     res = await drv.read(plan)
     assert res.values.tolist() == [60.0, 20.0, 70.0]
     assert res.quality.tolist() == [Quality.GOOD, Quality.GOOD, Quality.UNCERTAIN]
+    assert [reason_name(r) for r in res.reason] == ["none", "none", "opcua_UncertainInitialValue"]
     assert drv.stats["notifications"] == 3 and sub._event_queue.empty()
 
 
@@ -85,10 +87,12 @@ async def test_group_turns_stale_without_publish_responses_and_recovers_on_keepa
     drv._subs["g"].seeded_at = time.monotonic() - 1.0  # seeded long ago, nothing since
     res = await drv.read(plan)
     assert res.quality.tolist() == [Quality.STALE, Quality.BAD, Quality.STALE]  # bad stays bad
+    assert [reason_name(r) for r in res.reason] == ["stale", "opcua_BadSensorFailure", "stale"]
     assert res.values[0] == 10.0  # the last value is still served, flagged stale
     sub.last_publish_at = time.monotonic()  # a keep-alive: the server is alive, values hold
     res = await drv.read(plan)
     assert res.quality.tolist() == [Quality.GOOD, Quality.BAD, Quality.GOOD]
+    assert [reason_name(r) for r in res.reason] == ["none", "opcua_BadSensorFailure", "none"]
 
 
 async def test_dropped_notifications_are_counted_once():

@@ -128,6 +128,15 @@ def test_operations_doc_lists_every_metric() -> None:
     assert not stale, f"docs/operations.md names undeclared metrics: {sorted(stale)}"
 
 
+def test_operations_doc_states_the_histogram_buckets() -> None:
+    """The bucket table in docs/operations.md is what agent/names.py renders."""
+    doc = (ROOT / "docs" / "operations.md").read_text()
+    for name, bounds in names.BUCKETS.items():
+        row = re.search(rf"^\| `{name}` \| ([0-9. ]+) \|$", doc, re.M)
+        assert row, f"docs/operations.md: no bucket row for {name}"
+        assert [float(x) for x in row[1].split()] == list(bounds), name
+
+
 # --- each component emits its names -----------------------------------------------------
 
 

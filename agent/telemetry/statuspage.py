@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from agent.names import POLL_OVERRUNS_TOTAL, POLLS_TOTAL
+
 LIVE_CACHE_S = 0.5  # pages polling at 1 Hz share one snapshot
 EVENTS_KEPT = 200  # recent events in memory (device up/down, anomalies, control)
 MAX_HISTORY_TAGS = 100  # tags per history request
@@ -292,7 +294,7 @@ class StatusSource:
         totals: dict[str, float] = {}
         for g in p.compiled.groups:
             totals[g.device] = totals.get(g.device, 0.0) + p.metrics.get(
-                "edgeloop_polls_total", device=g.device, group=g.name
+                POLLS_TOTAL, device=g.device, group=g.name
             )
         prev = self._rate_prev
         if prev is not None and now - prev[0] >= 0.25:
@@ -304,7 +306,7 @@ class StatusSource:
     @staticmethod
     def _overruns(p: Any, device: str) -> float:
         return sum(
-            p.metrics.get("edgeloop_poll_overruns_total", device=g.device, group=g.name)
+            p.metrics.get(POLL_OVERRUNS_TOTAL, device=g.device, group=g.name)
             for g in p.compiled.groups
             if g.device == device
         )

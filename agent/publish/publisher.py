@@ -22,7 +22,8 @@ import math
 import random
 import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import aiomqtt
@@ -32,11 +33,13 @@ from aiomqtt.exceptions import MqttConnectError
 from agent import names
 from agent.configbase import SecretError
 from agent.metrics import Metrics
-from agent.names import EVENT_STORAGE_RECOVERED
+from agent.names import EVENT_STORAGE_RECOVERED, EVENT_WRITE_REFUSED
 from agent.publish import sparkplug as spb
 from agent.publish.outbox import Outbox, OutboxError, OutboxWriter
 from agent.publish.settings import PublishConfig
+from agent.publish.spb_node import SparkplugNode, Write
 from agent.store.durable import RESTART_INITIAL_S, RESTART_MAX_S, describe, health_dict
+from drivers.base import DriverError
 
 log = logging.getLogger("edgeloop.publish")
 
@@ -47,6 +50,29 @@ _AUTH_CODES = {4, 5, 134, 135}  # MQTT 3.1.1 / 5 CONNACK: bad user name or passw
 
 class PublishError(Exception):
     """Root of the publish layer: bad credentials source, outbox failure, TLS files."""
+
+
+class HostOffline(aiomqtt.MqttError):
+    """The Sparkplug primary host said it is offline: say NDEATH, reconnect and wait."""
+
+
+WriteFn = Callable[..., Awaitable[None]]  # Acquirer.write(tag, value, role=None)
+
+
+@dataclass(slots=True)
+class Frame:
+    """A copy of one poll group's slice at one poll, handed to the outbox writer."""
+
+    ts_ns: int
+    start: int
+    raw: np.ndarray
+    value: np.ndarray
+    quality: np.ndarray
+    flags: np.ndarray
+    score: np.ndarray
+    texts: dict[int, str]  # string tags' values by table index
+    reason: np.ndarray | None  # drivers.base.Reason codes, when the table has them
+    qsend: np.ndarray | None = None  # Sparkplug: tags whose Quality property is sent
 
 
 def backoff_delay(
@@ -136,15 +162,26 @@ class Publisher:
         self._episode: str | None = None  # kind of the error being logged once
         self.last_error: str | None = None
         self.connected = False
-        self._spb_seq = 0
-        self._bdseq = 0
-        self._pending: dict[tuple[str, str, int, int], list[tuple]] = {}
+        self._pending: dict[tuple[str, str, int, int], list[Frame]] = {}
         self._flusher: asyncio.Task[None] | None = None
-        self._groups: dict[str, list[Any]] = {}  # device -> groups (Sparkplug DBIRTH)
         self._rebirth = False  # set by an NCMD rebirth request, served by the drain
-        self._born: set[str] = set()  # devices with a DBIRTH in the current session
-        for g in groups:
-            self._learn(g)
+        self._live = False  # Sparkplug: NBIRTH sent in this session (else data is historical)
+        self._write: WriteFn | None = None  # the acquirer's gated write, for DCMD
+        self._cmd_tasks: set[asyncio.Task[None]] = set()
+        self.node: SparkplugNode | None = None
+        if self._spb:
+            self.node = SparkplugNode(
+                table,
+                groups,
+                f"{publish_cfg.outbox.path}.bdseq",
+                publish_cfg.sparkplug.primary_host_id,
+            )
+            self._lastq = np.full(len(table.names), 255, dtype=np.int16)
+
+    def set_write(self, write: WriteFn | None) -> None:
+        """The acquirer's `write(tag, value, role=None)`: Sparkplug DCMD writes go through it,
+        so its write gate (operator role, allow-list, bounds, rate, budget) judges them."""
+        self._write = write
 
     # ------------------------------------------------------------------ topics
     def data_topic(self, device: str, group: str) -> str:
@@ -301,28 +338,28 @@ class Publisher:
         t = self.table
         s, e = group.start, group.stop
         texts = getattr(t, "texts", None) or {}
-        frame = (
+        reason = getattr(t, "reason", None)
+        frame = Frame(
             int(ts_ns),
+            s,
             t.raw[s:e].copy(),
             t.value[s:e].copy(),
             t.quality[s:e].copy(),
             t.flags[s:e].copy(),
             t.score[s:e].copy(),
-            {t.names[i]: texts[i] for i in range(s, e) if i in texts} if texts else {},
+            {i: texts[i] for i in range(s, e) if i in texts} if texts else {},
+            reason[s:e].copy() if reason is not None else None,
         )
-        if self._spb:
-            self._learn(group)
+        if self.node is not None:
+            self.node.learn(group)
+            # Quality goes with a value that is not good or whose quality just changed
+            last = self._lastq[s:e]
+            frame.qsend = (frame.quality != 0) | (frame.quality != last)
+            last[:] = frame.quality
         if self.cfg.batch_window_ms > 0:
             self._pending.setdefault((group.device, group.name, s, e), []).append(frame)
             return
         self._commit([(group.device, group.name, s, e, [frame])])
-
-    def _learn(self, group: Any) -> None:
-        """Remember a group for its device's DBIRTH; a new group means a new DBIRTH."""
-        known = self._groups.setdefault(group.device, [])
-        if all(g.start != group.start for g in known):
-            known.append(group)
-            self._born.discard(group.device)
 
     def publish_event(self, kind: str, payload: Any) -> None:
         """Hand an event (anomaly, control mode change, ...) over for `_events/{kind}`."""
@@ -344,12 +381,12 @@ class Publisher:
 
         self._append([(self.event_topic(kind), build, False)])
 
-    def _commit(self, batches: list[tuple[str, str, int, int, list[tuple]]]) -> None:
+    def _commit(self, batches: list[tuple[str, str, int, int, list[Frame]]]) -> None:
         items = []
         for device, group, s, e, frames in batches:
             topic = self.data_topic(device, group)
             if self._spb:
-                items.append((topic, self._spb_builder(s, e, frames), True))
+                items.append((topic, self._spb_builder(frames), True))
             else:
                 items.append((topic, self._json_builder(device, group, s, e, frames), False))
         self._append(items)
@@ -363,24 +400,26 @@ class Publisher:
             writer.submit(topic, build, is_spb)
 
     def _json_builder(
-        self, device: str, group: str, s: int, e: int, frames: list[tuple]
+        self, device: str, group: str, s: int, e: int, frames: list[Frame]
     ) -> Callable[[int], bytes]:
         names = list(self.table.names[s:e])
 
         def build(seq: int) -> bytes:
             out = []
-            for ts_ns, raw, value, quality, flags, score, texts in frames:
+            for fr in frames:
                 f: dict[str, Any] = {
-                    "ts": _iso(ts_ns),
-                    "ts_ns": ts_ns,
-                    "raw": _floats(raw),
-                    "value": _floats(value),
-                    "quality": quality.tolist(),
-                    "flags": flags.tolist(),
-                    "score": _floats(score),
+                    "ts": _iso(fr.ts_ns),
+                    "ts_ns": fr.ts_ns,
+                    "raw": _floats(fr.raw),
+                    "value": _floats(fr.value),
+                    "quality": fr.quality.tolist(),
+                    "flags": fr.flags.tolist(),
+                    "score": _floats(fr.score),
                 }
-                if texts:
-                    f["texts"] = texts
+                if fr.reason is not None:
+                    f["reason"] = fr.reason.tolist()
+                if fr.texts:
+                    f["texts"] = {names[i - s]: v for i, v in fr.texts.items()}
                 out.append(f)
             doc = {
                 "v": PAYLOAD_VERSION,
@@ -396,18 +435,15 @@ class Publisher:
 
         return build
 
-    def _spb_builder(self, s: int, e: int, frames: list[tuple]) -> Callable[[int], bytes]:
-        aliases = list(range(s, e))
-        historical = not self.connected  # committed while the uplink is down: stored-and-forwarded
+    def _spb_builder(self, frames: list[Frame]) -> Callable[[int], bytes]:
+        node = self.node
+        assert node is not None
+        # committed while the node is not publishing (broker unreachable, primary host
+        # offline): store-and-forward data, which a host files as history
+        historical = not self._live
 
         def build(_seq: int) -> bytes:  # the Sparkplug seq is appended when sent
-            metrics: list[bytes] = []
-            for ts_ns, raw, _value, quality, _flags, _score, _texts in frames:
-                ms = ts_ns // 1_000_000
-                metrics += spb.data_metrics(
-                    [], aliases, raw.tolist(), quality.tolist(), ms, historical=historical
-                )
-            return spb.payload(frames[-1][0] // 1_000_000, metrics)
+            return node.ddata(frames, historical)
 
         return build
 
@@ -474,13 +510,16 @@ class Publisher:
                     self._episode = None
                     self.last_error = None
                     try:
-                        await self._birth(client)
-                        await self._drain(client)
+                        await self._session(client)
                     finally:
                         if self._closing:
                             with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
                                 await asyncio.wait_for(self._goodbye(client), 1.0)
                 return
+            except HostOffline as exc:  # NDEATH said; reconnect at once and wait for the host
+                self._set_connected(False)
+                log.warning("%s; reconnecting and waiting for it", exc)
+                attempt = 0
             except aiomqtt.MqttError as exc:
                 self._set_connected(False)
                 self._report(exc)
@@ -502,8 +541,9 @@ class Publisher:
     def _client(self) -> aiomqtt.Client:
         """A new client per attempt (no state carried over from a broken session)."""
         m = self.cfg.mqtt
-        self._bdseq = (self._bdseq + 1) % 256
-        if self._spb:
+        self._live = False
+        if self.node is not None:  # a new bdSeq per connection, the same in will and NBIRTH
+            self.node.new_connection()
             will = aiomqtt.Will(
                 f"{self._spb_base}/NDEATH/{self._site}", self._ndeath_payload(), qos=1
             )
@@ -552,6 +592,8 @@ class Publisher:
 
     def _set_connected(self, up: bool) -> None:
         self.connected = up
+        if not up:
+            self._live = False
         self.metrics.set(names.MQTT_CONNECTED, 1 if up else 0)
 
     # ------------------------------------------------------------------ birth / death
@@ -567,112 +609,188 @@ class Publisher:
         return json.dumps(doc, separators=(",", ":")).encode()
 
     def _ndeath_payload(self) -> bytes:
-        bd = spb.metric(name="bdSeq", datatype=spb.INT64, value=self._bdseq)
-        return spb.payload(time.time_ns() // 1_000_000, [bd])
+        assert self.node is not None
+        return self.node.ndeath(time.time_ns() // 1_000_000)
 
-    def _next_spb_seq(self) -> int:
-        s = self._spb_seq
-        self._spb_seq = (s + 1) % 256
-        return s
-
-    async def _birth(self, client: aiomqtt.Client) -> None:
+    async def _session(self, client: aiomqtt.Client) -> None:
+        """One connection: status birth; with Sparkplug, commands subscribed first, the
+        primary host awaited, NBIRTH and the DBIRTHs; then the drain until closing."""
+        # aiomqtt resolves this future when the connection drops; its own message iterator
+        # waits on it the same way (there is no public accessor).
+        disconnected: asyncio.Future[None] = client._disconnected
+        node = self.node
+        if node is not None:
+            node.connected()  # the broker holds our will: this bdSeq is used up
         await client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
-        if not self._spb:
+        if node is None:
+            await self._drain_loop(client, disconnected)
             return
-        # commands first (the specification asks for the NCMD subscription before NBIRTH)
-        await client.subscribe(f"{self._spb_base}/NCMD/{self._site}", qos=1)
-        await self._spb_birth(client)
+        commands = asyncio.ensure_future(self._commands(client))
+        try:
+            # commands first (the specification asks for the NCMD subscription before NBIRTH)
+            subs = [
+                (f"{self._spb_base}/NCMD/{self._site}", 1),
+                (f"{self._spb_base}/DCMD/{self._site}/+", 1),
+            ]
+            if node.primary_host is not None:
+                subs.append((self._state_topic(), 1))
+            await client.subscribe(subs)
+            if not await self._await_host(disconnected):
+                return  # closing before the host came online: nothing was born
+            await self._spb_birth(client)
+            await self._drain_loop(client, disconnected)
+        finally:
+            commands.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                await commands
+
+    def _state_topic(self) -> str:
+        assert self.node is not None and self.node.primary_host is not None
+        return f"spBv1.0/STATE/{self.node.primary_host}"
+
+    async def _await_host(self, disconnected: asyncio.Future) -> bool:
+        """Hold publishing until the primary host's STATE says online (at once without a
+        primary host); False when closing first. The outbox keeps storing meanwhile."""
+        node = self.node
+        assert node is not None
+        if node.host_online:
+            return True
+        msg = f"waiting for the Sparkplug primary host {node.primary_host!r} to be online"
+        self.last_error = msg
+        log.info("%s; data is kept in the outbox", msg)
+        while not node.host_online:
+            if self._closing:
+                return False
+            self._wake.clear()
+            waiter = asyncio.ensure_future(self._wake.wait())
+            await asyncio.wait({waiter, disconnected}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            if disconnected.done():
+                raise aiomqtt.MqttError("disconnected while waiting for the primary host")
+        self.last_error = None
+        log.info("Sparkplug primary host %r is online", node.primary_host)
+        return True
 
     async def _spb_birth(self, client: aiomqtt.Client) -> None:
-        """NBIRTH (seq 0, this session's bdSeq) then a DBIRTH per known device."""
+        """NBIRTH (seq 0, this connection's bdSeq), then a DBIRTH per device already read
+        (the others are born before their first DDATA)."""
+        node = self.node
+        assert node is not None
         now_ms = time.time_ns() // 1_000_000
-        self._spb_seq = 0
-        nbirth = spb.payload(
-            now_ms,
-            [
-                spb.metric(
-                    name="bdSeq", datatype=spb.INT64, value=self._bdseq, timestamp_ms=now_ms
-                ),
-                spb.metric(
-                    name="Node Control/Rebirth",
-                    datatype=spb.BOOLEAN,
-                    value=False,
-                    timestamp_ms=now_ms,
-                ),
-            ],
-            seq=self._next_spb_seq(),
-        )
-        await client.publish(f"{self._spb_base}/NBIRTH/{self._site}", nbirth, qos=1)
-        self._born = set()
-        for device in list(self._groups):
+        await client.publish(f"{self._spb_base}/NBIRTH/{self._site}", node.nbirth(now_ms), qos=1)
+        self._live = True
+        for device in node.ready_devices():
             await self._dbirth(client, device)
 
     async def _commands(self, client: aiomqtt.Client) -> None:
-        """Sparkplug NCMD: a host's rebirth request makes the drain re-send the births."""
+        """NCMD rebirth, DCMD writes and rebirths, the primary host's STATE."""
+        node = self.node
+        assert node is not None
+        ncmd = f"{self._spb_base}/NCMD/{self._site}"
+        dcmd = f"{self._spb_base}/DCMD/{self._site}/"
+        state = self._state_topic() if node.primary_host is not None else None
         async for message in client.messages:
+            topic = str(message.topic)
             body = message.payload if isinstance(message.payload, bytes) else b""
-            if spb.rebirth_requested(body):
-                log.info("Sparkplug rebirth requested by the host")
-                self._rebirth = True
-                self._wake.set()
+            if topic == state:
+                online = node.state_message(body)
+                if online is not None:
+                    log.info("Sparkplug primary host %r: online=%s", node.primary_host, online)
+                    self._wake.set()
+            elif topic == ncmd:
+                if spb.rebirth_requested(body):
+                    log.info("Sparkplug rebirth requested by the host")
+                    self._rebirth = True
+                    self._wake.set()
+            elif topic.startswith(dcmd):
+                device = node.device_of(topic[len(dcmd) :], topic_segment)
+                if device is None:
+                    log.warning("ignoring a DCMD for an unknown device: %s", topic)
+                    continue
+                task = asyncio.create_task(self._dcmd(device, body), name="edgeloop-dcmd")
+                self._cmd_tasks.add(task)
+                task.add_done_callback(self._cmd_tasks.discard)
+
+    async def _dcmd(self, device: str, body: bytes) -> None:
+        """Carry out one DCMD: each write through the acquirer's write gate as an operator
+        write; a refusal is logged, answered with a DDATA carrying `writeRefused` and the
+        present value, and published as a `write_refused` event."""
+        node = self.node
+        assert node is not None
+        try:
+            writes, rebirth = node.writes(device, body)
+        except spb.CommandError as exc:
+            log.warning("ignoring a DCMD for %s: %s", device, exc)
+            return
+        if rebirth:
+            log.info("Sparkplug device rebirth of %s requested by the host", device)
+            node.born.discard(device)
+            self._wake.set()
+        for w in writes:
+            if w.refused is None:
+                if self._write is None:
+                    w = Write(w.device, w.tag, w.index, w.value, "writes are not enabled here")
+                else:
+                    try:
+                        await self._write(w.tag, w.value)  # role None: an operator write
+                    except DriverError as exc:
+                        w = Write(w.device, w.tag, w.index, w.value, str(exc))
+                    else:
+                        log.info("Sparkplug DCMD wrote %s = %r on %s", w.tag, w.value, device)
+                        continue
+            self._refused(w)
+
+    def _refused(self, w: Write) -> None:
+        log.warning(
+            "Sparkplug DCMD write of %s = %r on %s refused: %s", w.tag, w.value, w.device, w.refused
+        )
+        self.publish_event(
+            EVENT_WRITE_REFUSED,
+            {
+                "source": "sparkplug",
+                "device": w.device,
+                "tag": w.tag,
+                "value": w.value,
+                "reason": w.refused,
+            },
+        )
+        if w.index >= 0 and self.node is not None:
+            body = self.node.refusal(w, time.time_ns() // 1_000_000)
+            self._append([(self.data_topic(w.device, ""), lambda _seq, b=body: b, True)])
 
     async def _dbirth(self, client: aiomqtt.Client, device: str) -> None:
         """DBIRTH: every tag of the device with name, alias, datatype and current value."""
-        t = self.table
-        now_ms = time.time_ns() // 1_000_000
-        metrics: list[bytes] = []
-        for g in self._groups.get(device, []):
-            sl = slice(g.start, g.stop)
-            metrics += spb.data_metrics(
-                [f"{g.name}/{n}" for n in t.names[sl]],
-                list(range(g.start, g.stop)),
-                t.raw[sl].tolist(),
-                t.quality[sl].tolist(),
-                now_ms,
-                with_names=True,
-            )
-        body = spb.payload(now_ms, metrics, seq=self._next_spb_seq())
+        assert self.node is not None
+        body = self.node.dbirth(device, time.time_ns() // 1_000_000)
         topic = f"{self._spb_base}/DBIRTH/{self._site}/{topic_segment(device)}"
         await client.publish(topic, body, qos=1)
-        self._born.add(device)
 
     async def _goodbye(self, client: aiomqtt.Client) -> None:
         """Graceful end: the will is not sent on a clean disconnect, so say it ourselves."""
-        if self._spb:
+        if self.node is not None and self._live:
             now_ms = time.time_ns() // 1_000_000
-            for device in sorted(self._born):
+            for device in sorted(self.node.born):
                 topic = f"{self._spb_base}/DDEATH/{self._site}/{topic_segment(device)}"
-                await client.publish(
-                    topic, spb.payload(now_ms, [], seq=self._next_spb_seq()), qos=1
-                )
+                await client.publish(topic, self.node.ddeath(now_ms), qos=1)
             await client.publish(
                 f"{self._spb_base}/NDEATH/{self._site}", self._ndeath_payload(), qos=1
             )
         await client.publish(self.status_topic, self._status("offline"), qos=1, retain=True)
 
     # ------------------------------------------------------------------ drain
-    async def _drain(self, client: aiomqtt.Client) -> None:
-        """Send the outbox a window of `max_inflight` at a time (shared fairly between topics,
-        in order within each), until closing; serve Sparkplug rebirth requests."""
-        # aiomqtt resolves this future when the connection drops; its own message iterator
-        # waits on it the same way (there is no public accessor).
-        disconnected: asyncio.Future[None] = client._disconnected
-        commands = asyncio.ensure_future(self._commands(client)) if self._spb else None
-        try:
-            await self._drain_loop(client, disconnected)
-        finally:
-            if commands is not None:
-                commands.cancel()
-                with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                    await commands
-
     async def _drain_loop(self, client: aiomqtt.Client, disconnected: asyncio.Future) -> None:
         writer = self._writer
         if writer is None:  # closing
             return
         window = self.cfg.mqtt.max_inflight
         timeout = self.cfg.mqtt.publish_timeout_s
+        node = self.node
         while True:
+            if node is not None and not node.host_online:
+                await client.publish(
+                    f"{self._spb_base}/NDEATH/{self._site}", self._ndeath_payload(), qos=1
+                )
+                raise HostOffline(f"Sparkplug primary host {node.primary_host!r} went offline")
             if self._rebirth:
                 self._rebirth = False
                 await self._spb_birth(client)
@@ -690,15 +808,17 @@ class Publisher:
                 if disconnected.done():
                     raise aiomqtt.MqttError("disconnected while idle")
                 continue
-            if self._spb:
+            if node is not None:
                 # a device's DBIRTH precedes its first DDATA of the session
                 for r in rows:
-                    dev = self._spb_device(r.topic)
-                    if r.spb and dev is not None and dev not in self._born:
+                    dev = node.device_of(r.topic.rsplit("/", 1)[-1], topic_segment)
+                    if r.spb and dev is not None and dev not in node.born:
                         await self._dbirth(client, dev)
             tasks = []
             for r in rows:
-                payload = r.payload + spb.seq_field(self._next_spb_seq()) if r.spb else r.payload
+                payload = r.payload
+                if r.spb and node is not None:  # the session's seq, appended when sent
+                    payload += spb.seq_field(node.next_seq())
                 tasks.append(
                     asyncio.ensure_future(client.publish(r.topic, payload, qos=1, timeout=math.inf))
                 )
@@ -738,13 +858,6 @@ class Publisher:
                     f"{len(rows) - len(acked)} messages not acknowledged"
                     + (f": {cause}" if cause else " (connection lost or timeout)")
                 )
-
-    def _spb_device(self, topic: str) -> str | None:
-        seg = topic.rsplit("/", 1)[-1]
-        for device in self._groups:
-            if topic_segment(device) == seg:
-                return device
-        return None
 
     # ------------------------------------------------------------------ credentials / TLS
     # Read by the settings, exactly as `edgeloop check` reads them (agent.publish.settings).

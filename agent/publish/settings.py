@@ -180,6 +180,14 @@ class SparkplugConfig(StrictModel):
     group_id: str = Field(
         "edgeloop", description="Sparkplug group id, the topic level after spBv1.0."
     )
+    # Sparkplug 3.0 primary host application: publish only while spBv1.0/STATE/<id> says
+    # online (the outbox keeps storing meanwhile); None: publish whenever connected.
+    primary_host_id: str | None = Field(
+        None,
+        min_length=1,
+        pattern=r"^[^/+#]+$",
+        description="Host id whose STATE must be online before the node publishes; none: always.",
+    )
 
 
 class PublishConfig(StrictModel):

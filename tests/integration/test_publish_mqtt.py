@@ -22,7 +22,8 @@ from agent.metrics import Metrics
 from agent.publish import Outbox, PublishConfig, Publisher
 from agent.publish import sparkplug as spb
 from agent.tags import TagTable
-from tests.fixtures.mqtt import PASSWORD, USER, Broker, Collector, decode_payload
+from tests.fixtures.mqtt import PASSWORD, USER, Broker, Collector
+from tests.fixtures.sparkplug_host import decode, encode_command, value_of
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -61,7 +62,25 @@ def frame(pub: Publisher, table: Table, k: int) -> None:
     for g in GROUPS:
         table.raw[g.start : g.stop] = k + np.arange(g.stop - g.start) / 10
         table.value[g.start : g.stop] = table.raw[g.start : g.stop]
+        table.ts_ns[g.start : g.stop] = 1_700_000_000_000_000_000 + k * 10_000_000
         pub.publish_frame(g, 1_700_000_000_000_000_000 + k * 10_000_000)
+
+
+def decode_payload(body: bytes) -> dict:
+    """A Sparkplug payload as a dict of the fields set, by the independent test decoder
+    (tests/fixtures/sparkplug_host.py); properties as {key: value}, the value by datatype."""
+    p = decode(body)
+    out: dict = {f.name: v for f, v in p.ListFields() if f.name != "metrics"}
+    out["metrics"] = []
+    for m in p.metrics:
+        d = {f.name: v for f, v in m.ListFields() if f.name != "properties"}
+        if m.HasField("properties"):
+            d["properties"] = {
+                k: value_of(v, None)
+                for k, v in zip(m.properties.keys, m.properties.values, strict=True)
+            }
+        out["metrics"].append(d)
+    return out
 
 
 def seqs_by_topic(msgs: list[tuple[str, bytes]], prefix: str) -> dict[str, list[int]]:
@@ -399,7 +418,9 @@ async def test_sparkplug_b_birth_data_death(mqtt_broker: Broker, tmp_path: Path)
     assert seqs == list(range(len(seqs)))  # one node-wide sequence, no gaps
     first = ddata[0]["metrics"]
     assert [m["alias"] for m in first] == [0, 1, 2]
-    assert first[0]["double_value"] == 0.0 and first[1]["properties"] == {"Quality": 0}
+    assert first[0]["double_value"] == 0.0 and first[1]["properties"]["Quality"] == 0
+    assert first[0]["properties"] == {"Quality": 192}  # a tag's first DDATA says its quality
+    assert "properties" not in ddata[2]["metrics"][0]  # unchanged and good: nothing to say
     assert any("/DDEATH/site/heater_plc" in t for t in topics)
 
 
@@ -456,6 +477,7 @@ async def test_sparkplug_dbirth_covers_every_group_of_a_device(
     table = Table(TABLE_NAMES)
     groups = [Group("plc", "fast", 0, 3), Group("plc", "slow", 3, 5)]
     c = cfg(mqtt_broker, tmp_path, encoding="sparkplug_b")
+    table.ts_ns[:] = 1_700_000_000_000_000_000  # every tag read: born right after NBIRTH
     pub = Publisher(c, "site", table, Metrics(), groups=groups)  # known before any frame
     await pub.start()
     assert await col.await_for(lambda ms: any("/DBIRTH/" in t for t, _ in ms))
@@ -485,7 +507,7 @@ async def test_sparkplug_rebirth_on_ncmd(mqtt_broker: Broker, tmp_path: Path) ->
     host = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="scada-host")
     host.connect(mqtt_broker.host, mqtt_broker.port)
     host.loop_start()
-    ask = spb.payload(1, [spb.metric(name=spb.REBIRTH, datatype=spb.BOOLEAN, value=True)])
+    ask = encode_command([{"name": spb.REBIRTH, "datatype": "Boolean", "value": True}])
     host.publish("spBv1.0/edgeloop/NCMD/site", ask, qos=1).wait_for_publish(5)
     assert await col.await_for(lambda ms: sum("/NBIRTH/" in t for t, _ in ms) == 2)
     frame(pub, table, 1)

@@ -1,78 +1,298 @@
-"""Sparkplug B encoder: known bytes, and a round trip through the minimal test decoder."""
+"""Sparkplug B payloads and edge-node state, read back with the independent test decoder
+(tests/fixtures/sparkplug_host.py: message classes built from the specification's field
+table, not from the project's proto or generated code)."""
 
 from __future__ import annotations
 
+import json
 import math
-import struct
+from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from agent.publish import sparkplug as spb
-from agent.publish.publisher import backoff_delay, topic_segment
-from tests.fixtures.mqtt import decode_payload
+from agent.publish.publisher import Frame, backoff_delay, topic_segment
+from agent.publish.spb_node import BdSeqFile, SparkplugNode
+from agent.tags import TagTable
+from drivers.base import Point
+from tests.fixtures.sparkplug_host import DATATYPES, decode, encode_command, properties, value_of
+
+GOOD, BAD, COMM_LOST, UNCERTAIN = 0, 1, 3, 4
 
 
-def test_varint_known_bytes() -> None:
-    assert spb.varint(0) == b"\x00"
-    assert spb.varint(1) == b"\x01"
-    assert spb.varint(300) == b"\xac\x02"  # the protobuf documentation's example
-    assert spb.varint(-1) == b"\xff" * 9 + b"\x01"
+@dataclass
+class Group:
+    device: str
+    name: str
+    start: int
+    stop: int
+    points: tuple = ()
 
 
-def test_known_byte_sequence_of_a_small_payload() -> None:
-    m = spb.metric(name="a", alias=1, datatype=spb.DOUBLE, value=1.0)
-    got = spb.payload(5, [m], seq=2)
-    want = (
-        b"\x08\x05"  # timestamp = 5
-        + b"\x12\x10"  # metrics, 16 bytes
-        + b"\x0a\x01a"
-        + b"\x10\x01"
-        + b"\x20\x0a"
-        + b"\x69"
-        + struct.pack("<d", 1.0)
-        + b"\x18\x02"  # seq = 2
-    )
-    assert got == want
+def _table() -> tuple[TagTable, list[Group]]:
+    pts = [
+        Point("temp", 0, "float32", unit="degC", min=0.0, max=120.0),
+        Point("count", 1, "int16"),
+        Point("big", 2, "uint32"),
+        Point("alarm", 3, "bit"),
+        Point("model", 4, "string"),
+        Point("scaled", 5, "int16", scale=0.1),
+        Point("total", 6, "float64", unit="m3"),
+        Point("ticks", 7, "int64"),
+        Point("sp", 8, "float32", writable=True, min=0.0, max=95.0),
+        Point("other", 9, "uint16"),
+    ]
+    t = TagTable.from_points(pts, ["plc"] * 9 + ["skid"])
+    groups = [Group("plc", "fast", 0, 4), Group("plc", "slow", 4, 9), Group("skid", "s", 9, 10)]
+    return t, groups
 
 
-def test_ddata_round_trip_with_quality_and_null() -> None:
-    ms = spb.data_metrics([], [7, 8, 9], [1.5, math.nan, -2.0], [0, 3, 4], 1_700_000_000_123)
-    body = spb.payload(1_700_000_000_123, ms) + spb.seq_field(42)
-    p = decode_payload(body)
-    assert p["seq"] == 42 and p["timestamp"] == 1_700_000_000_123
-    a, b, c = p["metrics"]
-    assert a == {"alias": 7, "timestamp": 1_700_000_000_123, "double_value": 1.5}
-    assert b["alias"] == 8 and b["is_null"] == 1 and "double_value" not in b
-    assert b["properties"] == {"Quality": 0}
-    assert c["double_value"] == -2.0 and c["properties"] == {"Quality": 64}
-    assert "datatype" not in a  # DDATA relies on the birth for the datatype
+def _fill(t: TagTable) -> None:
+    t.raw[:] = [55.25, -5, 4_000_000_000, 1, np.nan, -12.3, 1e9 + 0.5, -(2**40), 40.0, 7]
+    t.texts[4] = "HX-200"
+    t.quality[:] = GOOD
+    t.ts_ns[:] = 1_700_000_000_000_000_000
 
 
-def test_birth_metrics_carry_name_and_datatype() -> None:
-    ms = spb.data_metrics(["fast/t"], [3], [20.5], [0], 10, with_names=True)
-    bd = spb.metric(name="bdSeq", datatype=spb.INT64, value=7)
-    reb = spb.metric(name="Node Control/Rebirth", datatype=spb.BOOLEAN, value=False)
-    p = decode_payload(spb.payload(10, [bd, reb, *ms], seq=0))
-    assert p["seq"] == 0
-    assert p["metrics"][0] == {"name": "bdSeq", "datatype": spb.INT64, "long_value": 7}
-    assert p["metrics"][1]["boolean_value"] == 0
-    assert p["metrics"][2] == {
-        "name": "fast/t",
-        "alias": 3,
-        "timestamp": 10,
-        "datatype": spb.DOUBLE,
-        "double_value": 20.5,
+def _node(tmp_path: Path, primary: str | None = None) -> tuple[SparkplugNode, TagTable]:
+    t, groups = _table()
+    return SparkplugNode(t, groups, str(tmp_path / "outbox.db.bdseq"), primary), t
+
+
+def test_datatype_follows_the_tag_type() -> None:
+    t, _ = _table()
+    got = [DATATYPES[spb.datatype_of(p)] for p in t.points]
+    assert got == [
+        "Float",
+        "Int16",
+        "UInt32",
+        "Boolean",
+        "String",
+        "Double",  # a scaled integer carries engineering values
+        "Double",
+        "Int64",
+        "Float",
+        "UInt16",
+    ]
+
+
+def test_dbirth_types_values_and_properties(tmp_path: Path) -> None:
+    node, t = _node(tmp_path)
+    _fill(t)
+    t.quality[7] = UNCERTAIN
+    p = decode(node.dbirth("plc", 1_700_000_000_500))
+    assert p.seq == 0 and p.timestamp == 1_700_000_000_500
+    by = {m.name: m for m in p.metrics}
+    assert list(by) == [
+        "fast/temp",
+        "fast/count",
+        "fast/big",
+        "fast/alarm",
+        "slow/model",
+        "slow/scaled",
+        "slow/total",
+        "slow/ticks",
+        "slow/sp",
+    ]
+    vals = {n: value_of(m, DATATYPES[m.datatype]) for n, m in by.items()}
+    assert vals == {
+        "fast/temp": 55.25,
+        "fast/count": -5,
+        "fast/big": 4_000_000_000,
+        "fast/alarm": True,
+        "slow/model": "HX-200",
+        "slow/scaled": pytest.approx(-12.3),
+        "slow/total": 1e9 + 0.5,
+        "slow/ticks": -(2**40),
+        "slow/sp": 40.0,
     }
+    assert [m.alias for m in p.metrics] == list(range(9))
+    assert all(m.timestamp == 1_700_000_000_000 for m in p.metrics)
+    assert properties(by["fast/temp"]) == {
+        "engUnit": ("String", "degC"),
+        "engLow": ("Double", 0.0),
+        "engHigh": ("Double", 120.0),
+        "Quality": ("Int32", 192),
+    }
+    assert properties(by["slow/sp"])["writable"] == ("Boolean", True)
+    assert "writable" not in properties(by["fast/temp"])
+    assert properties(by["slow/ticks"])["Quality"] == ("Int32", 64)
+    assert node.born == {"plc"}
 
 
-def test_appended_seq_overrides_nothing_else() -> None:
-    base = spb.payload(1, [])
-    assert decode_payload(base + spb.seq_field(255)) == {"metrics": [], "timestamp": 1, "seq": 255}
+def test_dbirth_null_only_where_no_value_exists(tmp_path: Path) -> None:
+    node, t = _node(tmp_path)  # nothing read yet: NaN, quality comm lost, ts 0
+    _fill(t)
+    t.raw[1] = np.nan
+    t.quality[1] = COMM_LOST
+    t.ts_ns[1] = 0
+    by = {m.name: m for m in decode(node.dbirth("plc", 5)).metrics}
+    assert by["fast/count"].is_null and by["fast/count"].WhichOneof("value") is None
+    assert properties(by["fast/count"])["Quality"] == ("Int32", 0)
+    assert by["fast/count"].timestamp == 5
+    assert sum(m.is_null for m in by.values()) == 1
 
 
-def test_uncovered_datatype_is_refused() -> None:
-    with pytest.raises(ValueError, match="not covered"):
-        spb.metric(name="x", datatype=17, value=1)
+def test_ddata_by_alias_with_quality_when_it_matters(tmp_path: Path) -> None:
+    node, t = _node(tmp_path)
+    _fill(t)
+    f = Frame(
+        1_700_000_000_123_000_000,
+        0,
+        t.raw[0:4].copy(),
+        t.value[0:4].copy(),
+        np.array([GOOD, BAD, GOOD, GOOD], dtype=np.uint8),
+        t.flags[0:4].copy(),
+        t.score[0:4].copy(),
+        {},
+        None,
+        np.array([False, True, True, False]),
+    )
+    raw = node.ddata([f], historical=False)
+    p = decode(raw + spb.seq_field(42))
+    assert p.seq == 42 and p.timestamp == 1_700_000_000_123
+    assert [m.alias for m in p.metrics] == [0, 1, 2, 3]
+    assert not any(m.HasField("name") or m.HasField("datatype") for m in p.metrics)
+    assert not any(m.is_historical for m in p.metrics)
+    assert [m.WhichOneof("value") for m in p.metrics] == [
+        "float_value",
+        "int_value",
+        "int_value",
+        "boolean_value",
+    ]
+    assert value_of(p.metrics[1], "Int16") == -5
+    assert [properties(m).get("Quality") for m in p.metrics] == [
+        None,
+        ("Int32", 0),
+        ("Int32", 192),  # back to good: said once
+        None,
+    ]
+    hist = decode(node.ddata([f, f], historical=True))
+    assert len(hist.metrics) == 8 and all(m.is_historical for m in hist.metrics)
+
+
+def test_node_birth_and_death_share_the_bdseq(tmp_path: Path) -> None:
+    node, _ = _node(tmp_path)
+    node.new_connection()
+    birth, death = decode(node.nbirth(10)), decode(node.ndeath(11))
+    assert birth.seq == 0 and not death.HasField("seq")
+    assert [(m.name, DATATYPES[m.datatype]) for m in birth.metrics] == [
+        ("bdSeq", "Int64"),
+        ("Node Control/Rebirth", "Boolean"),
+    ]
+    assert birth.metrics[0].long_value == death.metrics[0].long_value == 0
+    assert birth.metrics[1].boolean_value is False
+    assert [node.next_seq() for _ in range(256)][-2:] == [255, 0]  # 1..255, then wraps
+
+
+def test_bdseq_persists_across_restarts_and_wraps(tmp_path: Path) -> None:
+    path = str(tmp_path / "outbox.db.bdseq")
+    assert BdSeqFile(path).next() == 0
+    assert BdSeqFile(path).next() == 1  # a restart goes on
+    f = BdSeqFile(path)
+    assert [f.next() for _ in range(255)][-1] == 0  # 2..255, 0
+    assert BdSeqFile(path).last == 0
+    h = BdSeqFile(path)  # attempts without a CONNACK use up nothing
+    assert [h.candidate(), h.candidate()] == [1, 1]
+    h.save(1)
+    assert BdSeqFile(path).candidate() == 2
+    blocked = tmp_path / "blocked"  # a directory where the file should be: cannot save
+    blocked.mkdir()
+    g = BdSeqFile(str(blocked))
+    assert [g.next(), g.next()] == [0, 1]  # goes on in memory
+
+
+def test_dcmd_resolves_names_aliases_and_refuses_what_it_cannot(tmp_path: Path) -> None:
+    node, _ = _node(tmp_path)
+    body = encode_command(
+        [
+            {"name": "slow/sp", "datatype": "Float", "value": 61.5},
+            {"alias": 1, "datatype": "Int16", "value": -7},
+            {"name": "s/other", "datatype": "UInt16", "value": 3},  # on another device
+            {"name": "nope", "datatype": "Double", "value": 1},
+            {"name": "Device Control/Rebirth", "datatype": "Boolean", "value": True},
+        ]
+    )
+    writes, rebirth = node.writes("plc", body)
+    assert rebirth
+    got = [(w.tag, w.value, w.refused) for w in writes]
+    assert got[:2] == [("sp", 61.5, None), ("count", -7, None)]
+    assert got[2][0] == "other" and "not on 'plc'" in got[2][2]
+    assert got[3][0] == "nope" and writes[3].index == -1 and "no tag" in got[3][2]
+    with pytest.raises(spb.CommandError):
+        node.writes("plc", b"\x12\x50abc")
+
+
+def test_refusal_answer_carries_the_present_value_and_why(tmp_path: Path) -> None:
+    node, t = _node(tmp_path)
+    _fill(t)
+    writes, _ = node.writes(
+        "plc", encode_command([{"alias": 8, "datatype": "Float", "value": 200}])
+    )
+    from agent.publish.spb_node import Write
+
+    w = Write("plc", "sp", 8, 200.0, "'sp': 200 is outside 0..95")
+    m = decode(node.refusal(w, 9)).metrics[0]
+    assert m.alias == 8 and m.float_value == 40.0
+    assert properties(m)["writeRefused"] == ("String", "'sp': 200 is outside 0..95")
+    assert writes[0].value == 200.0 and writes[0].refused is None  # the gate judges bounds
+
+
+def test_primary_host_state(tmp_path: Path) -> None:
+    node, _ = _node(tmp_path, primary="scada")
+    node.new_connection()
+    assert not node.host_online
+    assert node.state_message(json.dumps({"online": True, "timestamp": 100}).encode()) is True
+    assert node.state_message(json.dumps({"online": False, "timestamp": 99}).encode()) is None
+    assert node.host_online  # an older STATE is ignored
+    assert node.state_message(b"garbage") is None
+    assert node.state_message(json.dumps({"online": False, "timestamp": 101}).encode()) is False
+    assert not node.host_online
+    node.new_connection()
+    assert not node.host_online  # every connection waits for the host again
+    free, _ = _node(tmp_path / "b")
+    assert free.host_online  # no primary host configured
+
+
+def test_rebirth_request_is_recognised_and_garbage_ignored() -> None:
+    def ask(v: bool, name: str = spb.REBIRTH) -> bytes:
+        return encode_command([{"name": name, "datatype": "Boolean", "value": v}])
+
+    assert spb.rebirth_requested(ask(True))
+    assert not spb.rebirth_requested(ask(False))
+    assert not spb.rebirth_requested(ask(True, "Node Control/Reboot"))
+    assert not spb.rebirth_requested(b"\xff\xff\xff")  # truncated varint
+    assert not spb.rebirth_requested(b"\x12\x50abc")  # length past the end
+    assert not spb.rebirth_requested(b"")
+
+
+def test_set_and_get_value_round_trip_every_type() -> None:
+    cases = [
+        (spb.INT8, -128),
+        (spb.INT16, -32768),
+        (spb.INT32, -(2**31)),
+        (spb.INT64, -(2**63)),
+        (spb.UINT8, 255),
+        (spb.UINT16, 65535),
+        (spb.UINT32, 2**32 - 1),
+        (spb.UINT64, 2**64 - 1),
+        (spb.FLOAT, 1.5),
+        (spb.DOUBLE, math.pi),
+        (spb.BOOLEAN, True),
+        (spb.STRING, "x"),
+        (spb.DATETIME, 1_700_000_000_000),
+    ]
+    for dt, v in cases:
+        p = spb.Payload()
+        spb.set_value(p.metrics.add(), dt, v)
+        back = decode(p.SerializeToString()).metrics[0]
+        assert value_of(back, DATATYPES[dt]) == v, DATATYPES[dt]
+        assert spb.get_value(spb.decode(p.SerializeToString()).metrics[0], dt) == v
+    p = spb.Payload()
+    spb.set_value(p.metrics.add(), spb.DOUBLE, math.nan)
+    assert decode(p.SerializeToString()).metrics[0].is_null
 
 
 def test_backoff_is_capped_exponential_with_jitter() -> None:
@@ -87,25 +307,3 @@ def test_backoff_is_capped_exponential_with_jitter() -> None:
 def test_topic_segment() -> None:
     assert topic_segment("a/b+c#d") == "a_b_c_d"
     assert topic_segment("") == "_"
-
-
-def test_rebirth_request_is_recognised_and_garbage_ignored() -> None:
-    ask = spb.payload(5, [spb.metric(name=spb.REBIRTH, datatype=spb.BOOLEAN, value=True)])
-    no = spb.payload(5, [spb.metric(name=spb.REBIRTH, datatype=spb.BOOLEAN, value=False)])
-    other = spb.payload(
-        5, [spb.metric(name="Node Control/Reboot", datatype=spb.BOOLEAN, value=True)]
-    )
-    assert spb.rebirth_requested(ask)
-    assert not spb.rebirth_requested(no)
-    assert not spb.rebirth_requested(other)
-    assert not spb.rebirth_requested(b"\xff\xff\xff")  # truncated varint
-    assert not spb.rebirth_requested(b"\x12\x50abc")  # length past the end
-    assert not spb.rebirth_requested(b"")
-
-
-def test_historical_flag_on_both_paths() -> None:
-    ms = spb.data_metrics([], [1, 2], [1.0, 2.0], [0, 3], 7, historical=True)
-    a, b = decode_payload(spb.payload(7, ms))["metrics"]
-    assert a["is_historical"] == 1 and b["is_historical"] == 1
-    live = decode_payload(spb.payload(7, spb.data_metrics([], [1], [1.0], [0], 7)))["metrics"][0]
-    assert "is_historical" not in live

@@ -150,6 +150,8 @@ class Pipeline:
         else:
             self.publisher = self._make_publisher()
         self.acquirer = Acquirer(compiled, metrics, self._on_frame)
+        if self.publisher is not None and carry is None:  # a reload hands over in go_live()
+            self.publisher.set_write(self.acquirer.write)  # Sparkplug DCMD, through the gate
         for drv in compiled.drivers.values():  # drivers that count their own drops report here
             if hasattr(drv, "metrics"):
                 drv.metrics = metrics
@@ -437,6 +439,8 @@ class Pipeline:
     def go_live(self) -> None:
         """Reload handover done: this pipeline stores, publishes and feeds the kernel."""
         self.live = True
+        if self.publisher is not None:
+            self.publisher.set_write(self.acquirer.write)
         if "telemetry" in self.carried:
             self._bind_telemetry()
 

@@ -283,8 +283,8 @@ class StatusSource:
                 why = name_of(int(codes[i]))
             dev = health.get(table.devices[i]) or {}
             err = dev.get("last_error")
-            if err and dev.get("state") != "up":
-                why = f"{why}: {err}" if why else str(err)
+            if err and dev.get("state") != "up":  # the device's error says more
+                why = f"{why}: {err}" if why and why != "comm_lost" else str(err)
             out[str(i)] = why or "no reason recorded"
         return out
 

@@ -85,17 +85,34 @@ def start_sim(ports: Ports, tmp: Path) -> subprocess.Popen[bytes]:
             {
                 "name": "statuspage",
                 "faults": [
-                    {"kind": "imbalance", "at_s": FAULT_AT_S, "duration_s": 900,
-                     "profile": "step", "magnitude": 8.0}  # fmt: skip
+                    {
+                        "kind": "imbalance",
+                        "at_s": FAULT_AT_S,
+                        "duration_s": 900,
+                        "profile": "step",
+                        "magnitude": 8.0,
+                    }
                 ],
             }
         )
     )
     log = open(tmp / "sim.log", "ab")  # noqa: SIM115 - owned by the process
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hw_sim", "--modbus-port", str(ports.modbus), "--opcua-port",
-         str(ports.opcua), "--seed", "3", "--scenario", str(scenario),
-         "--faults-log", str(tmp / "faults.jsonl")],  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "hw_sim",
+            "--modbus-port",
+            str(ports.modbus),
+            "--opcua-port",
+            str(ports.opcua),
+            "--seed",
+            "3",
+            "--scenario",
+            str(scenario),
+            "--faults-log",
+            str(tmp / "faults.jsonl"),
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=ROOT,
@@ -210,6 +227,20 @@ def _login(page: Any, stack: Stack) -> None:
     page.errors.clear()
 
 
+TANK_Q = "#tags tr[data-tag='tank_temp'] td.q"
+
+
+def _q(selector: str) -> str:
+    """The page-side expression for the element a selector names."""
+    return f"document.querySelector({json.dumps(selector)})"
+
+
+def _until(page: Any, expr: str, **kw: Any) -> None:
+    """Wait until a JS expression holds in the page (as a function: the page's CSP allows
+    no eval of strings)."""
+    page.wait_for_function("() => " + expr, **kw)
+
+
 def _cell(page: Any, tag: str, cls: str) -> str:
     return page.inner_text(f"#tags tr[data-tag='{tag}'] td.{cls}")
 
@@ -269,9 +300,7 @@ def test_setpoint_through_the_page_with_the_token(page: Any, stack: Stack) -> No
     loop = "#loops [data-loop='tank_temperature']"
     page.fill(f"{loop} input.sp-input", "61.5")
     page.click(f"{loop} button.sp-set")
-    page.wait_for_function(
-        f"() => document.querySelector(\"{loop} .msg\").textContent.includes('setpoint set to 61.5')"
-    )
+    _until(page, f"{_q(loop + ' .msg')}.textContent.includes('setpoint set to 61.5')")
     # the loop uses it from its next period on
     sp = lambda: _http(stack.ports.http, "/control", TOKEN)[1]["tank_temperature"]["setpoint"]  # noqa: E731
     assert _wait(lambda: sp() == 61.5, 3), sp()
@@ -279,7 +308,7 @@ def test_setpoint_through_the_page_with_the_token(page: Any, stack: Stack) -> No
     # the loop's limits hold, with the API's own 422 message
     page.fill(f"{loop} input.sp-input", "200")
     page.click(f"{loop} button.sp-set")
-    page.wait_for_function(f"() => document.querySelector(\"{loop} .msg\").textContent.includes('422')")
+    _until(page, f"{_q(loop + ' .msg')}.textContent.includes('422')")
     msg = page.inner_text(f"{loop} .msg")
     api = _http(stack.ports.http, "/control/tank_temperature/setpoint", TOKEN, {"value": 200})
     assert api[0] == 422 and api[1]["error"] in msg, (msg, api)
@@ -287,7 +316,7 @@ def test_setpoint_through_the_page_with_the_token(page: Any, stack: Stack) -> No
     # a wrong token: the page says so and shows nothing
     page.fill("#token", "not-the-token")
     page.click("#tokenform button[type=submit]")
-    page.wait_for_function("() => document.querySelector('#banner').textContent.includes('refused')")
+    _until(page, f"{_q('#banner')}.textContent.includes('refused')")
     assert page.locator("#devices tbody tr").count() == 0
     assert page.locator("button.sp-set").count() == 0
 
@@ -296,9 +325,8 @@ def test_read_only_without_a_token(page: Any, stack: Stack, tmp_path: Path) -> N
     """A second agent on the same plant, with no token configured (its loop off and
     without a heartbeat, so it writes nothing)."""
     ports = Ports(modbus=stack.ports.modbus, opcua=stack.ports.opcua)
-    agent = start_agent(
-        ports, tmp_path, token=False, patch_loop={"mode": "off", "heartbeat": None, "plc_trip": None}
-    )
+    quiet = {"mode": "off", "heartbeat": None, "plc_trip": None}
+    agent = start_agent(ports, tmp_path, token=False, patch_loop=quiet)
     try:
         page.goto(f"http://127.0.0.1:{ports.http}/")
         page.wait_for_selector("#devices tr[data-device='heater_plc']")
@@ -310,7 +338,7 @@ def test_read_only_without_a_token(page: Any, stack: Stack, tmp_path: Path) -> N
         before = _http(ports.http, "/control")[1]["tank_temperature"]["setpoint"]
         # the page's own request, forced: the gateway refuses it
         page.evaluate("edgeloopCommand('tank_temperature', 'setpoint', {value: 42})")
-        page.wait_for_function(f"() => document.querySelector(\"{loop} .msg\").textContent.includes('403')")
+        _until(page, f"{_q(loop + ' .msg')}.textContent.includes('403')")
         assert "needs a bearer token" in page.inner_text(f"{loop} .msg")
         assert _http(ports.http, "/control")[1]["tank_temperature"]["setpoint"] == before != 42
         assert [e for e in page.errors if "403 (Forbidden)" not in e] == [], page.errors
@@ -372,18 +400,17 @@ def test_injected_anomaly_shows_with_its_contributing_tag(page: Any, stack: Stac
 
 def test_stopped_device_turns_bad_with_its_reason(page: Any, stack: Stack) -> None:
     _login(page, stack)
-    page.wait_for_function(
-        "() => document.querySelector(\"#tags tr[data-tag='tank_temp'] td.q\")?.textContent === 'good'"
-    )
-    stack.sim.terminate()
-    stack.sim.wait(10)
+    _until(page, f"{_q(TANK_Q)}?.textContent === 'good'")
     t0 = time.monotonic()
-    page.wait_for_function(
-        "() => document.querySelector(\"#tags tr[data-tag='tank_temp'] td.q\").textContent !== 'good'",
+    stack.sim.terminate()
+    _until(
+        page,
+        f"{_q(TANK_Q)}.textContent !== 'good'",
         timeout=3000,
         polling=100,
     )
     took = time.monotonic() - t0
+    stack.sim.wait(10)
     q = _cell(page, "tank_temp", "q")
     quality, _, reason = q.partition(": ")
     assert quality in ("comm lost", "bad", "stale") and reason.strip(), q

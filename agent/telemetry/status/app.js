@@ -337,6 +337,7 @@
         spb.addEventListener("click", () => command(name, "setpoint", { value: Number(sp.value) }, msg));
         const mode = el("select", "mode-select");
         for (const md of MODES) { const o = el("option", "", md); o.value = md; mode.append(o); }
+        mode.addEventListener("change", () => { mode.dataset.touched = "1"; });
         const mb = el("button", "mode-set", "Set mode");
         mb.type = "button";
         mb.addEventListener("click", () => command(name, "mode", { mode: mode.value }, msg));
@@ -348,7 +349,7 @@
       }
       d.append(ops);
       box.append(d);
-      loopEls[name] = { fields, canvas, msg };
+      loopEls[name] = { fields, canvas, msg, select: $(".mode-select", d) };
     }
   }
 
@@ -381,6 +382,8 @@
       if (!e) continue;
       const f = e.fields;
       f.mode.textContent = st.mode;
+      const sel = e.select;
+      if (sel && !sel.dataset.touched) sel.value = st.mode;  // until the operator picks one
       f.active.textContent = st.active || "–";
       f.active.className = "active " + (st.active === "model" ? "good" : st.active === "fallback" ? "warn" : "");
       const reasons = (st.reasons || []).join(", ");
@@ -496,9 +499,18 @@
   }
 
   function renderEvents() {
-    const all = new Map(stored);
-    for (const e of live.events) all.set(e.t + "|" + e.kind + "|" + e.source, e);
-    const list = [...all.values()].sort((a, b) => b.t - a.t).slice(0, 100);
+    // stored (SQLite) and live (since the agent started) events overlap: the same event has
+    // the same kind, source and text, and times a few ms apart
+    const all = [...stored.values()], seen = new Map();
+    for (const e of all) {
+      const k = e.kind + "|" + e.source + "|" + e.text;
+      (seen.get(k) || seen.set(k, []).get(k)).push(e.t);
+    }
+    for (const e of live.events) {
+      const ts = seen.get(e.kind + "|" + e.source + "|" + e.text) || [];
+      if (!ts.some((t) => Math.abs(t - e.t) < 1000)) all.push(e);
+    }
+    const list = all.sort((a, b) => b.t - a.t).slice(0, 100);
     const key = list.length ? list[0].t + "|" + list.length : "";
     const body = $("#events tbody");
     if (body.dataset.key === key) return;

@@ -900,6 +900,36 @@ def _file_checks(cfg: Config) -> list[tuple[Path_, str]]:
     return out
 
 
+_SERIAL_KEYS = ("baudrate", "parity", "stopbits", "bytesize")
+
+
+def _shared_serial_lines(cfg: Config) -> list[tuple[Path_, str]]:
+    """Devices on one serial port share one wire: its settings must agree (one frame on
+    the line at a time is the driver's job; one baudrate per wire is the config's)."""
+    out: list[tuple[Path_, str]] = []
+    first: dict[str, int] = {}
+    for di, d in enumerate(cfg.devices):
+        port = getattr(d, "serial_port", None)
+        if getattr(d, "transport", None) != "rtu" or not port or not d.enabled:
+            continue
+        key = os.path.realpath(port)
+        if key not in first:
+            first[key] = di
+            continue
+        other = cfg.devices[first[key]]
+        for k in _SERIAL_KEYS:
+            if getattr(d, k) != getattr(other, k):
+                out.append(
+                    (
+                        ("devices", di, k),
+                        f"{getattr(d, k)} differs from devices[{first[key]}] ({other.name}: "
+                        f"{getattr(other, k)}) on the same serial_port {port}: one line has "
+                        "one setting",
+                    )
+                )
+    return out
+
+
 def _global_checks(cfg: Config) -> list[tuple[Path_, str]]:
     out: list[tuple[Path_, str]] = []
     devs: dict[str, int] = {}
@@ -913,6 +943,7 @@ def _global_checks(cfg: Config) -> list[tuple[Path_, str]]:
             )
         else:
             devs[d.name] = di
+    out += _shared_serial_lines(cfg)
     index = tag_index(cfg)
     for di, d in enumerate(cfg.devices):
         for gi, g in enumerate(d.poll_groups):

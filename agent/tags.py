@@ -26,7 +26,16 @@ from agent.config import (
     OpcUaTag,
 )
 from agent.kernel.settings import signal_kind
-from drivers.base import Driver, GroupSpec, PlannedRequest, Point, Quality, Reason, create_driver
+from drivers.base import (
+    Driver,
+    DriverError,
+    GroupSpec,
+    PlannedRequest,
+    Point,
+    Quality,
+    Reason,
+    create_driver,
+)
 
 
 @dataclass(slots=True)
@@ -247,20 +256,27 @@ def compile_config(cfg: Config) -> Compiled:
         if not dev.enabled:
             continue
         mine = [g for g in groups if g.device == dev.name]
+        # Whatever a driver raises while it is built or plans is a problem of this file at
+        # this device or group, never a traceback out of `check` or a reload.
         try:
             drv = create_driver(dev, mine)
-        except (ValueError, TypeError) as e:
-            problems.append((("devices", di), f"driver refused the device: {e}"))
+        except Exception as e:
+            problems.append((("devices", di), f"driver refused the device: {_why(e)}"))
             continue
         drivers[dev.name] = drv
         for g in mine:
             try:
                 plans[(dev.name, g.name)] = drv.plan(g)
-            except (ValueError, TypeError) as e:  # PlanError is a ValueError
-                problems.append((group_paths[(dev.name, g.name)], f"cannot plan: {e}"))
+            except Exception as e:  # PlanError is a ValueError
+                problems.append((group_paths[(dev.name, g.name)], f"cannot plan: {_why(e)}"))
     if problems:
         raise ConfigError([_issue(cfg, p, m) for p, m in problems])
     return Compiled(cfg, table, groups, devices, plans, drivers)
+
+
+def _why(e: Exception) -> str:
+    expected = isinstance(e, (ValueError, TypeError, DriverError))
+    return str(e) if expected else f"{type(e).__name__}: {e}"
 
 
 def _issue(cfg: Config, path: tuple[str | int, ...], message: str) -> Issue:

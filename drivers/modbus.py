@@ -241,24 +241,21 @@ class _Link:
         self.serial_params = serial_params
 
 
-# serial port (resolved path) -> its link, for as long as a driver holds it
-_SERIAL_LINKS: weakref.WeakValueDictionary[str, _Link] = weakref.WeakValueDictionary()
+# (serial port resolved, its settings) -> its link, for as long as a driver holds it.  Keyed
+# by the settings too: during a reload that fixes a line's baudrate the old pipeline still
+# holds the old link while the new one is built; settings that disagree inside one config
+# are refused by the config check (agent/config.py), not here.
+_SERIAL_LINKS: weakref.WeakValueDictionary[tuple, _Link] = weakref.WeakValueDictionary()
 _MAX_TIMEOUT_S = 60.0  # the config's upper bound of timeout_s
 
 
 def _serial_link(cfg: Any) -> _Link:
     params = (cfg.baudrate, cfg.parity, cfg.stopbits, cfg.bytesize)
-    key = os.path.realpath(cfg.serial_port)
+    key = (os.path.realpath(cfg.serial_port), params)
     link = _SERIAL_LINKS.get(key)
     if link is None:
         link = _Link(params)
         _SERIAL_LINKS[key] = link
-    elif link.serial_params != params:
-        raise ConnectError(
-            f"{cfg.serial_port} is already used by another device with other serial "
-            f"settings {link.serial_params} (baudrate, parity, stopbits, bytesize)",
-            device=cfg.name,
-        )
     return link
 
 

@@ -74,6 +74,7 @@ from agent.kernel.settings import KernelConfig
 from agent.publish.settings import PublishConfig
 from agent.store.settings import StoreConfig
 from agent.telemetry.settings import HttpConfig
+from drivers.modbus_codec import WIDTH
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -125,17 +126,6 @@ Name = Annotated[str, Field(pattern=NAME_PATTERN, description="Identifier; " + N
 REGISTER_TABLES = ("holding", "input")
 BIT_TABLES = ("coil", "discrete")
 READ_ONLY_TABLES = ("input", "discrete")
-_WIDTH = {
-    "bit": 1,
-    "int16": 1,
-    "uint16": 1,
-    "int32": 2,
-    "uint32": 2,
-    "float32": 2,
-    "int64": 4,
-    "uint64": 4,
-    "float64": 4,
-}
 
 
 def register_width(dtype: str, length_registers: int | None = None) -> int:
@@ -144,7 +134,7 @@ def register_width(dtype: str, length_registers: int | None = None) -> int:
         return 1
     if dtype == "string":
         return int(length_registers or 0)
-    return _WIDTH[dtype]
+    return WIDTH[dtype]
 
 
 def _problems(items: Iterable[tuple[Path_, str]]) -> PydanticCustomError:

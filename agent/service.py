@@ -576,7 +576,8 @@ class Service:
         next_status = 0.0
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), 0.2)
+                async with asyncio.timeout(0.2):
+                    await self._stop.wait()
             if self._stop.is_set():
                 break
             if self._reload.is_set() and self._reload_task is None:

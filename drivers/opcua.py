@@ -458,7 +458,8 @@ class OpcUaDriver:
             return
         timeout = min(float(getattr(self._cfg, "timeout_s", 5.0)), 1.5)
         try:
-            await asyncio.wait_for(client.disconnect(), timeout=timeout)
+            async with asyncio.timeout(timeout):
+                await client.disconnect()
         except BaseException as exc:
             _abort(client)
             if not isinstance(exc, Exception):

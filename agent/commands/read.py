@@ -84,7 +84,8 @@ async def _read(compiled: Any, devices: set[str], indices: list[int], wait_s: fl
     await acq.start()
     try:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(done.wait(), wait_s)
+            async with asyncio.timeout(wait_s):
+                await done.wait()
     finally:
         await acq.stop()
     return acq.health()

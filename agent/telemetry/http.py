@@ -20,8 +20,13 @@ that sit idle longer than `idle_timeout_under_pressure_s` are closed to make roo
 A bug in one connection's handling is answered with a 500 or a closed connection; the
 server keeps serving, and the failure is logged once per episode, not once per request.
 
+The operator's status page: a browser's ``GET /`` (``Accept: text/html``) gets the page
+(agent/telemetry/statuspage.py), which polls ``/status/live`` and reads ``/status/meta``,
+``/status/history`` and ``/status/trend``; other clients still get the JSON index at /.
+
 Auth: when a bearer token is configured, every route except the probes (/healthz, /readyz)
-needs ``Authorization: Bearer <token>`` (compared in constant time).  The control routes,
+and the page document itself (it holds no data; its data routes need the token) needs
+``Authorization: Bearer <token>`` (compared in constant time).  The control routes,
 which change what a PLC is told to do, refuse to work at all without a configured token,
 and require ``Content-Type: application/json`` so a browser cannot forge them with a
 simple cross-site form post.
@@ -213,7 +218,8 @@ class TelemetryServer:
         if self._conns:
             await asyncio.gather(*self._conns, return_exceptions=True)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._server.wait_closed(), 2.0)
+            async with asyncio.timeout(2.0):
+                await self._server.wait_closed()
         self._server = None
 
     async def __aenter__(self) -> TelemetryServer:
@@ -743,4 +749,5 @@ async def _close(writer: asyncio.StreamWriter) -> None:
         return
     writer.close()
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(writer.wait_closed(), 1.0)
+        async with asyncio.timeout(1.0):
+            await writer.wait_closed()

@@ -92,8 +92,9 @@ class StatusSource:
         self._dev_seen: dict[str, tuple[str, float]] = {}
         self._live: bytes = b""
         self._live_at = -math.inf
-        self._rate_prev: tuple[float, dict[str, float]] | None = None
+        self._rate_prev: tuple[float, dict[tuple[str, str], float]] | None = None
         self._rates: dict[str, float] = {}
+        self._req_rates: dict[str, float] = {}
         self.pipeline: Any = None
         self._meta: bytes = b""
 
@@ -208,6 +209,7 @@ class StatusSource:
                 "last_error": h.get("last_error"),
                 "reconnects": h.get("reconnects"),
                 "polls_per_s": _num(self._rates.get(name), 2),
+                "requests_per_s": _num(self._req_rates.get(name), 2),
                 "overruns": int(self._overruns(p, name)),
             }
         ts = table.ts_ns
@@ -289,17 +291,25 @@ class StatusSource:
         return out
 
     def _update_rates(self, p: Any) -> None:
-        """Polls per second per device, over the time since the previous snapshot."""
+        """Polls and requests per second per device, over the time since the previous
+        snapshot.  Requests per poll come from the group's read plan (a Modbus plan's
+        merged reads; one read per poll otherwise; none for a subscription, which the
+        server pushes)."""
         now = time.monotonic()
-        totals: dict[str, float] = {}
+        totals: dict[tuple[str, str], float] = {}
         for g in p.compiled.groups:
-            totals[g.device] = totals.get(g.device, 0.0) + p.metrics.get(
-                POLLS_TOTAL, device=g.device, group=g.name
-            )
+            totals[(g.device, g.name)] = p.metrics.get(POLLS_TOTAL, device=g.device, group=g.name)
         prev = self._rate_prev
         if prev is not None and now - prev[0] >= 0.25:
             dt = now - prev[0]
-            self._rates = {d: max(0.0, (v - prev[1].get(d, 0.0)) / dt) for d, v in totals.items()}
+            polls: dict[str, float] = {}
+            reqs: dict[str, float] = {}
+            for g in p.compiled.groups:
+                key = (g.device, g.name)
+                rate = max(0.0, (totals[key] - prev[1].get(key, totals[key])) / dt)
+                polls[g.device] = polls.get(g.device, 0.0) + rate
+                reqs[g.device] = reqs.get(g.device, 0.0) + rate * _requests_per_poll(p, g)
+            self._rates, self._req_rates = polls, reqs
         if prev is None or now - prev[0] >= 0.25:
             self._rate_prev = (now, totals)
 
@@ -331,6 +341,15 @@ class StatusSource:
         if p.store is None:
             return json.dumps({"loops": {}, "events": []}).encode()
         return await asyncio.to_thread(_read_trend, p.store.cfg.path, seconds)
+
+
+def _requests_per_poll(p: Any, group: Any) -> int:
+    if getattr(group, "mode", "poll") == "subscribe":
+        return 0
+    plan = (
+        p.compiled.plans.get((group.device, group.name)) if hasattr(p.compiled, "plans") else None
+    )
+    return len(getattr(plan, "requests", ())) or 1
 
 
 def _seconds(text: str | None, default: float) -> float:

@@ -6,12 +6,15 @@ import base64
 import hashlib
 import json
 import re
+import time
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import pytest
 
 from agent.metrics import Metrics
+from agent.names import POLLS_TOTAL
 from agent.telemetry.statuspage import PageAssets, StatusSource
 from drivers.base import Quality
 
@@ -97,3 +100,19 @@ def test_page_is_small_and_its_policy_names_exactly_the_inlined_script_and_style
         digest = base64.b64encode(hashlib.sha256(inline.group(1).encode()).digest()).decode()
         assert f"{directive} 'sha256-{digest}'" in page.csp
     assert "default-src 'none'" in page.csp and "unsafe-inline" not in page.csp
+
+
+def test_request_rate_is_polls_times_the_planned_reads() -> None:
+    health = {"plc": {"state": "up"}, "plc2": {"state": "up"}}
+    p = _pipeline(health)
+    p.compiled.plans = {("plc", "fast"): SimpleNamespace(requests=("r1", "r2"))}
+    src = StatusSource("site", token_configured=False)
+    src.bind(p)
+    src.live()
+    time.sleep(0.3)
+    for _ in range(3):
+        p.metrics.inc(POLLS_TOTAL, device="plc", group="fast")
+    src.bind(p)  # a fresh snapshot, not the cached one
+    dev = json.loads(src.live())["devices"]["plc"]
+    assert 3 / 0.6 < dev["polls_per_s"] <= 3 / 0.3
+    assert dev["requests_per_s"] == pytest.approx(2 * dev["polls_per_s"], abs=0.02)

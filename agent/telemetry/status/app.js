@@ -182,7 +182,7 @@
       if (!r) {
         r = devRows[name] = el("tr");
         r.dataset.device = name;
-        for (const c of ["name", "state", "since", "error", "rate num", "overruns num"]) r.append(el("td", c));
+        for (const c of ["name", "state", "since", "error", "reqs num", "rate num", "overruns num"]) r.append(el("td", c));
         r.cells[0].textContent = name;
         body.append(r);
       }
@@ -192,8 +192,10 @@
       r.cells[2].textContent = d.since ? localTime(d.since * 1000) : "–";
       r.cells[3].textContent = up ? "" : (d.last_error || "");
       r.cells[3].title = d.last_error || "";
-      r.cells[4].textContent = num(d.polls_per_s, 3);
-      r.cells[5].textContent = d.overruns;
+      r.cells[4].textContent = num(d.requests_per_s, 3);
+      r.cells[4].title = "reads sent per second (a subscription's pushed values are not counted)";
+      r.cells[5].textContent = num(d.polls_per_s, 3);
+      r.cells[6].textContent = d.overruns;
     }
   }
 

@@ -34,6 +34,7 @@ from agent import names
 from agent.configbase import SecretError
 from agent.metrics import Metrics
 from agent.names import EVENT_STORAGE_RECOVERED, EVENT_WRITE_REFUSED
+from agent.publish import flat as flatjson
 from agent.publish import sparkplug as spb
 from agent.publish.outbox import Outbox, OutboxError, OutboxWriter
 from agent.publish.settings import PublishConfig
@@ -169,6 +170,9 @@ class Publisher:
         self._write: WriteFn | None = None  # the acquirer's gated write, for DCMD
         self._cmd_tasks: set[asyncio.Task[None]] = set()
         self.node: SparkplugNode | None = None
+        self.flat: flatjson.FlatReporter | None = None
+        if publish_cfg.encoding == "json_flat":
+            self.flat = flatjson.FlatReporter(publish_cfg.json_flat, table, groups)
         if self._spb:
             self.node = SparkplugNode(
                 table,
@@ -191,7 +195,7 @@ class Publisher:
         return f"{self._prefix}/{self._site}/{topic_segment(device)}/{topic_segment(group)}"
 
     def event_topic(self, kind: str) -> str:
-        """`{topic_prefix}/{site}/_events/{kind}` in both encodings."""
+        """`{topic_prefix}/{site}/_events/{kind}` in every encoding."""
         return f"{self._prefix}/{self._site}/_events/{topic_segment(kind)}"
 
     # ------------------------------------------------------------------ lifecycle
@@ -336,6 +340,9 @@ class Publisher:
         Returns at once and never raises: the writer thread encodes and commits it.
         """
         t = self.table
+        if self.flat is not None:
+            self._publish_flat(group, int(ts_ns))
+            return
         s, e = group.start, group.stop
         texts = getattr(t, "texts", None) or {}
         reason = getattr(t, "reason", None)
@@ -360,6 +367,21 @@ class Publisher:
             self._pending.setdefault((group.device, group.name, s, e), []).append(frame)
             return
         self._commit([(group.device, group.name, s, e, [frame])])
+
+    def _publish_flat(self, group: Any, ts_ns: int) -> None:
+        """json_flat: one message per tag that has something new (agent/publish/flat.py)."""
+        flat = self.flat
+        assert flat is not None
+        base = f"{self._prefix}/{self._site}/{topic_segment(group.device)}"
+        names = self.table.names
+        items = []
+        for i in flat.select(group, ts_ns):
+            doc = flat.message(i, ts_ns)  # made now; its JSON text in the writer thread
+            items.append(
+                (f"{base}/{topic_segment(names[i])}", lambda _s, d=doc: flatjson.payload(d), False)
+            )
+        if items:
+            self._append(items)
 
     def publish_event(self, kind: str, payload: Any) -> None:
         """Hand an event (anomaly, control mode change, ...) over for `_events/{kind}`."""

@@ -185,17 +185,64 @@ class SparkplugConfig(StrictModel):
     primary_host_id: str | None = Field(
         None,
         min_length=1,
-        pattern=r"^[^/+#]+$",
         description="Host id whose STATE must be online before the node publishes; none: always.",
     )
+
+    @model_validator(mode="after")
+    def _host_id(self) -> SparkplugConfig:
+        if self.primary_host_id is not None and any(c in self.primary_host_id for c in "/+#"):
+            raise ValueError("primary_host_id is one topic level: no '/', '+' or '#'")
+        return self
+
+
+class FlatRule(StrictModel):
+    """Report-by-exception settings of a poll group or a tag (unset: inherited)."""
+
+    deadband: float | None = Field(
+        None, ge=0, description="Change in engineering units a value must exceed to be sent."
+    )
+    max_silence_s: float | None = Field(
+        None, ge=0, description="Seconds after which an unchanged value is sent again; 0: never."
+    )
+
+
+class FlatJsonConfig(StrictModel):
+    """`encoding: json_flat`: one message per tag on {prefix}/{site}/{device}/{tag}, sent by
+    exception: when the value moves by more than the deadband since the last one sent, when
+    its quality or reason changes, and at least every max_silence_s if that is set."""
+
+    # 0: every change is sent (report by exception, no deadband)
+    deadband: float = Field(
+        0.0, ge=0, description="Default deadband in engineering units; 0 sends every change."
+    )
+    max_silence_s: float = Field(
+        0.0, ge=0, description="Default: resend an unchanged value after this many s; 0: never."
+    )
+    groups: dict[str, FlatRule] = Field(
+        default_factory=dict, description="Per poll group name (of any device): its tags' rule."
+    )
+    tags: dict[str, FlatRule] = Field(
+        default_factory=dict, description="Per tag name: its rule; wins over its group's."
+    )
+
+    def rule_for(self, tag: str, group: str) -> tuple[float, float]:
+        """(deadband, max_silence_s) of a tag: the tag's own, else its group's, else the
+        defaults, field by field."""
+        db, silence = self.deadband, self.max_silence_s
+        for rule in (self.groups.get(group), self.tags.get(tag)):
+            if rule is not None:
+                db = rule.deadband if rule.deadband is not None else db
+                silence = rule.max_silence_s if rule.max_silence_s is not None else silence
+        return db, silence
 
 
 class PublishConfig(StrictModel):
     """Northbound MQTT. Every default of the publisher lives here."""
 
     enabled: bool = Field(True, description="Publish frames and events to the MQTT broker.")
-    encoding: Literal["json", "sparkplug_b"] = Field(
-        "json", description="Payload format: json | sparkplug_b (protobuf, Sparkplug topics)."
+    encoding: Literal["json", "sparkplug_b", "json_flat"] = Field(
+        "json",
+        description="Payload format: json (frames per group) | sparkplug_b | json_flat (per tag).",
     )
     # 0: one message per poll-group frame; > 0: frames of a group collected for this long
     # go out as one message (fewer, larger messages; frames in an open window are in memory).
@@ -212,6 +259,24 @@ class PublishConfig(StrictModel):
     sparkplug: SparkplugConfig = Field(
         SparkplugConfig(), description="Sparkplug B naming, used with encoding sparkplug_b."
     )
+    json_flat: FlatJsonConfig = Field(
+        FlatJsonConfig(), description="Per-tag messages and their deadbands, encoding json_flat."
+    )
+
+
+def cross_check(cfg: Any, tag_index: Any) -> list[tuple[tuple[str | int, ...], str]]:
+    """`agent.config` hook: json_flat rules name configured tags and poll groups."""
+    pub: PublishConfig = cfg.publish
+    flat = pub.json_flat
+    out: list[tuple[tuple[str | int, ...], str]] = []
+    for tag in flat.tags:
+        if tag not in tag_index:
+            out.append((("publish", "json_flat", "tags", tag), f"unknown tag {tag!r}"))
+    groups = {getattr(ref, "group", None) for ref in tag_index.values()}
+    for group in flat.groups:
+        if group not in groups:
+            out.append((("publish", "json_flat", "groups", group), f"unknown poll group {group!r}"))
+    return out
 
 
 def check_files(cfg: Any) -> list[tuple[tuple[str | int, ...], str]]:

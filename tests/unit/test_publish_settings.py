@@ -45,3 +45,23 @@ def test_store_config() -> None:
         StoreConfig.model_validate({"retention_days": 0})
     with pytest.raises(ValidationError, match="retension"):
         StoreConfig.model_validate({"retension_days": 3})
+
+
+def test_json_flat_rule_tag_over_group_over_default_field_by_field() -> None:
+    c = PublishConfig.model_validate(
+        {
+            "encoding": "json_flat",
+            "json_flat": {
+                "deadband": 0.1,
+                "max_silence_s": 60,
+                "groups": {"fast": {"deadband": 0.5}},
+                "tags": {"temp": {"max_silence_s": 5}, "level": {"deadband": 0}},
+            },
+        }
+    )
+    f = c.json_flat
+    assert f.rule_for("temp", "fast") == (0.5, 5.0)  # group's deadband, tag's silence
+    assert f.rule_for("level", "fast") == (0.0, 60.0)  # a tag's 0 wins over the group's 0.5
+    assert f.rule_for("other", "slow") == (0.1, 60.0)
+    with pytest.raises(ValidationError, match="deadband"):
+        PublishConfig.model_validate({"json_flat": {"tags": {"x": {"deadband": -1}}}})

@@ -20,6 +20,9 @@ sdist and are pure Python are built to py3-none-any wheels with `pip wheel` firs
 (PURE_SDIST_ONLY; none today: every runtime dependency has wheels for both architectures,
 checked 2026-12-05).
 
+The bundle is built from the commit HEAD (`git archive`: committed code only, recorded in
+BUNDLE as `commit=`); `--source tree` builds the working tree as it is instead.
+
     python tools/bundle.py                          # both archs, version from pyproject.toml
     python tools/bundle.py --arch x86_64 --version 0.1.1 --out /tmp/dist
 """
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
+import io
 import json
 import os
 import platform
@@ -91,31 +95,45 @@ def _pip(args: list[str], *, isolated: bool = False) -> subprocess.CompletedProc
     return res
 
 
-def project() -> dict:
-    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-
-
-def build_wheel(version: str, out: Path) -> Path:
-    """edgeloop's wheel (`pip wheel --no-deps`) from a copy of the tree, its version set."""
-    with tempfile.TemporaryDirectory(prefix="edgeloop-src-") as tmp:
-        src = Path(tmp) / "src"
-        src.mkdir()
-        ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
-        for name in SOURCE:
-            p = ROOT / name
-            if p.is_dir():
-                shutil.copytree(p, src / name, ignore=ignore)
-            else:
-                shutil.copy2(p, src / name)
-        pyproject = (src / "pyproject.toml").read_text()
-        pyproject, n = re.subn(
-            r'(?m)^version = "[^"]*"$', f'version = "{version}"', pyproject, count=1
+def snapshot(dest: Path, source: str) -> str:
+    """The files a bundle is made of, into `dest`: from the commit HEAD (`source="head"`, the
+    default: a release holds committed code only, and a tree other people are editing cannot
+    leak half-done work into it) or from the working tree as it is (`"tree"`).  Returns
+    what BUNDLE records as `commit=`."""
+    commit, dirty = source_state()
+    paths = [*SOURCE, *SHIPPED]
+    if source == "head":
+        if commit == "unknown":
+            raise BundleError("not a git checkout: use --source tree")
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", "--format=tar", "HEAD", "--", *paths],
+            capture_output=True,
         )
-        if n != 1:
-            raise BundleError('pyproject.toml: no `version = "..."` line')
-        (src / "pyproject.toml").write_text(pyproject)
-        out.mkdir(parents=True, exist_ok=True)
-        _pip(["wheel", "-q", "--no-deps", "-w", str(out), str(src)])
+        if archive.returncode != 0:
+            raise BundleError(f"git archive: {archive.stderr.decode().strip()}")
+        with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tf:
+            tf.extractall(dest, filter="data")
+        return commit
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    for name in paths:
+        p, q = ROOT / name, dest / name
+        q.parent.mkdir(parents=True, exist_ok=True)
+        if p.is_dir():
+            shutil.copytree(p, q, ignore=ignore)
+        else:
+            shutil.copy2(p, q)
+    return commit + (" (with uncommitted changes)" if dirty else "")
+
+
+def build_wheel(src: Path, version: str, out: Path) -> Path:
+    """edgeloop's wheel (`pip wheel --no-deps`) from a snapshot, its version set."""
+    pyproject = (src / "pyproject.toml").read_text()
+    pyproject, n = re.subn(r'(?m)^version = "[^"]*"$', f'version = "{version}"', pyproject, count=1)
+    if n != 1:
+        raise BundleError('pyproject.toml: no `version = "..."` line')
+    (src / "pyproject.toml").write_text(pyproject)
+    out.mkdir(parents=True, exist_ok=True)
+    _pip(["wheel", "-q", "--no-deps", "-w", str(out), str(src)])
     wheels = sorted(out.glob(f"edgeloop-{version}-*.whl"))
     if len(wheels) != 1:
         raise BundleError(f"expected one edgeloop {version} wheel in {out}, found {wheels}")
@@ -208,7 +226,9 @@ def source_state() -> tuple[str, list[str]]:
     return commit or "unknown", [ln[3:] for ln in status.splitlines() if ln.strip()]
 
 
-def write_bundle(arch: str, version: str, wheels: list[Path], out: Path) -> Path:
+def write_bundle(
+    arch: str, version: str, wheels: list[Path], out: Path, src: Path, commit: str
+) -> Path:
     name = f"edgeloop-{version}-{arch}"
     out.mkdir(parents=True, exist_ok=True)
     target = out / f"{name}.tar.gz"
@@ -219,15 +239,14 @@ def write_bundle(arch: str, version: str, wheels: list[Path], out: Path) -> Path
             shutil.copy2(w, stage / "wheels" / w.name)
         for rel in SHIPPED:
             (stage / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, stage / rel)
+            shutil.copy2(src / rel, stage / rel)
         lines = [
             f"version={version}",
             f"arch={arch}",
             f"python=cp{PYTHON_VERSION.replace('.', '')}",
             f"built={dt.datetime.now(dt.UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}",
         ]
-        commit, dirty = source_state()
-        lines.append(f"commit={commit}{' (with uncommitted changes)' if dirty else ''}")
+        lines.append(f"commit={commit}")
         for w in wheels:
             digest = hashlib.sha256(w.read_bytes()).hexdigest()
             lines.append(f"wheel={w.name} sha256={digest}")
@@ -240,24 +259,35 @@ def write_bundle(arch: str, version: str, wheels: list[Path], out: Path) -> Path
     return target
 
 
-def build(arches: list[str], version: str | None, out: Path, cache: Path, log=print) -> list[Path]:
-    proj = project()
-    version = version or proj["version"]
-    requirements = list(proj["dependencies"])
-    _, dirty = source_state()
-    if dirty:
-        shown = ", ".join(dirty[:5]) + (" ..." if len(dirty) > 5 else "")
-        log(f"bundle: warning: uncommitted changes are built in: {shown}")
-    with tempfile.TemporaryDirectory(prefix="edgeloop-wheel-") as tmp:
+def build(
+    arches: list[str],
+    version: str | None,
+    out: Path,
+    cache: Path,
+    log=print,
+    source: str = "head",
+) -> list[Path]:
+    with tempfile.TemporaryDirectory(prefix="edgeloop-bundle-src-") as tmp:
+        src = Path(tmp) / "src"
+        src.mkdir()
+        commit = snapshot(src, source)
+        proj = tomllib.loads((src / "pyproject.toml").read_text())["project"]
+        version = version or proj["version"]
+        requirements = list(proj["dependencies"])
+        _, dirty = source_state()
+        if dirty and source == "head":
+            log(f"bundle: from HEAD {commit[:12]}; not in it: uncommitted {', '.join(dirty[:5])}")
+        elif dirty:
+            log(f"bundle: warning: uncommitted changes are built in: {', '.join(dirty[:5])}")
         t0 = time.monotonic()
-        wheel = build_wheel(version, Path(tmp))
+        wheel = build_wheel(src, version, Path(tmp) / "wheel")
         log(f"bundle: {wheel.name} built in {time.monotonic() - t0:.1f} s")
         made = []
         for arch in arches:
             t0 = time.monotonic()
             fetch_dependencies(arch, cache / arch, requirements)
             wheels = resolve_offline(arch, cache / arch, wheel, version)
-            path = write_bundle(arch, version, wheels, out)
+            path = write_bundle(arch, version, wheels, out, src, commit)
             mb = path.stat().st_size / 1e6
             log(
                 f"bundle: {path} ({mb:.1f} MB, {len(wheels)} wheels) "
@@ -277,6 +307,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--host-arch", action="store_true", help=f"only {platform.machine()}")
     ap.add_argument("--version", help="the version to stamp (default: pyproject.toml's)")
+    ap.add_argument(
+        "--source",
+        choices=("head", "tree"),
+        default="head",
+        help="build from the commit HEAD (default) or the working tree with its changes",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "dist", help="default: dist/")
     ap.add_argument(
         "--cache",
@@ -292,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"host arch {platform.machine()} is not one of {ARCHES}")
         arches = [platform.machine()]
     try:
-        build(arches, a.version, a.out, a.cache)
+        build(arches, a.version, a.out, a.cache, source=a.source)
     except BundleError as e:
         print(f"bundle: {e}", file=sys.stderr)
         return 1

@@ -125,6 +125,18 @@ def test_install_twice_gives_the_same_tree(tmp_path: Path, wheel: Path) -> None:
     assert _tree(root) == tree1
 
 
+def test_an_unversioned_install_is_converted(tmp_path: Path, wheel: Path) -> None:
+    """/opt/edgeloop/venv of an install before versioned venvs goes once `current` exists."""
+    root = tmp_path / "root"
+    old = root / "opt/edgeloop/venv/bin"
+    old.mkdir(parents=True)
+    (old / "edgeloop").write_text("#!/bin/sh\n")
+    res = _install(root, wheel)
+    assert "removed" in res.stdout and "unversioned install" in res.stdout
+    assert not (root / "opt/edgeloop/venv").exists()
+    assert os.readlink(root / "opt/edgeloop/current") == "versions/0.1.0"
+
+
 def test_installed_config_is_the_inert_template_that_check_refuses(
     tmp_path: Path, wheel: Path
 ) -> None:

@@ -2,8 +2,9 @@
 into a temporary root: no network during the install, the installed command runs, an
 upgrade keeps the previous version and `--rollback` returns to it.
 
-Two bundles for this machine's architecture are built once per module: the tree's version
-and the same tree stamped one release later (`tools/bundle.py --version`).  The dependency
+Two bundles for this machine's architecture are built once per module from the commit HEAD
+(as `make bundle` does; other work in progress in the tree stays out): HEAD's version and the
+same code stamped one release later (`tools/bundle.py --version`).  The dependency
 wheels come from a per-arch cache (~/.cache/edgeloop/bundle-wheels; pip skips what is
 there), so after the first build only edgeloop's own wheel is rebuilt.  Every install runs
 with the proxies pointing at a closed port and a dead index in PIP_INDEX_URL: a bundle
@@ -131,7 +132,9 @@ def test_bundle_holds_this_arch_wheels_and_the_installer(bundles: dict[str, Path
     assert info.count("wheel=") == len(wheels)
 
 
-def test_bundle_install_runs_offline(installed: Path, tmp_path: Path) -> None:
+def test_bundle_install_runs_offline(
+    installed: Path, bundles: dict[str, Path], tmp_path: Path
+) -> None:
     root = installed
     assert _link(root, "opt/edgeloop/current") == f"versions/{VERSION}"
     assert _link(root, "usr/local/bin/edgeloop") == "/opt/edgeloop/current/bin/edgeloop"
@@ -143,19 +146,32 @@ def test_bundle_install_runs_offline(installed: Path, tmp_path: Path) -> None:
     assert (site / "agent/models/heater_policy.tflite").stat().st_size > 1000
     # the installed config: the inert template, refused by `check`
     cfg = root / "etc/edgeloop/edgeloop.yaml"
-    assert cfg.read_bytes() == (ROOT / "config/edgeloop.template.yaml").read_bytes()
+    assert cfg.read_text().splitlines()[1:3] == [
+        "# edgeloop configuration: the template systemd/install.sh installs as "
+        "/etc/edgeloop/edgeloop.yaml.",
+        "#",
+    ]
     res = _edgeloop(root, "check", str(cfg), cwd=tmp_path)
     assert res.returncode == 78 and "unedited template" in res.stderr, res.stderr
     # an example config passes with the installed package and its dependencies alone
-    res = _edgeloop(root, "check", str(ROOT / "config/examples/modbus_tcp.yaml"), cwd=tmp_path)
+    example = tmp_path / "modbus_tcp.yaml"  # HEAD's, as the bundle's code
+    example.write_bytes(
+        subprocess.run(
+            ["git", "-C", str(ROOT), "show", "HEAD:config/examples/modbus_tcp.yaml"],
+            capture_output=True,
+            check=True,
+        ).stdout
+    )
+    res = _edgeloop(root, "check", str(example), cwd=tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
     # the schema sits where the config's modeline points (an absolute path on the box)
     first = cfg.read_text().splitlines()[0]
     assert first.startswith("# yaml-language-server: $schema=/"), first
     schema = root / first.split("$schema=/", 1)[1]
-    assert json.loads(schema.read_text()) == json.loads(
-        (ROOT / "config/edgeloop.schema.json").read_text()
-    )
+    with tarfile.open(bundles[VERSION]) as tf:
+        shipped = tf.extractfile(f"edgeloop-{VERSION}-{ARCH}/config/edgeloop.schema.json")
+        assert json.loads(schema.read_text()) == json.load(shipped)
+    assert "edgeloop" in json.loads(schema.read_text())["title"].lower()
 
 
 def test_a_damaged_or_foreign_bundle_is_refused(bundles: dict[str, Path], tmp_path: Path) -> None:
@@ -178,6 +194,12 @@ def test_a_damaged_or_foreign_bundle_is_refused(bundles: dict[str, Path], tmp_pa
     res = _install_sh(tmp_path / "root", script=script, check=False)
     assert res.returncode == 1 and f"this bundle is for {other}" in res.stderr, res.stderr
     assert not (tmp_path / "root").exists()
+
+
+def test_dry_run_of_a_bundle_changes_nothing(bundles: dict[str, Path], tmp_path: Path) -> None:
+    res = _install_sh(tmp_path / "root", "--bundle", str(bundles[VERSION]), "--dry-run")
+    assert not (tmp_path / "root").exists()
+    assert "--no-index --find-links" in res.stdout and f"versions/{VERSION}" in res.stdout
 
 
 def test_rollback_without_a_previous_version_is_refused(tmp_path: Path) -> None:
@@ -228,6 +250,17 @@ def test_upgrade_keeps_the_previous_version_and_rollback_returns(
     _install_sh(root, "--rollback")
     assert _link(root, "opt/edgeloop/current") == f"versions/{NEXT}"
     assert _link(root, "opt/edgeloop/previous") == f"versions/{VERSION}"
+
+    # re-installing the current version converges in place; a config that fails `check`
+    # is reported, kept, and nothing is started (exit 1)
+    cfg.write_text(edited.replace("interval_ms: 1000", "interval_ms: -5"))
+    res = _install_sh(root, "--bundle", str(bundles[NEXT]), check=False)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "the configuration has errors" in res.stdout and "interval_ms" in res.stderr
+    assert "upgraded" not in res.stdout and "systemctl start" not in res.stdout
+    assert _link(root, "opt/edgeloop/current") == f"versions/{NEXT}"
+    assert _link(root, "opt/edgeloop/previous") == f"versions/{VERSION}"
+    assert "interval_ms: -5" in cfg.read_text()
 
 
 @pytest.mark.slow

@@ -57,7 +57,13 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from agent.configbase import (
+from agent.configyaml import MAX_CONFIG_BYTES, MERGE_TAG, YamlProblem, describe_size, load_yaml
+from agent.control.settings import ControlConfig
+from agent.kernel.settings import KernelConfig
+from agent.publish.settings import PublishConfig
+from agent.store.settings import StoreConfig
+from agent.telemetry.settings import HttpConfig
+from drivers.configbase import (
     ENV_NAME_HINT,
     EnvName,
     SecretError,
@@ -68,12 +74,6 @@ from agent.configbase import (
     read_secret_file,
     tagged_union_for_editors,
 )
-from agent.configyaml import MAX_CONFIG_BYTES, MERGE_TAG, YamlProblem, describe_size, load_yaml
-from agent.control.settings import ControlConfig
-from agent.kernel.settings import KernelConfig
-from agent.publish.settings import PublishConfig
-from agent.store.settings import StoreConfig
-from agent.telemetry.settings import HttpConfig
 from drivers.modbus_codec import WIDTH
 
 __all__ = [

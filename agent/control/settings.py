@@ -27,7 +27,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from agent.configbase import StrictModel, tagged_union_for_editors
+from drivers.configbase import StrictModel, tagged_union_for_editors
 
 Mode = Literal["off", "manual", "shadow", "auto"]
 

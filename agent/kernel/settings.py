@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, create_model, field_validator, model_validator
 
-from agent.configbase import StrictModel
+from drivers.configbase import StrictModel
 
 MAX_HAMPEL_WINDOW = 63
 MAX_LAGS = 8  # dynamic PCA lags per group

@@ -3,8 +3,9 @@
 Schema (chosen by measurement, see bench/store.py and docs/history.md): a frame of a group
 of `n` tags is one row `(ts_ns, group_id, data)` where `data` is the group's slice packed as
 little-endian `raw f8[n] | value f8[n] | score f8[n] | flags u2[n] | quality u1[n] |
-reason u2[n]` (29 bytes per tag; rows of earlier releases, without the reason, still read). `groups` maps `group_id` to the device, group name and ordered tag
-names, so the database describes itself: export works without the YAML, and a config
+reason u2[n]` (29 bytes per tag; rows of earlier releases, without the reason, still
+read). `groups` maps `group_id` to the device, group name and ordered tag names, so the
+database describes itself: export works without the YAML, and a config
 change (tags added) starts a new group version instead of corrupting old rows.
 
 The event loop only copies the slice into a bounded queue (`submit_frame` never touches

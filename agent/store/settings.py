@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from agent.configbase import StrictModel
+from drivers.configbase import StrictModel
 
 
 class StoreConfig(StrictModel):

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from agent.configbase import EnvName, SecretError, StrictModel, read_secret_file
+from drivers.configbase import EnvName, SecretError, StrictModel, read_secret_file
 
 
 class HttpConfig(StrictModel):

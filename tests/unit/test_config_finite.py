@@ -14,7 +14,7 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from agent.config import Config, ConfigError, parse_config
-from agent.configbase import StrictModel
+from drivers.configbase import StrictModel
 
 MINIMAL = """\
 devices:

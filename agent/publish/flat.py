@@ -124,7 +124,12 @@ class FlatReporter:
                     self.last_text[i] = texts.get(i, "")
         return (idx + s).tolist()
 
-    def message(self, i: int, ts_ns: int) -> dict[str, Any]:
+    def messages(self, idx: list[int], ts_ns: int) -> list[dict[str, Any]]:
+        """The messages of tags `idx` now (one time stamp text for the frame)."""
+        ts = _iso(ts_ns)
+        return [self.message(i, ts) for i in idx]
+
+    def message(self, i: int, ts: str) -> dict[str, Any]:
         """The message of tag `i` now: {ts, value, quality, reason}; no value is null."""
         t = self.table
         kind = self._kind[i]
@@ -142,7 +147,7 @@ class FlatReporter:
             value = x
         reason = getattr(t, "reason", None)
         return {
-            "ts": _iso(ts_ns),
+            "ts": ts,
             "value": value,
             "quality": QUALITY_NAMES.get(int(t.quality[i]), str(int(t.quality[i]))),
             "reason": _reason_name(int(reason[i])) if reason is not None else None,

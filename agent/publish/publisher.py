@@ -263,6 +263,8 @@ class Publisher:
                     await task
             self._task = None
             self._set_connected(False)
+            for t in list(self._cmd_tasks):  # DCMD writes still waiting (acquisition stopped)
+                t.cancel()
             if writer is not None:
                 try:
                     await asyncio.wait_for(asyncio.shield(writer.stopped()), WRITER_STOP_S)
@@ -374,12 +376,13 @@ class Publisher:
         assert flat is not None
         base = f"{self._prefix}/{self._site}/{topic_segment(group.device)}"
         names = self.table.names
-        items = []
-        for i in flat.select(group, ts_ns):
-            doc = flat.message(i, ts_ns)  # made now; its JSON text in the writer thread
-            items.append(
-                (f"{base}/{topic_segment(names[i])}", lambda _s, d=doc: flatjson.payload(d), False)
-            )
+        idx = flat.select(group, ts_ns)
+        if not idx:
+            return
+        items = [  # the documents are made now, their JSON text in the writer thread
+            (f"{base}/{topic_segment(names[i])}", lambda _s, d=doc: flatjson.payload(d), False)
+            for i, doc in zip(idx, flat.messages(idx, ts_ns), strict=True)
+        ]
         if items:
             self._append(items)
 

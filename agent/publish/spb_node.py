@@ -199,24 +199,42 @@ class SparkplugNode:
         return spb.Payload(timestamp=now_ms, seq=self.next_seq()).SerializeToString()
 
     def ddata(self, frames: Sequence[Any], historical: bool) -> bytes:
-        """DDATA of one group's frames (oldest first), stored without seq."""
+        """DDATA of one group's frames (oldest first), stored without seq.
+
+        Runs in the outbox writer thread for every frame: a good float value without a
+        Quality property to say (the common case) is set inline, the rest goes through
+        `sparkplug.add_data_metric`."""
         p = spb.Payload(timestamp=frames[-1].ts_ns // 1_000_000)
+        add = p.metrics.add
+        specs = self.specs
         for f in frames:
             ms = f.ts_ns // 1_000_000
             s = f.start
             raw = f.raw.tolist()
             q = f.quality.tolist()
+            qsend = f.qsend.tolist() if f.qsend is not None else [True] * len(raw)
             for k, x in enumerate(raw):
-                spec = self.specs[s + k]
-                value = f.texts.get(s + k) if spec.datatype == spb.STRING else x
-                send_q = f.qsend is None or bool(f.qsend[k])
-                code = int(f.reason[k]) if (send_q and f.reason is not None) else 0
+                spec = specs[s + k]
+                dt = spec.datatype
+                if not qsend[k] and x == x and (dt == spb.DOUBLE or dt == spb.FLOAT):
+                    m = add()
+                    m.alias = spec.alias
+                    m.timestamp = ms
+                    if historical:
+                        m.is_historical = True
+                    if dt == spb.DOUBLE:
+                        m.double_value = x
+                    else:
+                        m.float_value = x
+                    continue
+                value = f.texts.get(s + k) if dt == spb.STRING else x
+                code = int(f.reason[k]) if (qsend[k] and f.reason is not None) else 0
                 spb.add_data_metric(
                     p,
                     spec,
                     value,
                     ms,
-                    quality=q[k] if send_q else None,
+                    quality=q[k] if qsend[k] else None,
                     reason=_reason_name(code),
                     historical=historical,
                 )

@@ -305,6 +305,11 @@ switch_version() {
       say "removed version $v (only the current and the previous version are kept)"
     fi
   done
+}
+
+# The venv of an install before versioned venvs: removed once the new version has passed
+# `check` (until then a service started from it may still be running on it).
+remove_unversioned_venv() {
   if [ -d "$OPT/venv" ] && [ ! -L "$OPT/venv" ]; then
     run rm -rf "$OPT/venv"
     say "removed $OPT/venv of an older, unversioned install"
@@ -369,6 +374,7 @@ do_install() {
   systemctl_ enable "$NAME.service"
   if ! check_config; then
     if grep -q '^template: true' "$ETC/$NAME.yaml"; then
+      remove_unversioned_venv  # nothing can be running on the template
       say "installed $VERSION and enabled; not started until $ETC/$NAME.yaml is edited and passes check"
       exit 0
     fi
@@ -380,6 +386,7 @@ do_install() {
     fi
     exit 1
   fi
+  remove_unversioned_venv
   if [ "$START" = 0 ]; then
     say "installed $VERSION and enabled; not started (--no-start)"
   elif have_systemd && systemctl is-active -q "$NAME.service"; then

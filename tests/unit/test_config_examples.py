@@ -33,6 +33,7 @@ def test_there_is_an_example_per_feature() -> None:
         "control_shadow",
         "mqtt_tls",
         "sparkplug",
+        "json_flat",
         "history_retention",
         "http_token",
     } <= names

@@ -389,6 +389,7 @@ def test_injected_anomaly_shows_with_its_contributing_tag(page: Any, stack: Stac
         shutil.copy(shot, DOCS_SHOT)
     # a phone: one column
     page.set_viewport_size({"width": 390, "height": 844})
+    time.sleep(1.2)  # the next update redraws the canvases at their new size
     xs = page.evaluate(
         "['#devices-box', '#loops-box', '#tags-box'].map(s => document.querySelector(s)"
         ".getBoundingClientRect().x)"

@@ -116,3 +116,16 @@ def test_request_rate_is_polls_times_the_planned_reads() -> None:
     dev = json.loads(src.live())["devices"]["plc"]
     assert 3 / 0.6 < dev["polls_per_s"] <= 3 / 0.3
     assert dev["requests_per_s"] == pytest.approx(2 * dev["polls_per_s"], abs=0.02)
+
+
+def test_a_tags_own_reason_code_is_shown_when_the_table_has_one() -> None:
+    from drivers.base import Reason, modbus_reason
+
+    health = {"plc": {"state": "up"}, "plc2": {"state": "down", "last_error": "refused"}}
+    p = _pipeline(health)
+    p.table.quality[0] = Quality.BAD
+    p.table.reason = np.array([modbus_reason(2), Reason.COMM_LOST, 0], dtype=np.uint16)
+    src = StatusSource("site", token_configured=False)
+    src.bind(p)
+    reasons = json.loads(src.live())["reasons"]
+    assert reasons == {"0": "modbus_exception_2_illegal_data_address", "1": "refused"}

@@ -45,8 +45,27 @@ import bundle  # noqa: E402  (tools/ is not a package)
 sys.path.pop(0)
 
 
+# a checkout: from HEAD, as `make bundle`; an unpacked source tarball: the tree
+GIT = (ROOT / ".git").exists()
+
+
 def _build(out: Path, version: str, arches: list[str]) -> list[Path]:
-    return bundle.build(arches, version, out, bundle.default_cache(), log=lambda _msg: None)
+    return bundle.build(
+        arches,
+        version,
+        out,
+        bundle.default_cache(),
+        log=lambda _msg: None,
+        source="head" if GIT else "tree",
+    )
+
+
+def _shipped(rel: str) -> bytes:
+    """A file as the bundle's code has it (HEAD in a checkout)."""
+    if not GIT:
+        return (ROOT / rel).read_bytes()
+    cmd = ["git", "-C", str(ROOT), "show", f"HEAD:{rel}"]
+    return subprocess.run(cmd, capture_output=True, check=True).stdout
 
 
 @pytest.fixture(scope="module")
@@ -155,13 +174,7 @@ def test_bundle_install_runs_offline(
     assert res.returncode == 78 and "unedited template" in res.stderr, res.stderr
     # an example config passes with the installed package and its dependencies alone
     example = tmp_path / "modbus_tcp.yaml"  # HEAD's, as the bundle's code
-    example.write_bytes(
-        subprocess.run(
-            ["git", "-C", str(ROOT), "show", "HEAD:config/examples/modbus_tcp.yaml"],
-            capture_output=True,
-            check=True,
-        ).stdout
-    )
+    example.write_bytes(_shipped("config/examples/modbus_tcp.yaml"))
     res = _edgeloop(root, "check", str(example), cwd=tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
     # the schema sits where the config's modeline points (an absolute path on the box)

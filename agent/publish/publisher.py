@@ -180,7 +180,8 @@ class Publisher:
                 f"{publish_cfg.outbox.path}.bdseq",
                 publish_cfg.sparkplug.primary_host_id,
             )
-            self._lastq = np.full(len(table.names), 255, dtype=np.int16)
+            # quality of the last frame committed per tag; births say it first (good)
+            self._lastq = np.zeros(len(table.names), dtype=np.int16)
 
     def set_write(self, write: WriteFn | None) -> None:
         """The acquirer's `write(tag, value, role=None)`: Sparkplug DCMD writes go through it,

@@ -215,6 +215,33 @@ def test_dry_run_of_a_bundle_changes_nothing(bundles: dict[str, Path], tmp_path:
     assert "--no-index --find-links" in res.stdout and f"versions/{VERSION}" in res.stdout
 
 
+def test_dry_run_on_the_live_root_shows_the_layout_and_skips_absent_systemd(
+    bundles: dict[str, Path],
+) -> None:
+    """No DESTDIR: the real paths, and systemctl only where systemd is the running init
+    (in a container, as the tests usually run, it is skipped and said so). --dry-run: only
+    printed, nothing written (it needs no root either)."""
+    args = ["--python", str(BASE_PYTHON), "--dry-run", "--bundle", str(bundles[VERSION])]
+    res = subprocess.run(
+        ["bash", str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in _offline_env().items() if k != "DESTDIR"},
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = res.stdout
+    assert f"+ ln -sfn versions/{VERSION} /opt/edgeloop/current.new" in out
+    assert "+ mv -Tf /opt/edgeloop/current.new /opt/edgeloop/current" in out
+    assert "+ ln -sfn /opt/edgeloop/current/bin/edgeloop /usr/local/bin/edgeloop" in out
+    assert f"-m venv /opt/edgeloop/versions/{VERSION}" in out
+    if Path("/run/systemd/system").is_dir():
+        assert "+ systemctl daemon-reload" in out
+    else:
+        assert "skipped (systemd not running): systemctl daemon-reload" in out
+        assert "skipped (systemd not running): systemctl enable edgeloop.service" in out
+
+
 def test_rollback_without_a_previous_version_is_refused(tmp_path: Path) -> None:
     res = _install_sh(tmp_path / "root", "--rollback", check=False)
     assert res.returncode == 1 and "no previous version" in res.stderr

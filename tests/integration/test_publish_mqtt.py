@@ -121,6 +121,7 @@ async def test_frames_events_birth_and_will(mqtt_broker: Broker, tmp_path: Path)
     for k in range(10):
         frame(pub, table, k)
     table.raw[4] = float("nan")
+    table.quality[4], table.reason[4] = 1, 5  # bad: decode_error
     pub.publish_frame(GROUPS[1], 1_700_000_001_000_000_000)
     pub.publish_event("anomaly_on", {"group": "pump_health", "score": 4.5})
     assert await wait_until(lambda: len(col.on("edgeloop/demo-plant/pump_skid")) == 11)
@@ -135,6 +136,7 @@ async def test_frames_events_birth_and_will(mqtt_broker: Broker, tmp_path: Path)
     assert m["frames"][0]["ts"] == "2023-11-14T22:13:20.030Z"
     skid = json.loads(col.on("edgeloop/demo-plant/pump_skid/skid")[-1][1])
     assert skid["frames"][0]["raw"][1] is None  # NaN travels as null
+    assert skid["frames"][0]["quality"] == [0, 1] and skid["frames"][0]["reason"] == [0, 5]
     ev = [json.loads(p) for t, p in col.on("edgeloop/demo-plant/_events/anomaly_on")]
     assert ev[0]["seq"] == 1 and ev[0]["payload"] == {"group": "pump_health", "score": 4.5}
     status = [json.loads(p)["status"] for t, p in col.on("edgeloop/demo-plant/status")]

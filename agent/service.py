@@ -647,6 +647,8 @@ class Service:
             if "telemetry" not in new.carried:
                 with contextlib.suppress(Exception):
                     await old.telemetry.start()
+            else:  # the shared HTTP server (and status page) show the old pipeline again
+                old._bind_telemetry()
             if carried_state is not None:  # the serial handover had stopped the old one
                 await old.acquirer.start()
                 old.restart_control(carried_state)

@@ -47,6 +47,7 @@ class Page(threading.Thread):
         self.bytes = 0
         self.polls = 0
         self.errors = 0
+        self.open_s = float("nan")  # wall time of the loading requests
 
     def _get(self, conn: http.client.HTTPConnection, path: str, accept: str = "*/*") -> None:
         conn.request("GET", path, headers={"Accept": accept})
@@ -59,11 +60,13 @@ class Page(threading.Thread):
     def run(self) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
         try:
+            t0 = time.monotonic()
             self._get(conn, "/", "text/html")
             self._get(conn, "/status/meta")
             self._get(conn, "/status/trend?s=600")
             for k in range(0, min(200, len(self.names)), 100):
                 self._get(conn, "/status/history?s=300&tags=" + ",".join(self.names[k : k + 100]))
+            self.open_s = time.monotonic() - t0
             nxt = time.monotonic()
             while not self.stop_ev.is_set():
                 self._get(conn, "/status/live")
@@ -142,7 +145,9 @@ def main() -> int:
                 for p in pages:
                     p.join(5)
                 cpu = (c1 - c0) / (t1 - t0) * 100
-                rows.append((n, cpu, (b1 - b0) / (t1 - t0) / 1024, sum(p.errors for p in pages)))
+                opened = max((p.open_s for p in pages), default=float("nan"))
+                kbs = (b1 - b0) / (t1 - t0) / 1024
+                rows.append((n, cpu, kbs, sum(p.errors for p in pages), opened))
                 print(f"  {n} page(s): agent CPU {cpu:.2f} % of one core", flush=True)
         finally:
             if agent is not None:
@@ -153,12 +158,13 @@ def main() -> int:
     print(f"{args.tags} tags @ 1 Hz, history on, MQTT off; page document {html_kb:.1f} KiB, "
           f"/status/live {live_kb:.1f} KiB")  # fmt: skip
     print("| pages open | agent CPU, % of one core | of which the pages | per page | "
-          "served KiB/s | errors |")  # fmt: skip
-    print("|---:|---:|---:|---:|---:|---:|")
-    for n, cpu, kbs, err in rows:
+          "served KiB/s | errors | slowest page load s |")  # fmt: skip
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for n, cpu, kbs, err, opened in rows:
         extra = cpu - base
         per = f"{extra / n:.2f}" if n else "-"
-        print(f"| {n} | {cpu:.2f} | {extra:+.2f} | {per} | {kbs:.1f} | {err} |")
+        load = f"{opened:.2f}" if n else "-"
+        print(f"| {n} | {cpu:.2f} | {extra:+.2f} | {per} | {kbs:.1f} | {err} | {load} |")
     return 0
 
 

@@ -7,6 +7,7 @@ import hashlib
 import json
 import re
 import time
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -129,3 +130,44 @@ def test_a_tags_own_reason_code_is_shown_when_the_table_has_one() -> None:
     src.bind(p)
     reasons = json.loads(src.live())["reasons"]
     assert reasons == {"0": "modbus_exception_2_illegal_data_address", "1": "refused"}
+
+
+def _compiled(tmp_path: Any) -> Any:
+    import yaml
+
+    from agent.config import load_config
+    from agent.tags import compile_config
+
+    root = Path(__file__).resolve().parents[2]
+    cfg = yaml.safe_load((root / "config" / "edgeloop.yaml").read_text())
+    cfg["store"]["enabled"] = False
+    cfg.pop("publish")
+    cfg["http"]["port"] = 0
+    path = tmp_path / "edgeloop.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path, lambda: compile_config(load_config(path))
+
+
+async def test_the_page_follows_a_reload_and_returns_to_the_old_pipeline_if_it_fails(
+    tmp_path: Any, monkeypatch: Any
+) -> None:
+    import agent.service as service
+    from agent.telemetry.sdnotify import Watchdog
+
+    path, compile_ = _compiled(tmp_path)
+    svc = service.Service(path)
+    old = service.Pipeline(compile_(), svc.metrics, Watchdog(interval_s=None))
+    svc.pipeline = old
+    assert old.status.pipeline is old and old.telemetry.status is old.status
+
+    async def guarded(_path: Any) -> Any:
+        return compile_()
+
+    async def broken(self: Any) -> None:
+        raise RuntimeError("no connection")
+
+    monkeypatch.setattr(service, "load_and_compile_guarded", guarded)
+    monkeypatch.setattr(service.Pipeline, "start_acquisition", broken)
+    await svc._do_reload()
+    assert svc.pipeline is old  # refused: the old pipeline runs on
+    assert old.status.pipeline is old and old.telemetry.health_fn == old.health

@@ -77,6 +77,7 @@
     busy = true;
     try {
       live = await getJSON("/status/live");
+      if (live.v.length !== meta.tags.name.length) { location.reload(); return; }  // a reload changed the tags
       setConn(true);
       render();
     } catch (e) {

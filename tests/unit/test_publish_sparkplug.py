@@ -307,3 +307,21 @@ def test_backoff_is_capped_exponential_with_jitter() -> None:
 def test_topic_segment() -> None:
     assert topic_segment("a/b+c#d") == "a_b_c_d"
     assert topic_segment("") == "_"
+
+
+def test_generated_module_matches_the_specification_field_table() -> None:
+    """The checked-in sparkplug_b_pb2 and the test decoder's table (written separately from
+    the specification) agree on every field a tag-level host reads: name, number, type,
+    repeated or not, and membership of the `value` oneof."""
+    from agent.publish import sparkplug_b_pb2 as pb
+    from tests.fixtures.sparkplug_host import _SCHEMA, CLASSES
+
+    for msg, fields in _SCHEMA.items():
+        ours = getattr(pb.Payload, msg).DESCRIPTOR if msg != "Payload" else pb.Payload.DESCRIPTOR
+        theirs = CLASSES[msg].DESCRIPTOR
+        for name, number, _typ, label in fields:
+            a, b = ours.fields_by_name[name], theirs.fields_by_name[name]
+            assert (a.number, a.type) == (b.number, b.type) == (number, b.type), (msg, name)
+            assert a.is_repeated == b.is_repeated == (label == "r"), (msg, name)
+            in_oneof = a.containing_oneof is not None and a.containing_oneof.name == "value"
+            assert in_oneof == (label == "v"), (msg, name)

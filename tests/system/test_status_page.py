@@ -357,8 +357,11 @@ def test_injected_anomaly_shows_with_its_contributing_tag(page: Any, stack: Stac
     # the alarm that follows the fault names a vibration signal first, in the group's panel
     # and in the event list (an alarm before the fault would not count)
     vib = ("pump_vibration_x", "pump_vibration_y")
-    page.wait_for_function(
-        """([group, start, vib]) => {
+    from playwright.sync_api import TimeoutError as PageTimeout
+
+    try:
+        page.wait_for_function(
+            """([group, start, vib]) => {
           const g = document.querySelector(group);
           const top = g.querySelector('ol.contrib li');
           return g.querySelector('.gstate').textContent === 'alarm' && top
@@ -366,9 +369,14 @@ def test_injected_anomaly_shows_with_its_contributing_tag(page: Any, stack: Stac
             && [...document.querySelectorAll("#events tr[data-kind='anomaly_on']")]
                .some(r => +r.dataset.t >= start - 1000 && vib.some(v => r.textContent.includes(v)));
         }""",
-        arg=[group, start_ms, list(vib)],
-        timeout=30000,
-    )
+            arg=[group, start_ms, list(vib)],
+            timeout=30000,
+        )
+    except PageTimeout:  # say what the page showed (an alarm before the fault, say)
+        shown = page.inner_text(group) + "\n" + page.inner_text("#events")
+        raise AssertionError(
+            f"no vibration alarm after the fault; the page shows:\n{shown}"
+        ) from None
     tags = page.eval_on_selector_all(f"{group} ol.contrib li", "ls => ls.map(l => l.dataset.tag)")
     assert tags[0] in vib, tags
     assert "/ limit 1.00" in page.inner_text(f"{group} .gscore")

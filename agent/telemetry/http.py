@@ -705,22 +705,22 @@ def _wants_html(req: _Request) -> bool:
 
 
 def _json(obj: Any) -> bytes:
-    return (json.dumps(_plain(obj), allow_nan=False) + "\n").encode()
+    return (json.dumps(json_plain(obj), allow_nan=False) + "\n").encode()
 
 
-def _plain(obj: Any) -> Any:
+def json_plain(obj: Any) -> Any:
     """JSON-safe copy of what health/status dicts carry: numpy scalars, NaN (-> null),
     tuples and sets, enums and paths (-> str)."""
     if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
+        return {str(k): json_plain(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple | set | frozenset):
-        return [_plain(v) for v in obj]
+        return [json_plain(v) for v in obj]
     if isinstance(obj, bool | int | str) or obj is None:
         return obj
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if hasattr(obj, "item"):  # numpy scalar
-        return _plain(obj.item())
+        return json_plain(obj.item())
     return str(obj)
 
 

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from agent.names import POLL_OVERRUNS_TOTAL, POLLS_TOTAL
+from agent.telemetry.http import json_plain as _plain
 
 LIVE_CACHE_S = 0.5  # pages polling at 1 Hz share one snapshot
 EVENTS_KEPT = 200  # recent events in memory (device up/down, anomalies, control)
@@ -460,18 +461,3 @@ def _event_text(kind: str, payload: Mapping[str, Any]) -> str:
         if "commission" in payload:
             return f"commissioning {payload.get('commission')}"
     return kind.replace("_", " ")
-
-
-def _plain(obj: Any) -> Any:
-    """JSON-safe copy (numpy scalars, NaN -> null, tuples, other objects -> str)."""
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple | set | frozenset):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, bool | int | str) or obj is None:
-        return obj
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if hasattr(obj, "item"):
-        return _plain(obj.item())
-    return str(obj)

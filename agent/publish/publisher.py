@@ -31,7 +31,6 @@ import numpy as np
 from aiomqtt.exceptions import MqttConnectError
 
 from agent import names
-from agent.configbase import SecretError
 from agent.metrics import Metrics
 from agent.names import EVENT_STORAGE_RECOVERED, EVENT_WRITE_REFUSED
 from agent.publish import flat as flatjson
@@ -41,6 +40,7 @@ from agent.publish.settings import PublishConfig
 from agent.publish.spb_node import SparkplugNode, Write
 from agent.store.durable import RESTART_INITIAL_S, RESTART_MAX_S, describe, health_dict
 from drivers.base import DriverError
+from drivers.configbase import SecretError
 
 log = logging.getLogger("edgeloop.publish")
 

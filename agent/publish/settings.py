@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from agent.configbase import (
+from drivers.configbase import (
     EnvName,
     SecretError,
     StrictModel,

@@ -1147,6 +1147,7 @@ def _grid_channel(
     N = len(y)
     M = max(1, min(N // 3, 2000))
     T = N * dt
+    grid: list[tuple[float, ...]]
     if order == 1:
         grid = [(t,) for t in np.geomspace(dt / 4, T / 2, 28)]
     else:

@@ -165,7 +165,7 @@ def kalman_gain(a: np.ndarray, c: np.ndarray, q: np.ndarray, r: float) -> np.nda
         h_new = hk + ak.T @ hk @ w_a
         gk = gk + ak @ w_g @ ak.T
         ak = ak @ w_a
-        done = np.linalg.norm(h_new - hk) <= 1e-12 * max(np.linalg.norm(h_new), 1e-300)
+        done = np.linalg.norm(h_new - hk) <= 1e-12 * max(float(np.linalg.norm(h_new)), 1e-300)
         hk = h_new
         if done:
             break

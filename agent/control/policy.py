@@ -57,7 +57,7 @@ def load_interpreter(path: Path) -> Any:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:  # pragma: no cover - depends on what is installed
         try:
-            from tflite_runtime.interpreter import Interpreter  # type: ignore[no-redef]
+            from tflite_runtime.interpreter import Interpreter
         except ImportError as e:
             raise ModelError("neither ai_edge_litert nor tflite_runtime is installed") from e
     try:
@@ -136,7 +136,7 @@ def raw_features(fs: FeatureState, rows: np.ndarray, lags: np.ndarray) -> np.nda
 def integral_params(card: dict[str, Any], where: str) -> tuple[float, float, float] | None:
     """(period s, tau s, clip) of the card's error integral, None if the card has none."""
     uses = any(f.get("source") == "error_integral" for f in card["features"])
-    spec = card.get("error_integral")
+    spec = card.get("error_integral") or {}
     if not uses:
         return None
     try:

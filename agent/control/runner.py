@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Protocol
 
 from agent import names
 from agent.control import loop as loopmod
@@ -230,6 +230,12 @@ def _writable(table: Any, idx: int) -> bool | None:
     return None if w is None else bool(w)
 
 
+class WriteFn(Protocol):
+    """The acquirer's write: engineering units, `role` names the writer in events and logs."""
+
+    def __call__(self, tag: str, value: float, role: str | None = None) -> Awaitable[None]: ...
+
+
 class ControlRunner:
     """Runs every configured loop; see the module docstring."""
 
@@ -239,7 +245,7 @@ class ControlRunner:
         self,
         control_cfg: ControlConfig,
         table: Any,
-        write: Callable[[str, float], Awaitable[None]],
+        write: WriteFn,
         metrics: Any,
         emit_event: Callable[[str, dict[str, Any]], None] | None = None,
         config_dir: str | Path | None = None,
@@ -773,9 +779,7 @@ class ControlRunner:
                 float(t.raw[lp.role_idx[0]]),
                 d.pv_ok,
             )
-            self.metrics.set(
-                CONTROL_MODEL_MISMATCH, _num(ratio) or 0.0, loop=lp.cfg.name
-            )
+            self.metrics.set(CONTROL_MODEL_MISMATCH, _num(ratio) or 0.0, loop=lp.cfg.name)
             if lp.check.mismatched and not lp.check.told:
                 lp.check.told = True
                 log.error(

@@ -263,7 +263,9 @@ def _writable(tag_index: Any, name: str) -> bool | None:
     return None if w is None else bool(w)
 
 
-def output_bounds(lp: LoopConfig, tag_min: float | None, tag_max: float | None) -> tuple:
+def output_bounds(
+    lp: LoopConfig, tag_min: float | None, tag_max: float | None
+) -> tuple[float | None, float | None]:
     """(lo, hi) of a loop's output: the tag's bounds narrowed by the loop's; None if open."""
     los = [v for v in (tag_min, lp.output_min) if v is not None and math.isfinite(v)]
     his = [v for v in (tag_max, lp.output_max) if v is not None and math.isfinite(v)]

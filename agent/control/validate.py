@@ -249,7 +249,8 @@ def run_scenario(
     y = float(plant.y0 + c @ x)
     ctrl = make(Start(u, y + float(noise[0]), tuple(d_first), sp))
     m = Metrics()
-    tr = Trace(*(np.empty(n) for _ in range(5)), np.empty((n, nd))) if keep_trace else None
+    e = np.empty
+    tr = Trace(e(n), e(n), e(n), e(n), e(n), e((n, nd))) if keep_trace else None
     ns = np.empty(n)
     tol = 1e-9 * max(1.0, env.hi - env.lo)
     # event bookkeeping: the last setpoint step, or the last disturbance/load change

@@ -231,7 +231,7 @@ class TelemetryServer:
 
     # --- connection handling ------------------------------------------------------------
 
-    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._conns.add(task)
@@ -538,7 +538,7 @@ class TelemetryServer:
         parts = path.strip("/").split("/")
         if path in ("/healthz", "/readyz", "/metrics", "/control"):
             endpoint = path[1:]
-            allowed = ("GET", "HEAD")
+            allowed: tuple[str, ...] = ("GET", "HEAD")
         elif (
             len(parts) == 3
             and parts[0] == "control"
@@ -591,9 +591,9 @@ class TelemetryServer:
             return endpoint, 200 if ready else 503, _json(body), *_J
         if endpoint == "metrics":  # OpenMetrics when the scraper asks for it (Prometheus does)
             om = "application/openmetrics-text" in req.headers.get("accept", "")
-            body = self.metrics.render(process=True, openmetrics=om).encode()
+            text = self.metrics.render(process=True, openmetrics=om).encode()
             kind = OPENMETRICS_CONTENT_TYPE if om else METRICS_CONTENT_TYPE
-            return endpoint, 200, body, kind, {"Vary": "Accept"}
+            return endpoint, 200, text, kind, {"Vary": "Accept"}
         if endpoint == "control":
             return endpoint, 200, _json(self._require_control().status()), *_J
         return endpoint, 200, _json(await self._control_write(req, parts[1], parts[2])), *_J
@@ -686,7 +686,7 @@ class TelemetryServer:
         return {"ok": True, "loop": loop, "status": status.get(loop, status)}
 
 
-_J = (JSON_CONTENT_TYPE, {})
+_J: tuple[str, dict[str, str]] = (JSON_CONTENT_TYPE, {})
 _STATUS_PATHS = ("/status/meta", "/status/live", "/status/history", "/status/trend")
 _INDEX = [
     "GET /metrics",

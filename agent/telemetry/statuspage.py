@@ -316,10 +316,12 @@ class StatusSource:
 
     @staticmethod
     def _overruns(p: Any, device: str) -> float:
-        return sum(
-            p.metrics.get(POLL_OVERRUNS_TOTAL, device=g.device, group=g.name)
-            for g in p.compiled.groups
-            if g.device == device
+        return float(
+            sum(
+                p.metrics.get(POLL_OVERRUNS_TOTAL, device=g.device, group=g.name)
+                for g in p.compiled.groups
+                if g.device == device
+            )
         )
 
     async def history(self, query: Mapping[str, str]) -> bytes:

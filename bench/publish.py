@@ -9,13 +9,24 @@
 A collecting subscriber is connected, so the broker really fans out every message.
 
     .venv/bin/python bench/publish.py [--outage-s 600]
+
+`--per-value [--baseline REV]` measures instead what history + publish cost per tag-value in
+the running agent's shape: 1,000 tags in 10 groups polled at 10 Hz in real time, every frame
+submitted to a HistoryStore and a Publisher (connected, no subscriber), CPU of the whole
+process (writer threads included) minus the same loop without them. With `--baseline REV`
+the tree at REV is measured in the same run (`git archive` into a temporary directory, each
+side in its own process, alternately) and the ratios printed:
+
+    .venv/bin/python bench/publish.py --per-value --baseline 5449459 [--seconds 10]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
+import subprocess
 import sys
 import tempfile
 import time
@@ -215,11 +226,158 @@ async def amain(args: argparse.Namespace) -> int:
     return 0
 
 
+# One side of --per-value, run as `python -c PER_VALUE_CHILD root port mode seconds encoding`
+# with `root` first on sys.path, so the same code measures this tree and a baseline's.
+PER_VALUE_CHILD = r"""
+import asyncio, json, logging, sys, tempfile, time
+root, port, mode, seconds, encoding = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(
+    sys.argv[4]), sys.argv[5]
+sys.path.insert(0, root)
+import numpy as np
+from agent.metrics import Metrics
+from agent.publish import PublishConfig, Publisher
+from agent.store.history import HistoryStore
+from agent.store.settings import StoreConfig
+from agent.tags import TagTable
+
+N, G, HZ = 1000, 10, 10.0
+class Group:
+    def __init__(self, i, size):
+        self.device, self.name = f"plc{i // 5}", f"g{i}"
+        self.start, self.stop = i * size, (i + 1) * size
+GROUPS = [Group(i, N // G) for i in range(G)]
+rng = np.random.default_rng(1)
+DATA = [np.round(20 + rng.normal(size=N), 4) for _ in range(16)]
+
+async def main():
+    logging.basicConfig(level=logging.CRITICAL)
+    tmp = tempfile.mkdtemp()
+    table, metrics = TagTable.for_names([f"tag{i:04d}" for i in range(N)]), Metrics()
+    store = pub = None
+    if mode in ("history", "both"):
+        store = HistoryStore(StoreConfig(path=f"{tmp}/h.db"), table, metrics)
+        store.start()
+    if mode in ("publish", "both"):
+        cfg = PublishConfig.model_validate({"encoding": encoding,
+            "mqtt": {"host": "127.0.0.1", "port": port}, "outbox": {"path": f"{tmp}/o.db"}})
+        pub = Publisher(cfg, "bench", table, metrics, GROUPS)
+        await pub.start()
+        while not pub.connected:
+            await asyncio.sleep(0.01)
+    period = 1.0 / HZ
+    warm = 2.0
+    t_next = time.monotonic()
+    t_end = t_next + warm + seconds
+    k = 0
+    cpu0 = None
+    polls = 0
+    while True:
+        now = time.monotonic()
+        if cpu0 is None and now >= t_end - seconds:
+            cpu0, polls = time.process_time(), 0
+        if now >= t_end:
+            break
+        d = DATA[k % len(DATA)]
+        table.raw[:] = d
+        table.value[:] = d
+        ts = time.time_ns()
+        for g in GROUPS:
+            if store is not None:
+                store.submit_frame(g, ts)
+            if pub is not None:
+                pub.publish_frame(g, ts)
+        k += 1
+        polls += 1
+        t_next += period
+        await asyncio.sleep(max(0.0, t_next - time.monotonic()))
+    cpu = time.process_time() - cpu0
+    depth = metrics.get("edgeloop_outbox_depth") if pub is not None else 0
+    if pub is not None:
+        await pub.close()
+    if store is not None:
+        store.close()
+    print(json.dumps({"cpu": cpu, "values": polls * N, "depth": depth}))
+
+asyncio.run(main())
+"""
+
+
+def per_value(args: argparse.Namespace) -> int:
+    """History + publish CPU µs per tag-value at 1,000 tags @ 10 Hz, this tree (and REV)."""
+    root = str(Path(__file__).resolve().parents[1])
+    with tempfile.TemporaryDirectory() as tmp:
+        trees = {"now": root}
+        if args.baseline:
+            base = Path(tmp) / "base"
+            base.mkdir()
+            tar = subprocess.run(
+                ["git", "-C", root, "archive", args.baseline, "agent", "drivers"],
+                check=True,
+                capture_output=True,
+            ).stdout
+            subprocess.run(["tar", "-x", "-C", str(base)], input=tar, check=True)
+            trees = {"before": str(base), "now": root}
+        broker = Broker(Path(tmp) / "broker")
+        broker.start()
+        res: dict[tuple[str, str], list[float]] = {}
+        try:
+            for _ in range(args.repeat):
+                for mode in ("floor", "history", "publish", "both"):
+                    for name, tree in trees.items():
+                        out = subprocess.run(
+                            [
+                                sys.executable,
+                                "-c",
+                                PER_VALUE_CHILD,
+                                tree,
+                                str(broker.port),
+                                mode,
+                                str(args.seconds),
+                                args.encoding,
+                            ],
+                            check=True,
+                            capture_output=True,
+                            text=True,
+                            cwd=tmp,
+                        ).stdout
+                        r = json.loads(out.strip().splitlines()[-1])
+                        res.setdefault((name, mode), []).append(r["cpu"] / r["values"] * 1e6)
+        finally:
+            broker.stop()
+    best = {k: min(v) for k, v in res.items()}  # least disturbed by the shared machine
+    print(
+        f"history + publish ({args.encoding}): 1,000 tags in 10 groups @ 10 Hz, "
+        f"{args.seconds:g} s per run, best of {args.repeat}; CPU µs per tag-value above the "
+        f"floor loop (process CPU, writer threads included)"
+    )
+    names = list(trees)
+    print(
+        f"{'part':10}" + "".join(f"{n:>10}" for n in names) + ("   ratio" if args.baseline else "")
+    )
+    floor = {n: best[(n, "floor")] for n in names}
+    print(f"{'floor':10}" + "".join(f"{floor[n]:10.2f}" for n in names) + "  (loop alone)")
+    for mode in ("history", "publish", "both"):
+        vals = [best[(n, mode)] - floor[n] for n in names]
+        line = f"{mode:10}" + "".join(f"{v:10.2f}" for v in vals)
+        if args.baseline:
+            line += f"  {vals[1] / vals[0]:6.2f}x"
+        print(line)
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--outage-s", type=int, default=600)
     ap.add_argument("--frames", type=int, default=300, help="frames per encoding, sustained")
-    return asyncio.run(amain(ap.parse_args()))
+    ap.add_argument("--per-value", action="store_true", help="history + publish µs/tag-value")
+    ap.add_argument("--baseline", help="with --per-value: also measure this git revision")
+    ap.add_argument("--seconds", type=float, default=10.0, help="with --per-value: per run")
+    ap.add_argument("--repeat", type=int, default=2, help="with --per-value: runs per side")
+    ap.add_argument("--encoding", default="json", help="with --per-value: json | sparkplug_b")
+    args = ap.parse_args()
+    if args.per_value:
+        return per_value(args)
+    return asyncio.run(amain(args))
 
 
 if __name__ == "__main__":

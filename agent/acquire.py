@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from agent.backoff import backoff_delay
 from agent.metrics import Metrics
 from agent.names import (
     COMPONENT_CRASHES_TOTAL,
@@ -77,16 +78,6 @@ class _Lost(NamedTuple):
 
     text: str
     code: int
-
-
-def backoff_delay(attempt: int, initial_s: float, max_s: float, rng: random.Random) -> float:
-    """Delay before reconnect `attempt` (0-based): capped exponential with equal jitter.
-
-    The un-jittered delay doubles from `initial_s` up to `max_s`; the result is uniform in
-    [delay/2, delay] so devices that dropped together do not all knock again at once.
-    """
-    base = min(max_s, initial_s * (2.0 ** min(attempt, 62)))
-    return base / 2 + rng.random() * base / 2
 
 
 @dataclass(slots=True)

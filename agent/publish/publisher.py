@@ -35,7 +35,8 @@ from agent.metrics import Metrics
 from agent.names import EVENT_STORAGE_RECOVERED, EVENT_WRITE_REFUSED
 from agent.publish import flat as flatjson
 from agent.publish import sparkplug as spb
-from agent.publish.outbox import Outbox, OutboxError, OutboxWriter
+from agent.publish.outbox import Outbox, OutboxError
+from agent.publish.outbox_writer import OutboxWriter
 from agent.publish.settings import PublishConfig
 from agent.publish.spb_node import SparkplugNode, Write
 from agent.store.durable import RESTART_INITIAL_S, RESTART_MAX_S, describe, health_dict

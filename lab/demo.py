@@ -154,6 +154,50 @@ def stop_process(proc: subprocess.Popen[Any] | None, timeout_s: float = 10.0) ->
         return proc.wait()
 
 
+def start_sim(
+    ports: Ports,
+    log: Path,
+    *extra: str,
+    opcua: bool = True,
+    env: dict[str, str] | None = None,
+    timeout_s: float = 30.0,
+) -> subprocess.Popen[bytes]:
+    """`python -m hw_sim` on this run's ports, output appended to `log`; returns once its
+    servers accept connections (RuntimeError with the log's tail if it died or never did)."""
+    args = [sys.executable, "-m", "hw_sim", "--modbus-port", str(ports.modbus)]
+    args += ["--opcua-port", str(ports.opcua)] if opcua else ["--no-opcua"]
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [*args, *extra], stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT
+        )
+    up = wait_port(ports.modbus, timeout_s, proc) and (
+        not opcua or wait_port(ports.opcua, timeout_s, proc)
+    )
+    if not up:
+        stop_process(proc)
+        raise RuntimeError(f"hw_sim did not start:\n{log.read_text()[-4000:]}")
+    return proc
+
+
+def start_agent(
+    cfg_path: Path, log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """`python -m agent run cfg_path`, output appended to `log`; the kernel cache is the
+    venv's, so a test or the demo does not compile it again."""
+    env = {
+        "NUMBA_CACHE_DIR": str(ROOT / ".venv" / "numba-cache"),
+        **(os.environ if env is None else env),
+    }
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "agent", "run", str(cfg_path)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
+        )
+
+
 def _status_line(http_port: int, t: float, total: float) -> str:
     try:
         st = _http(http_port, "/control")
@@ -223,34 +267,25 @@ def run_demo(seconds: float, out: Path, quiet: bool = False) -> int:
         prefix = cfg["publish"].get("mqtt", {}).get("topic_prefix", "edgeloop")
         counter = MqttCounter(ports.mqtt, prefix)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", TOKEN_ENV: TOKEN}
-    sim_log = open(out / "hw_sim.log", "w")  # noqa: SIM115 - closed in finally
     agent_log = open(out / "agent.log", "w")  # noqa: SIM115
     sim = agent = None
     rc_agent: int | None = None
     t_start_wall = time.time()
     try:
-        sim = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "hw_sim",
-                "--modbus-port",
-                str(ports.modbus),
-                "--opcua-port",
-                str(ports.opcua),
+        try:
+            sim = start_sim(
+                ports,
+                out / "hw_sim.log",
                 "--scenario",
                 str(ROOT / "hw_sim" / "scenarios" / "demo.yaml"),
                 "--faults-log",
                 str(out / "faults.jsonl"),
                 "--seed",
                 "7",
-            ],
-            stdout=sim_log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=ROOT,
-        )
-        if not (wait_port(ports.modbus, 20, sim) and wait_port(ports.opcua, 20, sim)):
+                env=env,
+                timeout_s=20,
+            )
+        except RuntimeError:
             say("hw_sim did not start; see", out / "hw_sim.log")
             return 1
         say(
@@ -304,7 +339,7 @@ def run_demo(seconds: float, out: Path, quiet: bool = False) -> int:
             time.sleep(0.5)
             counter.close()
         stop_process(mosq, 5.0)
-        sim_log.close()
+
         agent_log.close()
     summary = summarise(
         cfg=cfg,

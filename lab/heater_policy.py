@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from lab.demo import ROOT, Ports, stop_process, wait_port
+from lab.demo import ROOT, Ports, start_sim, stop_process
 
 LOOP = "tank_temperature"
 DATA = ROOT / "lab" / "data"  # the test data, config and true-plant evaluation of the shipped model
@@ -66,16 +66,15 @@ def rebuild(
     seed: int, budget_s: float, out: Path, work: Path, amplitude: float = 8.0, pv_dev: float = 8.0
 ) -> int:
     ports = Ports()
-    log = open(work / "hw_sim.log", "wb")  # noqa: SIM115 - owned by the process
-    sim = subprocess.Popen(
-        [sys.executable, "-m", "hw_sim", "--modbus-port", str(ports.modbus), "--no-opcua",
-         "--seed", str(seed), "--scenario", str(SCENARIO)],
-        stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-    )  # fmt: skip
     try:
-        if not wait_port(ports.modbus, 20, sim):
-            print("hw_sim did not start; see", work / "hw_sim.log", file=sys.stderr)
-            return 1
+        sim = start_sim(
+            ports, work / "hw_sim.log", "--seed", str(seed), "--scenario", str(SCENARIO),
+            opcua=False, timeout_s=20,
+        )  # fmt: skip
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    try:
         bring_to_operating_point(ports.modbus)
         cfg = work / "heater.yaml"
         cfg.write_text(yaml.safe_dump(commission_config(ports.modbus), sort_keys=False))
@@ -88,7 +87,6 @@ def rebuild(
         )  # fmt: skip
     finally:
         stop_process(sim)
-        log.close()
     if rc != 0:
         print(f"commission exited {rc}; candidate left in {cand}", file=sys.stderr)
         return rc

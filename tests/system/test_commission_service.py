@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from bench.commission import config_text
-from lab.demo import Ports, wait_port
+from lab.demo import Ports, start_sim
 from tests.system.test_service import _get, _wait_status
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,14 +47,12 @@ def _control(port: int) -> dict:
 
 def test_commission_on_the_running_service(tmp_path: Path) -> None:
     ports = Ports()
-    sim = subprocess.Popen(
-        [sys.executable, "-m", "hw_sim", "--modbus-port", str(ports.modbus), "--no-opcua",
-         "--loops", "surge", "--loop-seed", "977", "--speed", "10", "--no-loop-disturbances"],
-        stdout=open(tmp_path / "sim.log", "ab"), stderr=subprocess.STDOUT, cwd=ROOT,  # noqa: SIM115
+    sim = start_sim(
+        ports, tmp_path / "sim.log", "--loops", "surge", "--loop-seed", "977", "--speed", "10",
+        "--no-loop-disturbances", opcua=False,
     )  # fmt: skip
     agent = None
     try:
-        assert wait_port(ports.modbus, 20, sim)
         cfg = yaml.safe_load(config_text("surge", ports.modbus))
         cfg["control"]["commission_dir"] = str(tmp_path / "models")
         cfg["store"] = {"path": str(tmp_path / "history.db")}

@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -36,7 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent import names
 from agent.config import parse_config
 from agent.tags import compile_config
-from lab.demo import Ports, demo_config, wait_port
+from lab.demo import Ports, demo_config, start_agent, start_sim
 
 ROOT = Path(__file__).resolve().parents[2]
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
@@ -143,40 +141,16 @@ def service(mqtt_broker, tmp_path: Path):
     """hw_sim and `python -m agent run` on loopback; yields (http port, config, agent, log)."""
     ports = Ports()
     ports.mqtt = mqtt_broker.port
-    sim_log = open(tmp_path / "sim.log", "ab")  # noqa: SIM115 - owned by the process
-    sim = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "hw_sim",
-            "--modbus-port",
-            str(ports.modbus),
-            "--seed",
-            "3",
-            "--opcua-port",
-            str(ports.opcua),
-        ],
-        stdout=sim_log,
-        stderr=subprocess.STDOUT,
-        cwd=ROOT,
-    )
+    sim = start_sim(ports, tmp_path / "sim.log", "--seed", "3")
     agent = None
     try:
-        assert wait_port(ports.modbus, 20, sim) and wait_port(ports.opcua, 20, sim)
         cfg = demo_config(
             ROOT / "config" / "edgeloop.yaml", ports, tmp_path, mqtt=True, token=False
         )
         text = yaml.safe_dump(cfg, sort_keys=False)
         (tmp_path / "edgeloop.yaml").write_text(text)
-        env = {**os.environ, "NUMBA_CACHE_DIR": str(ROOT / ".venv" / "numba-cache")}
         log = tmp_path / "agent.log"
-        agent = subprocess.Popen(
-            [sys.executable, "-m", "agent", "run", str(tmp_path / "edgeloop.yaml")],
-            stdout=open(log, "ab"),  # noqa: SIM115 - owned by the process
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=ROOT,
-        )
+        agent = start_agent(tmp_path / "edgeloop.yaml", log)
         yield ports.http, text, agent, log
     finally:
         if agent is not None and agent.poll() is None:

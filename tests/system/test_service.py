@@ -22,33 +22,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lab.demo import Ports, demo_config, wait_port
+from lab.demo import Ports, demo_config, start_agent, start_sim
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _start_sim(ports: Ports, tmp: Path) -> subprocess.Popen[bytes]:
-    log = open(tmp / "sim.log", "ab")  # noqa: SIM115 - owned by the process
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "hw_sim",
-            "--modbus-port",
-            str(ports.modbus),
-            "--opcua-port",
-            str(ports.opcua),
-            "--seed",
-            "3",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=ROOT,
-    )
-    assert wait_port(ports.modbus, 20, proc) and wait_port(ports.opcua, 20, proc), (
-        tmp / "sim.log"
-    ).read_text()
-    return proc
+    return start_sim(ports, tmp / "sim.log", "--seed", "3")
 
 
 class Notify:
@@ -125,17 +105,10 @@ def _write_cfg(tmp: Path, ports: Ports, **patch: object) -> Path:
 
 
 def _start_agent(cfg: Path, tmp: Path, notify: Path | None = None) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(ROOT / ".venv" / "numba-cache")}
+    env = dict(os.environ)
     if notify is not None:
         env.update({"NOTIFY_SOCKET": str(notify), "WATCHDOG_USEC": "2000000"})
-    log = open(tmp / "agent.log", "ab")  # noqa: SIM115
-    return subprocess.Popen(
-        [sys.executable, "-m", "agent", "run", str(cfg)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        cwd=ROOT,
-    )
+    return start_agent(cfg, tmp / "agent.log", env)
 
 
 def test_service_lifecycle(plant, tmp_path: Path) -> None:

@@ -18,7 +18,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -29,7 +28,7 @@ from typing import Any
 import pytest
 import yaml
 
-from lab.demo import TOKEN_ENV, Ports, demo_config, wait_port
+from lab import demo
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
@@ -77,7 +76,7 @@ def _wait(cond: Any, timeout_s: float, every_s: float = 0.2) -> bool:
     return False
 
 
-def start_sim(ports: Ports, tmp: Path) -> subprocess.Popen[bytes]:
+def start_sim(ports: demo.Ports, tmp: Path) -> subprocess.Popen[bytes]:
     """hw_sim with one pump fault at FAULT_AT_S (sim s) and its ground-truth log."""
     scenario = tmp / "scenario.yaml"
     scenario.write_text(
@@ -96,38 +95,23 @@ def start_sim(ports: Ports, tmp: Path) -> subprocess.Popen[bytes]:
             }
         )
     )
-    log = open(tmp / "sim.log", "ab")  # noqa: SIM115 - owned by the process
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "hw_sim",
-            "--modbus-port",
-            str(ports.modbus),
-            "--opcua-port",
-            str(ports.opcua),
-            "--seed",
-            "3",
-            "--scenario",
-            str(scenario),
-            "--faults-log",
-            str(tmp / "faults.jsonl"),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=ROOT,
+    return demo.start_sim(
+        ports,
+        tmp / "sim.log",
+        "--seed",
+        "3",
+        "--scenario",
+        str(scenario),
+        "--faults-log",
+        str(tmp / "faults.jsonl"),
     )
-    assert wait_port(ports.modbus, 30, proc) and wait_port(ports.opcua, 30, proc), (
-        tmp / "sim.log"
-    ).read_text()
-    return proc
 
 
 def start_agent(
-    ports: Ports, tmp: Path, *, token: bool, patch_loop: dict[str, Any] | None = None
+    ports: demo.Ports, tmp: Path, *, token: bool, patch_loop: dict[str, Any] | None = None
 ) -> subprocess.Popen[bytes]:
     """`edgeloop run` on config/edgeloop.yaml re-pointed at this plant (no MQTT)."""
-    cfg = demo_config(ROOT / "config" / "edgeloop.yaml", ports, tmp, mqtt=False, token=token)
+    cfg = demo.demo_config(ROOT / "config" / "edgeloop.yaml", ports, tmp, mqtt=False, token=token)
     if patch_loop:
         loop = cfg["control"]["loops"][0]
         for k, v in patch_loop.items():
@@ -137,17 +121,8 @@ def start_agent(
                 loop[k] = v
     path = tmp / "edgeloop.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(ROOT / ".venv" / "numba-cache")}
-    if token:
-        env[TOKEN_ENV] = TOKEN
-    log = open(tmp / "agent.log", "ab")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "agent", "run", str(path)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        cwd=ROOT,
-    )
+    env = {**os.environ, demo.TOKEN_ENV: TOKEN} if token else None
+    proc = demo.start_agent(path, tmp / "agent.log", env)
     tok = TOKEN if token else None
     ok = _wait(lambda: _http(ports.http, "/readyz", tok)[0] == 200, 60, 0.3)
     assert ok, (tmp / "agent.log").read_text()[-4000:]
@@ -165,7 +140,7 @@ def stop(proc: subprocess.Popen[bytes] | None) -> None:
 
 
 class Stack:
-    def __init__(self, ports: Ports, tmp: Path, sim: Any, agent: Any, t0: float) -> None:
+    def __init__(self, ports: demo.Ports, tmp: Path, sim: Any, agent: Any, t0: float) -> None:
         self.ports, self.tmp, self.sim, self.agent, self.t0 = ports, tmp, sim, agent, t0
 
     @property
@@ -176,7 +151,7 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("statuspage")
-    ports = Ports()
+    ports = demo.Ports()
     t0 = time.monotonic()
     sim = start_sim(ports, tmp)
     agent = None
@@ -324,7 +299,7 @@ def test_setpoint_through_the_page_with_the_token(page: Any, stack: Stack) -> No
 def test_read_only_without_a_token(page: Any, stack: Stack, tmp_path: Path) -> None:
     """A second agent on the same plant, with no token configured (its loop off and
     without a heartbeat, so it writes nothing)."""
-    ports = Ports(modbus=stack.ports.modbus, opcua=stack.ports.opcua)
+    ports = demo.Ports(modbus=stack.ports.modbus, opcua=stack.ports.opcua)
     quiet = {"mode": "off", "heartbeat": None, "plc_trip": None}
     agent = start_agent(ports, tmp_path, token=False, patch_loop=quiet)
     try:

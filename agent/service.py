@@ -35,6 +35,7 @@ from agent import names
 from agent.metrics import Metrics, build_info
 from agent.telemetry import sdnotify
 from agent.telemetry.sdnotify import Watchdog
+from drivers.base import ReportsMetrics
 
 log = logging.getLogger("agent.service")
 
@@ -153,8 +154,8 @@ class Pipeline:
         if self.publisher is not None and carry is None:  # a reload hands over in go_live()
             self.publisher.set_write(self.acquirer.write)  # Sparkplug DCMD, through the gate
         for drv in compiled.drivers.values():  # drivers that count their own drops report here
-            if hasattr(drv, "metrics"):
-                drv.metrics = metrics
+            if isinstance(drv, ReportsMetrics):
+                drv.bind_metrics(metrics)
         self.control = self._make_control()
         if carry is not None and carry.cfg.http == self.cfg.http:
             self.telemetry = carry.telemetry

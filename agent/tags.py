@@ -15,16 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.config import (
-    Config,
-    ConfigError,
-    DeviceConfig,
-    Issue,
-    ModbusDevice,
-    ModbusTag,
-    OpcUaDevice,
-    OpcUaTag,
-)
+from agent.config import Config, ConfigError, DeviceConfig, Issue
 from agent.kernel.settings import signal_kind
 from drivers.base import (
     Driver,
@@ -34,8 +25,8 @@ from drivers.base import (
     Point,
     Quality,
     Reason,
-    create_driver,
 )
+from drivers.registry import create_driver
 
 
 @dataclass(slots=True)
@@ -162,55 +153,6 @@ class Compiled:
         )
 
 
-def _modbus_point(dev: ModbusDevice, tag: ModbusTag, index: int) -> Point:
-    return Point(
-        name=tag.name,
-        index=index,
-        dtype=tag.dtype,
-        unit=tag.unit,
-        table=tag.table,
-        address=tag.address,
-        bit=tag.bit,
-        length_registers=tag.length_registers,
-        byte_order=tag.byte_order or dev.byte_order,
-        word_order=tag.word_order or dev.word_order,
-        unit_id=dev.unit_id if tag.unit_id is None else tag.unit_id,
-        scale=tag.scale,
-        offset=tag.offset,
-        writable=tag.writable,
-        min=tag.min,
-        max=tag.max,
-        max_rate_per_s=tag.max_rate_per_s,
-    )
-
-
-def _opcua_point(tag: OpcUaTag, index: int) -> Point:
-    return Point(
-        name=tag.name,
-        index=index,
-        dtype=tag.type,
-        unit=tag.unit,
-        node=tag.node,
-        scale=tag.scale,
-        offset=tag.offset,
-        writable=tag.writable,
-        min=tag.min,
-        max=tag.max,
-        max_rate_per_s=tag.max_rate_per_s,
-    )
-
-
-def _group_options(dev: DeviceConfig, g: Any) -> dict[str, Any]:
-    opts: dict[str, Any] = {"stale_after_ms": g.stale_ms}
-    if isinstance(dev, OpcUaDevice):
-        opts["sampling_interval_ms"] = (
-            g.interval_ms if g.sampling_interval_ms is None else g.sampling_interval_ms
-        )
-        opts["deadband_abs"] = g.deadband_abs
-        opts["queue_size"] = g.queue_size
-    return opts
-
-
 def compile_config(cfg: Config) -> Compiled:
     """Tag table, group specs and driver plans; raises `ConfigError` if a driver refuses.
 
@@ -227,12 +169,7 @@ def compile_config(cfg: Config) -> Compiled:
             start = len(points)
             for tag in g.tags:
                 idx = len(points)
-                if isinstance(dev, ModbusDevice):
-                    assert isinstance(tag, ModbusTag)
-                    points.append(_modbus_point(dev, tag, idx))
-                else:
-                    assert isinstance(tag, OpcUaTag)
-                    points.append(_opcua_point(tag, idx))
+                points.append(dev.point(tag, idx))
                 owners.append(dev.name)
             groups.append(
                 GroupSpec(
@@ -243,7 +180,7 @@ def compile_config(cfg: Config) -> Compiled:
                     start=start,
                     stop=len(points),
                     points=tuple(points[start:]),
-                    options=_group_options(dev, g),
+                    options=g.options(),
                 )
             )
             group_paths[(dev.name, g.name)] = ("devices", di, "poll_groups", gi)

@@ -9,7 +9,7 @@ compiler and the tests can share it without importing each other.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -114,6 +114,9 @@ class Point:
     unit_id: int = 1
     # OPC UA addressing
     node: str | None = None  # e.g. "ns=2;s=Pump.VibrationRMS"
+    # any other driver's address, hashable (a CSV replay: the column name); the Modbus and
+    # OPC UA fields above stay flat because the Modbus planner and decoder read them per poll
+    ref: Hashable | None = None
     # engineering
     scale: float = 1.0
     offset: float = 0.0
@@ -246,20 +249,17 @@ class Driver(Protocol):
     async def close(self) -> None: ...
 
 
-DriverFactory = Callable[[Any, Sequence[GroupSpec]], Driver]
-_REGISTRY: dict[str, str] = {
-    "modbus": "drivers.modbus:create",
-    "opcua": "drivers.opcua:create",
-}
+@runtime_checkable
+class ReportsMetrics(Protocol):
+    """A driver that counts something of its own (OPC UA: dropped notifications) into the
+    service's metrics registry; the service binds it once the driver is built."""
+
+    def bind_metrics(self, metrics: Any) -> None: ...
 
 
 def create_driver(device_cfg: Any, groups: Sequence[GroupSpec]) -> Driver:
-    """Build the driver named by `device_cfg.driver` (lazy import keeps start-up light)."""
-    import importlib
+    """Build the driver named by `device_cfg.driver` (`drivers.registry`; lazy imports keep
+    start-up light)."""
+    from drivers.registry import create_driver as create
 
-    target = _REGISTRY.get(device_cfg.driver)
-    if target is None:
-        raise ConnectError(f"unknown driver {device_cfg.driver!r}", device=device_cfg.name)
-    module_name, _, attr = target.partition(":")
-    factory: DriverFactory = getattr(importlib.import_module(module_name), attr)
-    return factory(device_cfg, groups)
+    return create(device_cfg, groups)

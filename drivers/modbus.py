@@ -56,6 +56,7 @@ from drivers.base import (
     modbus_reason,
 )
 from drivers.modbus_codec import bit_masks, decode_into, encode_point
+from drivers.modbus_config import ModbusDevice
 from drivers.modbus_plan import FUNCTION, ModbusPlan, PlanLimits, ReadRequest, plan_points
 
 log = logging.getLogger(__name__)
@@ -249,9 +250,9 @@ _SERIAL_LINKS: weakref.WeakValueDictionary[tuple, _Link] = weakref.WeakValueDict
 _MAX_TIMEOUT_S = 60.0  # the config's upper bound of timeout_s
 
 
-def _serial_link(cfg: Any) -> _Link:
+def _serial_link(cfg: ModbusDevice) -> _Link:
     params = (cfg.baudrate, cfg.parity, cfg.stopbits, cfg.bytesize)
-    key = (os.path.realpath(cfg.serial_port), params)
+    key = (os.path.realpath(cfg.serial_port or ""), params)
     link = _SERIAL_LINKS.get(key)
     if link is None:
         link = _Link(params)
@@ -262,7 +263,7 @@ def _serial_link(cfg: Any) -> _Link:
 class ModbusDriver:
     """`drivers.base.Driver` for one Modbus device (one TCP connection or serial line)."""
 
-    def __init__(self, device_cfg: Any, groups: Sequence[GroupSpec]) -> None:
+    def __init__(self, device_cfg: ModbusDevice, groups: Sequence[GroupSpec]) -> None:
         self.name: str = device_cfg.name
         self.cfg = device_cfg
         self.transport: str = device_cfg.transport
@@ -676,6 +677,6 @@ class ModbusDriver:
 _READ_OR_WRITE = {fc: name for fc, name in FUNCTION.values()} | _WRITE_NAMES
 
 
-def create(device_cfg: Any, groups: Sequence[GroupSpec]) -> ModbusDriver:
+def create(device_cfg: ModbusDevice, groups: Sequence[GroupSpec]) -> ModbusDriver:
     """Registry factory (`driver: modbus`); plans every group now, so bad points fail early."""
     return ModbusDriver(device_cfg, groups)

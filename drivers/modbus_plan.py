@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -29,6 +30,9 @@ from drivers.modbus_codec import (
     compile_classes,
     register_width,
 )
+
+if TYPE_CHECKING:
+    from drivers.modbus_config import ModbusDevice
 
 # Modbus application protocol limits for one read (FC01/02: 2000 bits, FC03/04: 125 regs)
 MAX_READ_REGISTERS = 125
@@ -64,14 +68,13 @@ class PlanLimits:
             raise PlanError("max_gap_registers/max_gap_bits must be >= 0")
 
     @classmethod
-    def from_device(cls, cfg: object) -> PlanLimits:
-        """Read the limits from a device config object (attributes named as in the YAML)."""
-        d = cls()
+    def from_device(cls, cfg: ModbusDevice) -> PlanLimits:
+        """The limits a device's config sets."""
         return cls(
-            max_read_registers=getattr(cfg, "max_read_registers", d.max_read_registers),
-            max_read_bits=getattr(cfg, "max_read_bits", d.max_read_bits),
-            max_gap_registers=getattr(cfg, "max_gap_registers", d.max_gap_registers),
-            max_gap_bits=getattr(cfg, "max_gap_bits", d.max_gap_bits),
+            max_read_registers=cfg.max_read_registers,
+            max_read_bits=cfg.max_read_bits,
+            max_gap_registers=cfg.max_gap_registers,
+            max_gap_bits=cfg.max_gap_bits,
         )
 
 

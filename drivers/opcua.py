@@ -58,6 +58,7 @@ from drivers.base import (
     WriteRefused,
 )
 from drivers.opcua_codec import OpcUaPlan
+from drivers.opcua_config import OpcUaDevice
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ def _code_of(exc: BaseException) -> int | None:
 class OpcUaDriver:
     """One OPC UA server endpoint (see the module docstring)."""
 
-    def __init__(self, cfg: Any, groups: Sequence[GroupSpec]) -> None:
+    def __init__(self, cfg: OpcUaDevice, groups: Sequence[GroupSpec]) -> None:
         self.name: str = cfg.name
         self._cfg = cfg
         self._plans: dict[str, OpcUaPlan] = {}
@@ -140,11 +141,11 @@ class OpcUaDriver:
         self._lost: BaseException | None = None
         self._lock = asyncio.Lock()
         self._server_max_nodes = 0  # from OperationLimits, 0 = unknown / unlimited
-        self._max_nodes = int(getattr(cfg, "max_nodes_per_read", 0) or 0)
+        self._max_nodes = cfg.max_nodes_per_read
         self._subs: dict[str, _SubState] = {}
         self._vtypes: dict[ua.NodeId, ua.VariantType] = {}
         self._params: dict[tuple[str, int, int], ua.ReadParameters] = {}
-        self.metrics: Any = None  # optional agent.metrics.Metrics for queue-drop counting
+        self.metrics: Any = None  # agent.metrics.Metrics for queue-drop counting (bind_metrics)
         self.stats: dict[str, int] = {
             "connects": 0,
             "read_calls": 0,
@@ -182,6 +183,10 @@ class OpcUaDriver:
         its security and login); ConnectError when not connected or lost."""
         return self._require_client()
 
+    def bind_metrics(self, metrics: Any) -> None:
+        """Count dropped subscription notifications into `metrics` (`ReportsMetrics`)."""
+        self.metrics = metrics
+
     # --- connection --------------------------------------------------------------------
 
     async def connect(self) -> None:
@@ -193,7 +198,7 @@ class OpcUaDriver:
         """
         await self.close()
         cfg = self._cfg
-        timeout = float(getattr(cfg, "timeout_s", 5.0))
+        timeout = cfg.timeout_s
         client = Client(cfg.endpoint, timeout=timeout, watchdog_intervall=min(1.0, timeout))
         client.name = client.description = _CLIENT_NAME
         client.application_uri = _DEFAULT_CLIENT_URI
@@ -220,7 +225,7 @@ class OpcUaDriver:
         code = _code_of(exc)
         status = _status_of(exc)
         if code in _AUTH_FAILED:
-            user = getattr(self._cfg, "username", None)
+            user = self._cfg.username
             who = f"user {user!r}" if user else "anonymous login"
             return ConnectError(
                 f"server refused {who}: wrong user name or password, or the user is not "
@@ -238,10 +243,10 @@ class OpcUaDriver:
 
     async def _setup_security(self, client: Client) -> None:
         cfg = self._cfg
-        policy = getattr(cfg, "security_policy", "None") or "None"
+        policy = cfg.security_policy
         if policy == "None":
             return
-        mode_name = getattr(cfg, "security_mode", "SignAndEncrypt")
+        mode_name = cfg.security_mode
         try:
             policy_cls = getattr(security_policies, f"SecurityPolicy{policy}")
             mode = getattr(ua.MessageSecurityMode, mode_name)
@@ -258,8 +263,8 @@ class OpcUaDriver:
             raise ConnectError(
                 "client_certificate and client_private_key are required", device=self.name
             )
-        pinned = getattr(cfg, "server_certificate", None)
-        trust_dir = getattr(cfg, "trust_dir", None)
+        pinned = cfg.server_certificate
+        trust_dir = cfg.trust_dir
         if not (pinned or trust_dir):
             raise ConnectError(
                 "security is on but neither server_certificate nor trust_dir is set: "
@@ -325,7 +330,7 @@ class OpcUaDriver:
 
     def _setup_user(self, client: Client) -> None:
         cfg = self._cfg
-        user = getattr(cfg, "username", None)
+        user = cfg.username
         if not user:
             return
         password = self._password()
@@ -335,8 +340,8 @@ class OpcUaDriver:
 
     def _password(self) -> str | None:
         cfg = self._cfg
-        env = getattr(cfg, "password_env", None)
-        path = getattr(cfg, "password_file", None)
+        env = cfg.password_env
+        path = cfg.password_file
         if env:
             value = os.environ.get(env)
             if value is None:
@@ -456,7 +461,7 @@ class OpcUaDriver:
         if not graceful:
             _abort(client)
             return
-        timeout = min(float(getattr(self._cfg, "timeout_s", 5.0)), 1.5)
+        timeout = min(self._cfg.timeout_s, 1.5)
         try:
             async with asyncio.timeout(timeout):
                 await client.disconnect()
@@ -718,6 +723,6 @@ def _abort(client: Client) -> None:
         client.disconnect_socket()
 
 
-def create(device_cfg: Any, groups: Sequence[GroupSpec]) -> OpcUaDriver:
+def create(device_cfg: OpcUaDevice, groups: Sequence[GroupSpec]) -> OpcUaDriver:
     """Driver factory for `driver: opcua` (see drivers.base registry)."""
     return OpcUaDriver(device_cfg, groups)

@@ -92,16 +92,18 @@ def _range(info: Any) -> str:
 
 def markdown_reference() -> str:
     """Field tables of the root, device, poll group and tag models."""
-    from agent import config as c
+    from agent.config import Config
+    from drivers import modbus_config as mb
+    from drivers import opcua_config as ua
 
     models = [
-        ("Top level", c.Config),
-        ("Modbus device (`driver: modbus`)", c.ModbusDevice),
-        ("Modbus poll group", c.ModbusPollGroup),
-        ("Modbus tag", c.ModbusTag),
-        ("OPC UA device (`driver: opcua`)", c.OpcUaDevice),
-        ("OPC UA poll group", c.OpcUaPollGroup),
-        ("OPC UA tag", c.OpcUaTag),
+        ("Top level", Config),
+        ("Modbus device (`driver: modbus`)", mb.ModbusDevice),
+        ("Modbus poll group", mb.ModbusPollGroup),
+        ("Modbus tag", mb.ModbusTag),
+        ("OPC UA device (`driver: opcua`)", ua.OpcUaDevice),
+        ("OPC UA poll group", ua.OpcUaPollGroup),
+        ("OPC UA tag", ua.OpcUaTag),
     ]
     out: list[str] = []
     for title, model in models:

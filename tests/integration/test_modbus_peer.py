@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from agent.config import ModbusDevice
+from drivers.modbus_config import ModbusDevice
 
 
 @dataclass

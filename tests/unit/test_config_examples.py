@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 from agent.commands.schema import json_schema, markdown_reference, render_json
-from agent.config import ConfigError, ModbusTag, OpcUaTag, load_config
+from agent.config import ConfigError, load_config
 from agent.tags import compile_config
+from drivers.modbus_config import ModbusTag
+from drivers.opcua_config import OpcUaTag
 from hw_sim.pointmap import POINTS
 
 ROOT = Path(__file__).resolve().parents[2]

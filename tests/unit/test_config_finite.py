@@ -2,7 +2,7 @@
 
 `check` must refuse whatever `run` would refuse, and a non-finite limit, gain or period
 passes every range check (`nan > 0` is False, `inf > 0` True) and then breaks the component
-at run time.  The rule lives once, in `agent.configbase.StrictModel`.
+at run time.  The rule lives once, in `drivers.configbase.StrictModel`.
 """
 
 from __future__ import annotations

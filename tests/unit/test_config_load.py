@@ -9,14 +9,9 @@ import pytest
 
 import agent.control.settings as control_settings
 from agent.cli import EX_CONFIG, main
-from agent.config import (
-    ConfigError,
-    ModbusDevice,
-    OpcUaDevice,
-    TagRef,
-    load_config,
-    parse_config,
-)
+from agent.config import ConfigError, TagRef, load_config, parse_config
+from drivers.modbus_config import ModbusDevice
+from drivers.opcua_config import OpcUaDevice
 
 ROOT = Path(__file__).resolve().parents[2]
 

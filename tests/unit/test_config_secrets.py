@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from agent.cli import EX_CONFIG, main
-from agent.config import ConfigError, OpcUaDevice, load_config, parse_config
+from agent.config import ConfigError, load_config, parse_config
+from drivers.opcua_config import OpcUaDevice
 
 MODBUS = """\
 devices:

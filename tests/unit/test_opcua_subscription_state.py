@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -25,6 +24,7 @@ from asyncua.common.subscription import (
 
 from drivers.base import ConnectError, GroupSpec, Point, Quality, reason_name
 from drivers.opcua import OpcUaDriver, _SubState, create
+from drivers.opcua_config import OpcUaDevice
 
 
 class _StandInSub:
@@ -40,7 +40,11 @@ def _driver(stale_ms: int = 300) -> tuple[OpcUaDriver, object, _StandInSub]:
         for i in range(3)
     )
     group = GroupSpec("dev", "g", 100, "subscribe", 0, 3, pts, {"stale_after_ms": stale_ms})
-    cfg = SimpleNamespace(name="dev", endpoint="opc.tcp://127.0.0.1:1/x", timeout_s=1.0)
+    tags = [{"name": p.name, "node": p.node} for p in pts]
+    cfg = OpcUaDevice.model_validate(
+        {"name": "dev", "driver": "opcua", "endpoint": "opc.tcp://127.0.0.1:1/x", "timeout_s": 1.0,
+         "poll_groups": [{"name": "g", "interval_ms": 1000, "tags": tags}]}
+    )  # fmt: skip
     drv = create(cfg, [group])
     plan = drv.plan(group)
     sub = _StandInSub()

@@ -2,7 +2,8 @@
 
 `KernelRuntime(kernel_cfg, table)` is the service's entry point; `pertag.step`/`pertag.run`
 and `multivar.group_step`/`multivar.group_run` are the jitted cores it and `edgeloop replay`
-share.  Importing this package imports numba; the CLI imports it lazily.
+share.  Importing this package does not import numba: the live path runs the ahead-of-time
+module built from the same functions (`aot`), numba's JIT only without it (`jit`).
 """
 
 from agent.kernel.runtime import KernelError, KernelRuntime, RunResult

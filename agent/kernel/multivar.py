@@ -24,8 +24,8 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from numba import njit
 
+from agent.kernel import jit
 from agent.kernel import stats as st
 from agent.kernel.flags import GROUP_ALARM, INVALID, OUT_OF_RANGE
 from agent.kernel.settings import MAX_AUTO_LAGS, GroupSettings
@@ -389,7 +389,7 @@ def _budget_limits(
     return t2_lim, spe_lim, k_of, n_win
 
 
-@njit(cache=True, nogil=True, error_model="numpy", _nrt=False, inline="always")
+@jit.njit(cache=True, nogil=True, error_model="numpy", _nrt=False, inline="always")
 def _group_update(
     vals: np.ndarray,
     flags: np.ndarray,
@@ -511,7 +511,7 @@ def _group_update(
     return trans
 
 
-@njit(cache=True, nogil=True, error_model="numpy", _nrt=False)
+@jit.njit(cache=True, nogil=True, error_model="numpy", _nrt=False)
 def group_step(
     vals: np.ndarray,
     flags: np.ndarray,
@@ -540,7 +540,7 @@ def group_step(
     return trans
 
 
-@njit(cache=True, nogil=True, error_model="numpy", _nrt=False)
+@jit.njit(cache=True, nogil=True, error_model="numpy", _nrt=False)
 def group_run(
     vals: np.ndarray,
     flags: np.ndarray,

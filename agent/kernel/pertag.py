@@ -28,8 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
 
+from agent.kernel import jit
 from agent.kernel import stats as st
 from agent.kernel.flags import (
     ANOMALOUS,
@@ -215,7 +215,7 @@ class TagState:
         return int(self.P.shape[0])
 
 
-@njit(cache=True, nogil=True, error_model="numpy", _nrt=False, inline="always")
+@jit.njit(cache=True, nogil=True, error_model="numpy", _nrt=False, inline="always")
 def _is_spike(
     srt: np.ndarray, i: int, w: int, x: float, kk: float, min_dev: float
 ) -> tuple[bool, float]:
@@ -243,7 +243,7 @@ def _is_spike(
     return spike, med
 
 
-@njit(cache=True, nogil=True, error_model="numpy", _nrt=False, inline="always")
+@jit.njit(cache=True, nogil=True, error_model="numpy", _nrt=False, inline="always")
 def _window_push(ring: np.ndarray, srt: np.ndarray, I: np.ndarray, i: int, w: int, x: float) -> int:  # noqa: E741
     """Add x to tag i's Hampel window (dropping the oldest when full); returns the count.
 
@@ -282,7 +282,7 @@ def _window_push(ring: np.ndarray, srt: np.ndarray, I: np.ndarray, i: int, w: in
     return cnt
 
 
-@njit(cache=True, nogil=True, error_model="numpy", _nrt=False, inline="always")
+@jit.njit(cache=True, nogil=True, error_model="numpy", _nrt=False, inline="always")
 def _update_tag(
     i: int,
     x: float,
@@ -483,7 +483,7 @@ def _update_tag(
     return S[i, S_Y], f, score
 
 
-@njit(cache=True, nogil=True, error_model="numpy", _nrt=False)
+@jit.njit(cache=True, nogil=True, error_model="numpy", _nrt=False)
 def step_tags(
     P: np.ndarray,
     S: np.ndarray,
@@ -515,7 +515,7 @@ def step_tags(
     return changed
 
 
-@njit(cache=True, nogil=True, error_model="numpy", _nrt=False)
+@jit.njit(cache=True, nogil=True, error_model="numpy", _nrt=False)
 def run_tags(
     P: np.ndarray,
     S: np.ndarray,
@@ -563,17 +563,23 @@ def step(
     score: np.ndarray,
     lo: int = 0,
     hi: int | None = None,
+    checked: bool = False,
 ) -> int:
     """Per-tag stage over tags lo:hi of full-length table arrays (written in place).
 
-    Returns the number of tags whose alarm state changed in this frame.
+    Returns the number of tags whose alarm state changed in this frame.  `checked=True`:
+    the caller has passed these arrays through `jit.check` before (`KernelRuntime`), so the
+    per-frame check is skipped.
     """
     if hi is None:
         hi = state.size
-    changed = step_tags(
+    args = (
         state.P, state.S, state.I, state.ring, state.srt, state.win, state.wbuf, state.due,
-        raw, quality, ts_ns, value, flags, score, lo, hi,
+        raw, quality, ts_ns, value, flags, score, int(lo), int(hi),
     )  # fmt: skip
+    if not checked:
+        jit.check("step_tags", args)
+    changed = jit.live().step_tags(*args)
     if state.due[0]:
         calibrate(state)
     return int(changed)
@@ -732,9 +738,14 @@ def run(
     score = np.empty_like(raw)
     quality = np.ascontiguousarray(quality, dtype=np.uint8)
     ts_ns = np.ascontiguousarray(ts_ns, dtype=np.int64)
+    jit.check(
+        "run_tags",
+        (state.P, state.S, state.I, state.ring, state.srt, state.win, state.wbuf, state.due,
+         raw, quality, ts_ns, value, flags, score, 0),
+    )  # fmt: skip
     r = 0
     while r < n_rows:
-        r = run_tags(
+        r = jit.live().run_tags(
             state.P, state.S, state.I, state.ring, state.srt, state.win, state.wbuf, state.due,
             raw, quality, ts_ns, value, flags, score, r,
         )  # fmt: skip

@@ -18,6 +18,7 @@ import numpy as np
 
 from agent import names as N
 from agent.kernel import flags as F
+from agent.kernel import jit
 from agent.kernel import multivar as mv
 from agent.kernel import pertag as pt
 from agent.kernel.alarm_metrics import AlarmBook, group_cause
@@ -90,19 +91,33 @@ class KernelRuntime:
         ]
         self._by_slice: dict[tuple[int, int], list[_Group]] = {}
         self._alarm_seen = np.zeros(len(names), dtype=np.int64)  # alarm state last reported
+        st, tb = self.state, table
+        jit.check(  # once: `process` passes these arrays to the compiled kernel unchecked
+            "step_tags",
+            (st.P, st.S, st.I, st.ring, st.srt, st.win, st.wbuf, st.due, tb.raw, tb.quality,
+             tb.ts_ns, tb.value, tb.flags, tb.score, 0, 0),
+        )  # fmt: skip
         groups = [(g.settings.name, g.idx) for g in self.groups]
         self.alarms = AlarmBook(metrics, names, self.state.P, groups)
 
     def warmup(self) -> None:
-        """Compile (or load from the numba cache) the jitted live path on throwaway state.
+        """Load the compiled live path and run it once on throwaway state.
 
         Called from a worker thread before acquisition starts, so the first poll of a cold
         box does not stall the event loop for seconds while LLVM compiles; the runtime's
-        own state is not touched.
+        own state is not touched.  Unless `EDGELOOP_KERNEL=jit`, a missing ahead-of-time
+        module is built here in a child process (`aot.ensure`), so this process never
+        imports numba; where it cannot be built, numba's JIT compiles (or loads its cache).
         """
         n = len(self.table.names)
         if n == 0:
             return
+        if jit.mode() != "jit" and not jit.chosen():
+            from agent.kernel import aot
+
+            aot.ensure()
+        live = jit.live()
+        log.info("kernel: %s backend", live.backend)
         P = pt.compile_params(
             [self.cfg.params_for(self.table.names[0])], self.table.min[:1], self.table.max[:1]
         )
@@ -125,7 +140,7 @@ class KernelRuntime:
                 m = mv.fit_group(g.settings, np.arange(k, dtype=np.int64), X, 1.0)
             except mv.GroupFitError:
                 return
-            mv.group_step(X[0].copy(), np.zeros(k, np.uint16), *mv.model_args(m))
+            jit.live().group_step(X[0].copy(), np.zeros(k, np.uint16), *mv.model_args(m))
 
     # --- live path ------------------------------------------------------------------------
 
@@ -142,7 +157,7 @@ class KernelRuntime:
         tb = self.table
         lo, hi = group.start, group.stop
         changed = pt.step(
-            self.state, tb.raw, tb.quality, tb.ts_ns, tb.value, tb.flags, tb.score, lo, hi
+            self.state, tb.raw, tb.quality, tb.ts_ns, tb.value, tb.flags, tb.score, lo, hi, True
         )
         events: list[dict[str, Any]] = []
         if changed:
@@ -188,6 +203,7 @@ class KernelRuntime:
                     g.failed = str(exc)
                     log.warning("kernel group disabled: %s", exc)
                     return None
+                jit.check("group_step", (tb.value, tb.flags, *mv.model_args(g.model)))
                 if self.metrics is not None:
                     self.metrics.set(ANOMALY_ALARM, 0.0, group=g.settings.name)
                 if g.model.excluded:
@@ -199,7 +215,7 @@ class KernelRuntime:
                 g.buf = np.empty((0, g.idx.size))
             return None
         m = g.model
-        trans = mv.group_step(tb.value, tb.flags, *mv.model_args(m))
+        trans = jit.live().group_step(tb.value, tb.flags, *mv.model_args(m))
         if trans == 0:
             return None
         if self.metrics is not None:
@@ -344,19 +360,20 @@ class KernelRuntime:
         """
         m = g.model
         assert m is not None
+        jit.check("group_run", (value, flags, first, *mv.model_args(m), s_out, a_out))
         dry = copy.deepcopy(m)
         a_dry = np.zeros_like(a_out)
-        mv.group_run(value, flags.copy(), first, *mv.model_args(dry), s_out.copy(), a_dry)
+        jit.live().group_run(value, flags.copy(), first, *mv.model_args(dry), s_out.copy(), a_dry)
         rows = np.flatnonzero(np.diff(a_dry.astype(np.int8), prepend=0) == 1)
         rows = rows[rows >= first][:MAX_REPLAY_ONSETS]
         out: list[tuple[int, dict[str, float]]] = []
         start = first
         for r in rows:
             end = int(r) + 1
-            mv.group_run(value[:end], flags[:end], start, *mv.model_args(m), s_out, a_out)
+            jit.live().group_run(value[:end], flags[:end], start, *mv.model_args(m), s_out, a_out)
             out.append((int(r), top_contributions(m, g.settings.tags)))
             start = end
-        mv.group_run(value, flags, start, *mv.model_args(m), s_out, a_out)
+        jit.live().group_run(value, flags, start, *mv.model_args(m), s_out, a_out)
         if out:
             g.contrib = out[-1][1]
         return out

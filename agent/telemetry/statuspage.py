@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from agent.names import POLL_OVERRUNS_TOTAL, POLLS_TOTAL
-from agent.telemetry.http import json_plain as _plain
+from agent.telemetry.httpwire import json_plain as _plain
 
 LIVE_CACHE_S = 0.5  # pages polling at 1 Hz share one snapshot
 EVENTS_KEPT = 200  # recent events in memory (device up/down, anomalies, control)

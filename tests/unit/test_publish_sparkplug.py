@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from agent import acquire
+from agent.backoff import backoff_delay
 from agent.publish import sparkplug as spb
-from agent.publish.publisher import Frame, backoff_delay, topic_segment
+from agent.publish.payloads import Frame, topic_segment
 from agent.publish.spb_node import BdSeqFile, SparkplugNode
 from agent.tags import TagTable
 from drivers.base import Point
@@ -295,9 +298,22 @@ def test_set_and_get_value_round_trip_every_type() -> None:
     assert decode(p.SerializeToString()).metrics[0].is_null
 
 
+class _Fixed(random.Random):
+    """A generator whose every draw is `r`: the ends of the jitter range."""
+
+    def __init__(self, r: float) -> None:
+        super().__init__(0)
+        self.r = r
+
+    def random(self) -> float:
+        return self.r
+
+
 def test_backoff_is_capped_exponential_with_jitter() -> None:
-    lo = [backoff_delay(a, 0.5, 30.0, rand=lambda: 0.0) for a in range(10)]
-    hi = [backoff_delay(a, 0.5, 30.0, rand=lambda: 1.0) for a in range(10)]
+    # the MQTT link and the device links share agent/backoff.py
+    assert backoff_delay is acquire.backoff_delay
+    lo = [backoff_delay(a, 0.5, 30.0, _Fixed(0.0)) for a in range(10)]
+    hi = [backoff_delay(a, 0.5, 30.0, _Fixed(1.0)) for a in range(10)]
     assert hi[:7] == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0]
     assert hi[9] == 30.0 and lo[9] == 15.0
     assert all(a * 2 == b for a, b in zip(lo, hi, strict=True))

@@ -91,20 +91,18 @@ def _range(info: Any) -> str:
 
 
 def markdown_reference() -> str:
-    """Field tables of the root, device, poll group and tag models."""
+    """Field tables of the root model and of each driver's device, poll group and tag."""
     from agent.config import Config
-    from drivers import modbus_config as mb
-    from drivers import opcua_config as ua
+    from drivers.registry import specs
 
-    models = [
-        ("Top level", Config),
-        ("Modbus device (`driver: modbus`)", mb.ModbusDevice),
-        ("Modbus poll group", mb.ModbusPollGroup),
-        ("Modbus tag", mb.ModbusTag),
-        ("OPC UA device (`driver: opcua`)", ua.OpcUaDevice),
-        ("OPC UA poll group", ua.OpcUaPollGroup),
-        ("OPC UA tag", ua.OpcUaTag),
-    ]
+    models: list[tuple[str, Any]] = [("Top level", Config)]
+    for spec in specs().values():  # every registered driver's models, in registry order
+        device, group, tag = spec.models()
+        models += [
+            (f"{spec.label} device (`driver: {spec.name}`)", device),
+            (f"{spec.label} poll group", group),
+            (f"{spec.label} tag", tag),
+        ]
     out: list[str] = []
     for title, model in models:
         out.append(f"### {title}\n")

@@ -29,6 +29,7 @@ from drivers.config_common import DeviceBase
 BUILTIN: dict[str, str] = {
     "modbus": "drivers.modbus_config:SPEC",
     "opcua": "drivers.opcua_config:SPEC",
+    "csv": "drivers.csv_config:SPEC",
 }
 ENTRY_POINT_GROUP = "edgeloop.drivers"
 

@@ -24,8 +24,9 @@ def test_the_corpus_is_there() -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_case(name: str) -> None:
+def test_case(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     folder = CASES / name
+    monkeypatch.chdir(folder)  # as `edgeloop check config.yaml` in the folder: data files beside it
     text = (folder / "config.yaml").read_text()
     expected = (folder / "expected.txt").read_text().strip().splitlines()
     with pytest.raises(ConfigError) as info:

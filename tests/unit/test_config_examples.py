@@ -156,6 +156,7 @@ def test_schema_describes_the_yaml_contract() -> None:
     assert [b["if"]["properties"]["driver"]["const"] for b in devices["allOf"]] == [
         "modbus",
         "opcua",
+        "csv",
     ]
     json.dumps(schema)  # serialisable as is
 

@@ -261,7 +261,7 @@ async def test_a_crashing_period_is_logged_counted_reported_and_retried(caplog) 
     /readyz still ready and the heartbeat frozen."""
     rig = Rig()
     boom = {"n": 3}
-    real = rig.runner.compute
+    real = rig.runner.step.compute
 
     def compute(lp, now_ns):  # type: ignore[no-untyped-def]
         if boom["n"] > 0:  # injected fault: nothing real raises here any more
@@ -269,7 +269,7 @@ async def test_a_crashing_period_is_logged_counted_reported_and_retried(caplog) 
             raise OverflowError("cannot convert float infinity to integer")
         return real(lp, now_ns)
 
-    rig.runner.compute = compute  # type: ignore[method-assign]
+    rig.runner.step.compute = compute  # type: ignore[method-assign]
     rig.lp.cfg = rig.lp.cfg.model_copy(update={"period_ms": 20})
     task = asyncio.create_task(rig.runner.run())
     for _ in range(100):

@@ -15,7 +15,8 @@ the running agent's shape: 1,000 tags in 10 groups polled at 10 Hz in real time,
 submitted to a HistoryStore and a Publisher (connected, no subscriber), CPU of the whole
 process (writer threads included) minus the same loop without them. With `--baseline REV`
 the tree at REV is measured in the same run (`git archive` into a temporary directory, each
-side in its own process, alternately) and the ratios printed:
+side in its own process, alternately) and the ratios printed. `+window` rows use
+`batch_window_ms: 1000` (a group's frames of one second in one message):
 
     .venv/bin/python bench/publish.py --per-value --baseline 5449459 [--seconds 10]
 """
@@ -254,11 +255,13 @@ async def main():
     tmp = tempfile.mkdtemp()
     table, metrics = TagTable.for_names([f"tag{i:04d}" for i in range(N)]), Metrics()
     store = pub = None
-    if mode in ("history", "both"):
+    window = 1000 if mode.endswith("+window") else 0
+    kind = mode.removesuffix("+window")
+    if kind in ("history", "both"):
         store = HistoryStore(StoreConfig(path=f"{tmp}/h.db"), table, metrics)
         store.start()
-    if mode in ("publish", "both"):
-        cfg = PublishConfig.model_validate({"encoding": encoding,
+    if kind in ("publish", "both"):
+        cfg = PublishConfig.model_validate({"encoding": encoding, "batch_window_ms": window,
             "mqtt": {"host": "127.0.0.1", "port": port}, "outbox": {"path": f"{tmp}/o.db"}})
         pub = Publisher(cfg, "bench", table, metrics, GROUPS)
         await pub.start()
@@ -302,6 +305,9 @@ asyncio.run(main())
 """
 
 
+MODES = ("floor", "history", "publish", "both", "publish+window", "both+window")
+
+
 def per_value(args: argparse.Namespace) -> int:
     """History + publish CPU µs per tag-value at 1,000 tags @ 10 Hz, this tree (and REV)."""
     root = str(Path(__file__).resolve().parents[1])
@@ -322,7 +328,7 @@ def per_value(args: argparse.Namespace) -> int:
         res: dict[tuple[str, str], list[float]] = {}
         try:
             for _ in range(args.repeat):
-                for mode in ("floor", "history", "publish", "both"):
+                for mode in MODES:
                     for name, tree in trees.items():
                         out = subprocess.run(
                             [
@@ -348,17 +354,17 @@ def per_value(args: argparse.Namespace) -> int:
     print(
         f"history + publish ({args.encoding}): 1,000 tags in 10 groups @ 10 Hz, "
         f"{args.seconds:g} s per run, best of {args.repeat}; CPU µs per tag-value above the "
-        f"floor loop (process CPU, writer threads included)"
+        f"floor loop (process CPU, writer threads included); +window: batch_window_ms 1000"
     )
     names = list(trees)
     print(
-        f"{'part':10}" + "".join(f"{n:>10}" for n in names) + ("   ratio" if args.baseline else "")
+        f"{'part':16}" + "".join(f"{n:>10}" for n in names) + ("   ratio" if args.baseline else "")
     )
     floor = {n: best[(n, "floor")] for n in names}
-    print(f"{'floor':10}" + "".join(f"{floor[n]:10.2f}" for n in names) + "  (loop alone)")
-    for mode in ("history", "publish", "both"):
+    print(f"{'floor':16}" + "".join(f"{floor[n]:10.2f}" for n in names) + "  (loop alone)")
+    for mode in MODES[1:]:
         vals = [best[(n, mode)] - floor[n] for n in names]
-        line = f"{mode:10}" + "".join(f"{v:10.2f}" for v in vals)
+        line = f"{mode:16}" + "".join(f"{v:10.2f}" for v in vals)
         if args.baseline:
             line += f"  {vals[1] / vals[0]:6.2f}x"
         print(line)

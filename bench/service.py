@@ -27,7 +27,7 @@ libraries cost before the agent holds any data.  Throughput and growth are commi
 between two snapshots, so a window is off by at most one store batch (500 ms) at each end.
 
 Usage: .venv/bin/python bench/service.py [--warmup 10] [--seconds 30] [--tags 1000]
-       [--rates 1,10] [--no-mqtt]
+       [--rates 1,10] [--no-mqtt] [--no-control] [--kernel auto|aot|jit] [--arena-max 2]
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ from lab.demo import free_port, wait_port  # noqa: E402
 from lab.demo import stop_process as stop  # noqa: E402
 
 EDGELOOP = Path(sys.executable).with_name("edgeloop")  # the venv's console script
-RSS_TARGET_MB = 150.0
+RSS_TARGET_MB = 120.0
 READY_TARGET_S = 3.0
 READY_WAIT_S = 120.0  # a cold numba cache on a loaded 2-core box can take a while
 
@@ -81,6 +81,15 @@ def status_kb(pid: int, key: str) -> int:
     with contextlib.suppress(OSError):
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def pss_kb(pid: int) -> int:
+    """Proportional set size (shared pages split among their users), /proc/<pid>/smaps_rollup."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
                 return int(line.split()[1])
     return 0
 
@@ -223,6 +232,9 @@ class Setup:
     mqtt_port: int | None
     tags: int
     numba_cache: Path
+    control: bool = True
+    kernel: str = "auto"  # EDGELOOP_KERNEL: auto (the AOT module), jit
+    arena_max: str | None = "2"  # MALLOC_ARENA_MAX, as systemd/edgeloop.service
     http_port: int = field(default_factory=free_port)
 
 
@@ -239,7 +251,7 @@ def bench_config(s: Setup, interval_ms: int, run: str) -> dict[str, Any]:
         }
         for p in pointmap.bench_points(s.tags)
     ]
-    return {
+    cfg: dict[str, Any] = {
         "site": "bench",
         "devices": [
             {
@@ -262,6 +274,58 @@ def bench_config(s: Setup, interval_ms: int, run: str) -> dict[str, Any]:
             "mqtt": {"host": "127.0.0.1", "port": s.mqtt_port or 1883},
         },
     }
+    if s.control:
+        cfg["devices"].append(HEATER_DEVICE | {"port": s.modbus_port})
+        cfg["control"] = CONTROL
+        cfg["kernel"] = {"tags": {"heater_power": {"hampel_window": 0, "stuck_samples": 0}}}
+    return cfg
+
+
+# The shadow-mode heater loop of config/examples/control_shadow.yaml (TFLite policy beside
+# its PID fallback) on hw_sim's heater, so the control stage and its interpreter run too.
+HEATER_DEVICE: dict[str, Any] = {
+    "name": "heater_plc",
+    "driver": "modbus",
+    "host": "127.0.0.1",
+    "unit_id": pointmap.HEATER_UNIT,
+    "timeout_s": 0.15,
+    "poll_groups": [
+        {
+            "name": "fast",
+            "interval_ms": 200,
+            "tags": [
+                {"name": "tank_temp", "table": "input", "address": 0, "type": "float32",
+                 "min": 0, "max": 120},
+                {"name": "inlet_flow", "table": "input", "address": 2, "type": "float32",
+                 "min": 0, "max": 60},
+                {"name": "inlet_temp", "table": "input", "address": 4, "type": "float32",
+                 "min": 0, "max": 80},
+                {"name": "heater_power", "table": "holding", "address": 10, "type": "float32",
+                 "writable": True, "min": 0, "max": 100, "max_rate_per_s": 25},
+                {"name": "temp_setpoint", "table": "holding", "address": 12, "type": "float32",
+                 "writable": True, "min": 0, "max": 95},
+                {"name": "heartbeat", "table": "holding", "address": 16, "type": "uint16",
+                 "writable": True, "min": 0, "max": 65535},
+            ],
+        }
+    ],
+}  # fmt: skip
+CONTROL: dict[str, Any] = {
+    "loops": [
+        {
+            "name": "tank_temperature",
+            "period_ms": 500,
+            "model": "heater_policy.tflite",
+            "inputs": {"pv": "tank_temp", "flow": "inlet_flow", "inlet_temp": "inlet_temp"},
+            "output": "heater_power",
+            "setpoint": {"tag": "temp_setpoint", "min": 30.0, "max": 80.0},
+            "mode": "shadow",
+            "fallback": {"kind": "pid", "kp": 2.7, "ti_s": 17.8, "td_s": 0.0},
+            "output_max": 80,
+            "heartbeat": {"tag": "heartbeat", "every_periods": 1},
+        }
+    ]
+}
 
 
 # --- processes --------------------------------------------------------------------------------
@@ -326,6 +390,8 @@ def start_agent(s: Setup, interval_ms: int, run: str) -> Agent:
         **os.environ,
         "NOTIFY_SOCKET": str(notify.path),
         "NUMBA_CACHE_DIR": str(s.numba_cache),
+        "EDGELOOP_KERNEL": s.kernel,
+        **({"MALLOC_ARENA_MAX": s.arena_max} if s.arena_max else {}),
         "PYTHONUNBUFFERED": "1",  # as systemd/edgeloop.service
         "PYTHONDONTWRITEBYTECODE": "1",
     }
@@ -367,6 +433,8 @@ class RunResult:
     sim_cpu_pct: float
     rss_mb: float
     hwm_mb: float
+    pss_mb: float
+    exported_rss_mb: float
     samples_per_s: float
     expected_per_s: float
     mb_per_day: float
@@ -402,6 +470,7 @@ def measure(
         d1 = db_snapshot(db)
         rss = max(rss, status_kb(a.proc.pid, "VmRSS"))
         hwm = status_kb(a.proc.pid, "VmHWM")
+        pss = pss_kb(a.proc.pid)
         libs = loaded_libraries(a.proc.pid)
         m1 = get_metrics(s.http_port)
         ts = frame_times(db, t0_ns, t1_ns)
@@ -415,6 +484,8 @@ def measure(
         sim_cpu_pct=100 * (sc1 - sc0) / wall,
         rss_mb=rss / 1024,
         hwm_mb=hwm / 1024,
+        pss_mb=pss / 1024,
+        exported_rss_mb=m1.get("process_resident_memory_bytes", float("nan")) / 2**20,
         samples_per_s=(d1.tag_samples - d0.tag_samples) / wall,
         expected_per_s=s.tags * rate_hz,
         mb_per_day=(d1.used_bytes - d0.used_bytes) / wall * 86400 / 1e6,
@@ -452,7 +523,6 @@ def startup(s: Setup) -> StartUp:
 FLOOR_STEPS = (
     ("python + numpy", "import numpy"),
     ("+ pymodbus, pydantic, yaml", "import pymodbus.client, pydantic, yaml"),
-    ("+ numba", "import numba"),
     ("+ aiomqtt, paho", "import aiomqtt, paho.mqtt.client"),
     (
         "+ the agent modules `edgeloop run` imports for this config",
@@ -470,14 +540,12 @@ FLOOR_STEPS = (
         "p = asyncio.run(build())",
     ),
     (
-        "+ one kernel step per group (the kernel's jitted code loaded from the warm cache)",
-        "for g in c.groups:\n    p.kernel.process(g)\nMODS = loaded()",
+        "+ kernel warm-up and one step per group (the AOT module, or numba's JIT with "
+        "EDGELOOP_KERNEL=jit, from the warm cache)",
+        "p.kernel.warmup()\nfor g in c.groups:\n    p.kernel.process(g)\nMODS = loaded()",
     ),
+    ("(not loaded by the AOT kernel) + numba, what the JIT kernel adds", "import numba"),
     ("(not loaded by this config) + asyncua, what an OPC UA device adds", "import asyncua"),
-    (
-        "(not loaded by this config) + ai_edge_litert, what a control loop adds",
-        "from ai_edge_litert import interpreter",
-    ),
 )
 
 FLOOR_PROBE = """
@@ -554,22 +622,31 @@ def table(
     warm: list[StartUp],
     floor: list[tuple[str, float]],
     mods: list[str],
+    setup: Setup,
 ) -> str:
     pub = "on (mosquitto, loopback)" if mqtt else "off (mosquitto not installed)"
+    ctl = (
+        "the heater loop (TFLite policy in shadow, PID fallback, 6 more tags at 5 Hz)"
+        if setup.control
+        else "off"
+    )
+    arena = setup.arena_max or "unset"
     lines = [
         f"{tags} float32 tags, one poll group, kernel per-tag stage (defaults), store on, "
-        f"publish {pub}, http on",
+        f"publish {pub}, http on, control {ctl}; EDGELOOP_KERNEL={setup.kernel}, "
+        f"MALLOC_ARENA_MAX={arena}",
         "",
-        "| rate | agent CPU % | sim CPU % | RSS max MB | VmHWM MB | history tag-samples/s "
-        "(of polled) | DB growth GB/day | kernel µs/frame | poll ms | period jitter ms "
-        "p50/p99/max | overruns | errors | store drops | MQTT msg/s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
+        "| rate | agent CPU % | sim CPU % | RSS max MB | PSS MB | exported RSS MB | VmHWM MB "
+        "| history tag-samples/s (of polled) | DB growth GB/day | kernel µs/frame | poll ms "
+        "| period jitter ms p50/p99/max | overruns | errors | store drops | MQTT msg/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
     for r in runs:
         j = "/".join(fmt(x, ".1f") for x in r.jitter_ms)
         lines.append(
             f"| {r.rate_hz:g} Hz | {fmt(r.cpu_pct, '.1f')} | {fmt(r.sim_cpu_pct, '.1f')} | "
-            f"{fmt(r.rss_mb, '.1f')} | {fmt(r.hwm_mb, '.1f')} | "
+            f"{fmt(r.rss_mb, '.1f')} | {fmt(r.pss_mb, '.1f')} | {fmt(r.exported_rss_mb, '.1f')} | "
+            f"{fmt(r.hwm_mb, '.1f')} | "
             f"{fmt(r.samples_per_s)} ({fmt(r.samples_per_s / r.expected_per_s, '.0%')}) | "
             f"{fmt(r.mb_per_day / 1000, '.2f')} | {fmt(r.kernel_us, '.1f')} | "
             f"{fmt(r.poll_ms, '.2f')} | {j} | {r.overruns:.0f} | {r.poll_errors:.0f} | "
@@ -622,6 +699,18 @@ def main() -> int:
     ap.add_argument("--rates", default="1,10", help="poll rates in Hz, comma separated")
     ap.add_argument("--warm-starts", type=int, default=3, help="warm-cache start-ups to time")
     ap.add_argument("--no-mqtt", action="store_true", help="publish off even with mosquitto")
+    ap.add_argument("--no-control", action="store_true", help="no control loop")
+    ap.add_argument(
+        "--kernel",
+        default="auto",
+        choices=("auto", "aot", "jit"),
+        help="EDGELOOP_KERNEL for the agent",
+    )
+    ap.add_argument(
+        "--arena-max",
+        default="2",
+        help="MALLOC_ARENA_MAX for the agent ('' = unset, glibc's default)",
+    )
     args = ap.parse_args()
     if not EDGELOOP.exists():
         print(f"{EDGELOOP} not found: install the package into the venv first", file=sys.stderr)
@@ -642,7 +731,10 @@ def main() -> int:
         try:
             modbus_port = free_port()
             sim = start_sim(modbus_port, work / "hw_sim.log")
-            s = Setup(work, modbus_port, mqtt_port, args.tags, cache)
+            s = Setup(
+                work, modbus_port, mqtt_port, args.tags, cache, control=not args.no_control,
+                kernel=args.kernel, arena_max=args.arena_max or None,
+            )  # fmt: skip
             print("start-up, cold numba cache...", flush=True)
             cold = startup(s)
             cached = sum(1 for _ in cache.rglob("*.nbc"))
@@ -657,7 +749,8 @@ def main() -> int:
                 print(f"  READY=1 after {warm[-1][0]:.2f} s", flush=True)
             print("RSS floor (imports only)...", flush=True)
             floor, mods = rss_floor(
-                work / "edgeloop_startup.yaml", {**os.environ, "NUMBA_CACHE_DIR": str(cache)}
+                work / "edgeloop_startup.yaml",
+                {**os.environ, "NUMBA_CACHE_DIR": str(cache), "EDGELOOP_KERNEL": args.kernel},
             )
             runs = []
             for hz in rates:
@@ -669,7 +762,7 @@ def main() -> int:
             stop(sim)
             stop(mosq)
         print()
-        print(table(runs, args.tags, mqtt_port is not None, cold, warm, floor, mods))
+        print(table(runs, args.tags, mqtt_port is not None, cold, warm, floor, mods, s))
     return 0
 
 

@@ -108,7 +108,8 @@ def far_outside(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarra
     (a word-swapped float32 reads as 1e20). Tags without both bounds never match."""
     span = hi - lo
     with np.errstate(invalid="ignore"):
-        return np.isfinite(span) & ((values > hi + span) | (values < lo - span))
+        far: np.ndarray = np.isfinite(span) & ((values > hi + span) | (values < lo - span))
+        return far
 
 
 @dataclass(slots=True)

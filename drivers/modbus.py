@@ -236,7 +236,7 @@ class _Link:
     flight on it.  A TCP device has its own; devices configured on the same serial port
     share one, so two slaves on one RS-485 line never interleave frames."""
 
-    def __init__(self, serial_params: tuple | None = None) -> None:
+    def __init__(self, serial_params: tuple[object, ...] | None = None) -> None:
         self.client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
         self.lock = asyncio.Lock()
         self.serial_params = serial_params
@@ -246,7 +246,9 @@ class _Link:
 # by the settings too: during a reload that fixes a line's baudrate the old pipeline still
 # holds the old link while the new one is built; settings that disagree inside one config
 # are refused by the config check (agent/config.py), not here.
-_SERIAL_LINKS: weakref.WeakValueDictionary[tuple, _Link] = weakref.WeakValueDictionary()
+_SERIAL_LINKS: weakref.WeakValueDictionary[tuple[str, tuple[object, ...]], _Link] = (
+    weakref.WeakValueDictionary()
+)
 _MAX_TIMEOUT_S = 60.0  # the config's upper bound of timeout_s
 
 
@@ -292,7 +294,8 @@ class ModbusDriver:
 
     def plan(self, group: GroupSpec) -> ModbusPlan:
         """Compile a poll group into its read plan (pure; raises PlanError on bad points)."""
-        cached = getattr(self, "_plans", {}).get(group.name)
+        plans: dict[str, tuple[tuple[Point, ...], ModbusPlan]] = getattr(self, "_plans", {})
+        cached = plans.get(group.name)  # None while __init__ makes the plans
         if cached is not None and cached[0] == group.points:
             return cached[1]
         return plan_points(group.points, self.limits, device=self.name, group=group.name)
@@ -614,7 +617,7 @@ class ModbusDriver:
                     "write_coil", 5, op.unit_id, op.address, value=bool(op.values[0])
                 )
                 echo = (resp.address, bool(resp.bits[0]) if resp.bits else None)
-                want: tuple = (op.address, bool(op.values[0]))
+                want: tuple[object, ...] = (op.address, bool(op.values[0]))
             elif op.function_code == 15:
                 resp = await self._request(
                     "write_coils", 15, op.unit_id, op.address, values=[bool(v) for v in op.values]

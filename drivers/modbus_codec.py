@@ -158,7 +158,7 @@ class DecodeClass:
 
 def compile_classes(slots: Iterable[Slot]) -> tuple[DecodeClass, ...]:
     """Group slots into decode classes and precompute their gather indices (plan time)."""
-    buckets: dict[tuple, list[Slot]] = {}
+    buckets: dict[tuple[str, str, str, str, int], list[Slot]] = {}
     for s in slots:
         _check_orders(s.byte_order, s.word_order)
         # word order is irrelevant for one-register types and strings: merge those classes
@@ -247,7 +247,8 @@ def decode_value(
     width = WIDTH[dtype]
     if len(w) < width:
         raise ValueError(f"{dtype} needs {width} registers, got {len(w)}")
-    return words_to_raw(w[:width], dtype, byte_order, word_order)[0].item()
+    value: float | int = words_to_raw(w[:width], dtype, byte_order, word_order)[0].item()
+    return value
 
 
 # --- encoding (writes) -------------------------------------------------------------------

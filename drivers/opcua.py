@@ -34,13 +34,18 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-from asyncua import Client, ua
+from asyncua import ua
+from asyncua.client.client import Client
 from asyncua.common.subscription import DataChangeEvent, StatusChangeEvent, Subscription
 from asyncua.common.subscription import OverflowPolicy as _Overflow
 from asyncua.common.ua_utils import data_type_to_variant_type
 from asyncua.common.utils import ServiceError
 from asyncua.crypto import security_policies
 from asyncua.crypto.uacrypto import CertProperties
+from asyncua.ua.attribute_ids import AttributeIds
+from asyncua.ua.object_ids import ObjectIds
+from asyncua.ua.status_codes import StatusCodes
+from asyncua.ua.uaerrors import UaStatusCodeError
 
 from drivers import opcua_codec as codec
 from drivers import opcua_security as sec
@@ -56,6 +61,7 @@ from drivers.base import (
     Reason,
     WriteError,
     WriteRefused,
+    opcua_reason,
 )
 from drivers.opcua_codec import OpcUaPlan
 from drivers.opcua_config import OpcUaDevice
@@ -65,25 +71,23 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 _CLIENT_NAME = "edgeloop gateway"
 _DEFAULT_CLIENT_URI = "urn:edgeloop:gateway"
-_MAX_NODES_PER_READ = ua.NodeId(
-    ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead
-)
+_MAX_NODES_PER_READ = ua.NodeId(ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead)
 # Errors meaning "the session is gone", as opposed to a Bad status for a request.
 _SESSION_TIMEOUT_MS = 60_000
 _SESSION_GONE = (
-    ua.StatusCodes.BadSessionIdInvalid,
-    ua.StatusCodes.BadSessionClosed,
-    ua.StatusCodes.BadSecureChannelClosed,
-    ua.StatusCodes.BadSecureChannelIdInvalid,
-    ua.StatusCodes.BadConnectionClosed,
-    ua.StatusCodes.BadServerNotConnected,
-    ua.StatusCodes.BadShutdown,
-    ua.StatusCodes.BadCommunicationError,
+    StatusCodes.BadSessionIdInvalid,
+    StatusCodes.BadSessionClosed,
+    StatusCodes.BadSecureChannelClosed,
+    StatusCodes.BadSecureChannelIdInvalid,
+    StatusCodes.BadConnectionClosed,
+    StatusCodes.BadServerNotConnected,
+    StatusCodes.BadShutdown,
+    StatusCodes.BadCommunicationError,
 )
 _AUTH_FAILED = (
-    ua.StatusCodes.BadUserAccessDenied,
-    ua.StatusCodes.BadIdentityTokenRejected,
-    ua.StatusCodes.BadIdentityTokenInvalid,
+    StatusCodes.BadUserAccessDenied,
+    StatusCodes.BadIdentityTokenRejected,
+    StatusCodes.BadIdentityTokenInvalid,
 )
 
 
@@ -317,7 +321,7 @@ class OpcUaDriver:
         async def validate(cert: Any, _app: Any) -> None:
             # CreateSession's certificate must be the approved one (asyncua checks it too).
             if sec.der(cert) != approved:
-                raise ServiceError(ua.StatusCodes.BadCertificateUntrusted)
+                raise ServiceError(StatusCodes.BadCertificateUntrusted)
 
         client.certificate_validator = validate
         await client.set_security(
@@ -368,15 +372,13 @@ class OpcUaDriver:
         if self._max_nodes == 0:
             try:
                 dv = (
-                    await client.uaclient.read_attributes(
-                        [_MAX_NODES_PER_READ], ua.AttributeIds.Value
-                    )
+                    await client.uaclient.read_attributes([_MAX_NODES_PER_READ], AttributeIds.Value)
                 )[0]
                 value = dv.Value.Value if dv.Value is not None else 0
                 self._server_max_nodes = (
                     int(value or 0) if codec.status_quality(dv.StatusCode) == Quality.GOOD else 0
                 )
-            except ua.UaStatusCodeError:
+            except UaStatusCodeError:
                 self._server_max_nodes = 0
         for plan in self._plans.values():
             if plan.mode == "subscribe":
@@ -411,7 +413,7 @@ class OpcUaDriver:
         for i, nid in enumerate(plan.node_ids):
             item = ua.ReadValueId()
             item.NodeId = nid
-            item.AttributeId = ua.AttributeIds.Value
+            item.AttributeId = AttributeIds.Value
             mp = ua.MonitoringParameters()
             mp.ClientHandle = i + 1
             mp.SamplingInterval = plan.sampling_interval_ms
@@ -441,7 +443,7 @@ class OpcUaDriver:
                     "%s: cannot monitor %s: %s", self.name, plan.node_ids[i], codec.status_name(r)
                 )
                 state.quality[i] = Quality.BAD
-                state.reason[i] = codec.opcua_reason(r.value)
+                state.reason[i] = opcua_reason(r.value)
                 state.raw[i] = np.nan
         state.seeded_at = time.monotonic()
         return state
@@ -492,7 +494,7 @@ class OpcUaDriver:
             except (ConnectionError, OSError) as exc:
                 self._lost = self._lost or exc
                 raise ConnectError(f"{what}: connection lost ({exc!r})", device=self.name) from exc
-            except ua.UaStatusCodeError as exc:
+            except UaStatusCodeError as exc:
                 if _code_of(exc) in _SESSION_GONE:
                     self._lost = self._lost or exc
                     raise ConnectError(
@@ -527,8 +529,8 @@ class OpcUaDriver:
             params = self._read_params(plan, start, stop)
             try:
                 dvs = await self._call("Read", lambda params=params: client.uaclient.read(params))
-            except ua.UaStatusCodeError as exc:
-                if _code_of(exc) == ua.StatusCodes.BadTooManyOperations and stop - start > 1:
+            except UaStatusCodeError as exc:
+                if _code_of(exc) == StatusCodes.BadTooManyOperations and stop - start > 1:
                     # the server's real limit is lower than we were told: halve and retry
                     self._max_nodes = max(1, (stop - start) // 2)
                     log.warning(
@@ -542,7 +544,7 @@ class OpcUaDriver:
                     f"Read of group {plan.group.name!r} refused",
                     device=self.name,
                     status=_status_of(exc),
-                    reason=codec.opcua_reason(_code_of(exc) or 0x80000000),
+                    reason=opcua_reason(_code_of(exc) or 0x80000000),
                 ) from exc
             self.stats["read_calls"] += 1
             if len(dvs) != stop - start:
@@ -566,7 +568,7 @@ class OpcUaDriver:
             for nid in plan.node_ids[start:stop]:
                 rv = ua.ReadValueId()
                 rv.NodeId = nid
-                rv.AttributeId = ua.AttributeIds.Value
+                rv.AttributeId = AttributeIds.Value
                 params.NodesToRead.append(rv)
             self._params[key] = params
         return params
@@ -658,9 +660,9 @@ class OpcUaDriver:
             )  # no status/timestamps: many servers refuse them
         try:
             results = await self._call(
-                "Write", lambda: client.uaclient.write_attributes(ids, dvs, ua.AttributeIds.Value)
+                "Write", lambda: client.uaclient.write_attributes(ids, dvs, AttributeIds.Value)
             )
-        except ua.UaStatusCodeError as exc:
+        except UaStatusCodeError as exc:
             raise WriteError("Write refused", device=self.name, status=_status_of(exc)) from exc
         except ConnectError as exc:
             raise WriteError(str(exc), device=self.name) from exc
@@ -682,9 +684,9 @@ class OpcUaDriver:
         try:
             dvs = await self._call(
                 "Read DataType",
-                lambda: client.uaclient.read_attributes(ids, ua.AttributeIds.DataType),
+                lambda: client.uaclient.read_attributes(ids, AttributeIds.DataType),
             )
-        except ua.UaStatusCodeError as exc:
+        except UaStatusCodeError as exc:
             raise WriteError(
                 "cannot read the nodes' DataType", device=self.name, status=_status_of(exc)
             ) from exc

@@ -11,7 +11,10 @@
   response (data or keep-alive) arrived within `stale_after_ms`, the group reads as STALE.
 * Writes: the node's DataType is read once and cached; the engineering value is converted
   back (`(value - offset) / scale`) into exactly that type and range-checked before sending.
-* Security: see `drivers.opcua_security`; an unknown server certificate is always refused.
+* The parts live beside this file: the session (client, security, login) in
+  `drivers.opcua_session` with the certificate checks of `drivers.opcua_security` (an
+  unknown server certificate is always refused), subscriptions and their queues in
+  `drivers.opcua_subscription`, value conversion in `drivers.opcua_codec`.
 * Reconnect: `connect()` always builds a fresh `asyncua.Client` (re-using one after a loss
   can hang) and re-creates the subscriptions; asyncua's own auto-reconnect stays off so
   backoff and health live in one place, the acquirer.  A lost connection makes `read`
@@ -23,32 +26,22 @@ At most one service call is in flight per connection (a lock), as the Driver con
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import math
-import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 from asyncua import ua
 from asyncua.client.client import Client
-from asyncua.common.subscription import DataChangeEvent, StatusChangeEvent, Subscription
-from asyncua.common.subscription import OverflowPolicy as _Overflow
 from asyncua.common.ua_utils import data_type_to_variant_type
-from asyncua.common.utils import ServiceError
-from asyncua.crypto import security_policies
-from asyncua.crypto.uacrypto import CertProperties
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uaerrors import UaStatusCodeError
 
 from drivers import opcua_codec as codec
-from drivers import opcua_security as sec
+from drivers import opcua_session as session
 from drivers.base import (
     ConnectError,
     DriverError,
@@ -65,15 +58,14 @@ from drivers.base import (
 )
 from drivers.opcua_codec import OpcUaPlan
 from drivers.opcua_config import OpcUaDevice
+from drivers.opcua_subscription import SubState as _SubState
+from drivers.opcua_subscription import drain, subscribe
 
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
-_CLIENT_NAME = "edgeloop gateway"
-_DEFAULT_CLIENT_URI = "urn:edgeloop:gateway"
 _MAX_NODES_PER_READ = ua.NodeId(ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead)
 # Errors meaning "the session is gone", as opposed to a Bad status for a request.
-_SESSION_TIMEOUT_MS = 60_000
 _SESSION_GONE = (
     StatusCodes.BadSessionIdInvalid,
     StatusCodes.BadSessionClosed,
@@ -84,52 +76,6 @@ _SESSION_GONE = (
     StatusCodes.BadShutdown,
     StatusCodes.BadCommunicationError,
 )
-_AUTH_FAILED = (
-    StatusCodes.BadUserAccessDenied,
-    StatusCodes.BadIdentityTokenRejected,
-    StatusCodes.BadIdentityTokenInvalid,
-)
-
-
-class _CountingSubscription(Subscription):
-    """asyncua Subscription in iterator mode whose drop-oldest overflows are counted."""
-
-    dropped: int = 0
-
-    def _handle_overflow(self, event: Any) -> None:
-        self.dropped += 1
-        super()._handle_overflow(event)
-
-
-@dataclass(slots=True)
-class _SubState:
-    """Latest value per node of one subscribe group (raw, before scale/offset)."""
-
-    plan: OpcUaPlan
-    sub: _CountingSubscription
-    raw: np.ndarray
-    quality: np.ndarray
-    reason: np.ndarray
-    texts: dict[int, str] = field(default_factory=dict)
-    seeded_at: float = 0.0  # monotonic time of the seeding Read
-    dead: str | None = None  # set by a Bad StatusChangeNotification
-    notifications: int = 0
-
-    def alive_at(self) -> float:
-        last = self.sub.last_publish_at
-        return max(self.seeded_at, last) if last is not None else self.seeded_at
-
-
-def _status_of(exc: BaseException) -> str | None:
-    code = getattr(exc, "code", None)
-    if isinstance(code, int):
-        return codec.status_name(code)
-    return None
-
-
-def _code_of(exc: BaseException) -> int | None:
-    code = getattr(exc, "code", None)
-    return code if isinstance(code, int) else None
 
 
 class OpcUaDriver:
@@ -201,16 +147,10 @@ class OpcUaDriver:
         client is torn down synchronously (closing its socket), never left running.
         """
         await self.close()
-        cfg = self._cfg
-        timeout = cfg.timeout_s
-        client = Client(cfg.endpoint, timeout=timeout, watchdog_intervall=min(1.0, timeout))
-        client.name = client.description = _CLIENT_NAME
-        client.application_uri = _DEFAULT_CLIENT_URI
-        # A PLC has few session slots: if the gateway dies, let the server free ours soon.
-        client.session_timeout = _SESSION_TIMEOUT_MS
+        client = session.new_client(self._cfg)
         try:
-            await self._setup_security(client)
-            self._setup_user(client)
+            await session.setup_security(client, self._cfg)
+            session.setup_user(client, self._cfg)
             await client.connect()
             client.connection_lost_callback = self._on_lost
             self._client = client
@@ -219,148 +159,11 @@ class OpcUaDriver:
         except BaseException as exc:
             self._client = None
             self._subs.clear()
-            _abort(client)
+            session.abort(client)
             if isinstance(exc, DriverError) or not isinstance(exc, Exception):
                 raise  # our own clear error, or a cancellation
-            raise self._connect_error(exc) from exc
+            raise session.connect_error(exc, self._cfg) from exc
         self.stats["connects"] += 1
-
-    def _connect_error(self, exc: BaseException) -> ConnectError:
-        code = _code_of(exc)
-        status = _status_of(exc)
-        if code in _AUTH_FAILED:
-            user = self._cfg.username
-            who = f"user {user!r}" if user else "anonymous login"
-            return ConnectError(
-                f"server refused {who}: wrong user name or password, or the user is not "
-                f"allowed on {self._cfg.endpoint}",
-                device=self.name,
-                status=status,
-            )
-        if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
-            return ConnectError(f"no answer from {self._cfg.endpoint}", device=self.name)
-        if isinstance(exc, OSError):
-            return ConnectError(f"cannot reach {self._cfg.endpoint}: {exc}", device=self.name)
-        return ConnectError(
-            f"connect to {self._cfg.endpoint} failed: {exc}", device=self.name, status=status
-        )
-
-    async def _setup_security(self, client: Client) -> None:
-        cfg = self._cfg
-        policy = cfg.security_policy
-        if policy == "None":
-            return
-        mode_name = cfg.security_mode
-        try:
-            policy_cls = getattr(security_policies, f"SecurityPolicy{policy}")
-            mode = getattr(ua.MessageSecurityMode, mode_name)
-        except AttributeError as exc:
-            raise ConnectError(
-                f"unsupported security {policy}/{mode_name}", device=self.name
-            ) from exc
-        if mode == ua.MessageSecurityMode.None_:
-            raise ConnectError(
-                f"security_policy {policy} needs security_mode Sign or SignAndEncrypt",
-                device=self.name,
-            )
-        if not (cfg.client_certificate and cfg.client_private_key):
-            raise ConnectError(
-                "client_certificate and client_private_key are required", device=self.name
-            )
-        pinned = cfg.server_certificate
-        trust_dir = cfg.trust_dir
-        if not (pinned or trust_dir):
-            raise ConnectError(
-                "security is on but neither server_certificate nor trust_dir is set: "
-                "an unknown server certificate is never trusted",
-                device=self.name,
-            )
-        try:
-            ident = sec.load_client_identity(cfg.client_certificate, cfg.client_private_key)
-        except (OSError, ValueError) as exc:
-            raise ConnectError(
-                f"cannot load the client certificate/key: {exc}", device=self.name
-            ) from exc
-        if ident.application_uri:
-            client.application_uri = ident.application_uri
-
-        # The endpoint list is public (GetEndpoints needs no security); use it only to learn
-        # which certificate the server will present, then decide before any secure channel.
-        try:
-            endpoints = await client.connect_and_get_server_endpoints()
-        except Exception as exc:
-            raise self._connect_error(exc) from exc
-        offered = [
-            e for e in endpoints if e.SecurityPolicyUri == policy_cls.URI and e.SecurityMode == mode
-        ]
-        if not offered:
-            have = sorted(
-                {
-                    f"{e.SecurityPolicyUri.rsplit('#', 1)[-1]}/{e.SecurityMode.name}"
-                    for e in endpoints
-                }
-            )
-            raise ConnectError(
-                f"server offers no {policy}/{mode_name} endpoint (it offers: {', '.join(have)})",
-                device=self.name,
-            )
-        presented = offered[0].ServerCertificate or b""
-        try:
-            if not presented:
-                raise sec.CertificateRefused("server endpoint carries no certificate")
-            approved = (
-                sec.check_pinned(presented, pinned)
-                if pinned
-                else sec.check_trusted(presented, trust_dir)
-            )
-        except (sec.CertificateRefused, OSError, ValueError) as exc:
-            raise ConnectError(
-                str(exc), device=self.name, status="BadCertificateUntrusted"
-            ) from exc
-
-        async def validate(cert: Any, _app: Any) -> None:
-            # CreateSession's certificate must be the approved one (asyncua checks it too).
-            if sec.der(cert) != approved:
-                raise ServiceError(StatusCodes.BadCertificateUntrusted)
-
-        client.certificate_validator = validate
-        await client.set_security(
-            policy_cls,
-            CertProperties(ident.cert_der, extension="der"),
-            CertProperties(ident.key_bytes, extension="pem" if ident.key_is_pem else "der"),
-            server_certificate=CertProperties(approved, extension="der"),
-            mode=mode,
-        )
-
-    def _setup_user(self, client: Client) -> None:
-        cfg = self._cfg
-        user = cfg.username
-        if not user:
-            return
-        password = self._password()
-        client.set_user(user)
-        if password is not None:
-            client.set_password(password)
-
-    def _password(self) -> str | None:
-        cfg = self._cfg
-        env = cfg.password_env
-        path = cfg.password_file
-        if env:
-            value = os.environ.get(env)
-            if value is None:
-                raise ConnectError(
-                    f"password_env: environment variable {env} is not set", device=self.name
-                )
-            return value
-        if path:
-            try:
-                return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
-            except OSError as exc:
-                raise ConnectError(
-                    f"password_file {path}: {exc.strerror}", device=self.name
-                ) from exc
-        return None
 
     async def _on_lost(self, exc: Exception) -> None:
         # Called by asyncua's supervisor task: remember, do nothing blocking.
@@ -385,48 +188,7 @@ class OpcUaDriver:
                 self._subs[plan.group.name] = await self._subscribe(client, plan)
 
     async def _subscribe(self, client: Client, plan: OpcUaPlan) -> _SubState:
-        interval = float(plan.group.interval_ms)
-        # keep-alives at least twice per staleness window, so silence really means trouble
-        keepalive = max(1, int(plan.stale_after_s * 1000 / interval / 2))
-        params = ua.CreateSubscriptionParameters()
-        params.RequestedPublishingInterval = interval
-        params.RequestedMaxKeepAliveCount = keepalive
-        params.RequestedLifetimeCount = max(3 * keepalive, math.ceil(60_000 / interval))
-        params.MaxNotificationsPerPublish = 0
-        params.PublishingEnabled = True
-        params.Priority = 0
-        sub = _CountingSubscription(
-            client.uaclient.session,
-            params,
-            None,
-            queue_maxsize=plan.queue_size,
-            overflow=_Overflow.DROP_OLDEST,
-        )
-        await sub.init()
-        mfilter = None
-        if plan.deadband_abs > 0:
-            mfilter = ua.DataChangeFilter()
-            mfilter.Trigger = ua.DataChangeTrigger.StatusValue
-            mfilter.DeadbandType = ua.DeadbandType.Absolute
-            mfilter.DeadbandValue = plan.deadband_abs
-        requests = []
-        for i, nid in enumerate(plan.node_ids):
-            item = ua.ReadValueId()
-            item.NodeId = nid
-            item.AttributeId = AttributeIds.Value
-            mp = ua.MonitoringParameters()
-            mp.ClientHandle = i + 1
-            mp.SamplingInterval = plan.sampling_interval_ms
-            mp.QueueSize = 1
-            mp.DiscardOldest = True
-            if mfilter is not None:
-                mp.Filter = mfilter
-            req = ua.MonitoredItemCreateRequest()
-            req.ItemToMonitor = item
-            req.MonitoringMode = ua.MonitoringMode.Reporting
-            req.RequestedParameters = mp
-            requests.append(req)
-        results = await sub.create_monitored_items(requests)
+        sub, results = await subscribe(client, plan)
         n = plan.size
         state = _SubState(
             plan=plan,
@@ -461,14 +223,14 @@ class OpcUaDriver:
         close guard); otherwise, or if that fails or is cancelled, just cut the socket."""
         client.connection_lost_callback = None
         if not graceful:
-            _abort(client)
+            session.abort(client)
             return
         timeout = min(self._cfg.timeout_s, 1.5)
         try:
             async with asyncio.timeout(timeout):
                 await client.disconnect()
         except BaseException as exc:
-            _abort(client)
+            session.abort(client)
             if not isinstance(exc, Exception):
                 raise  # cancelled: the socket is closed, let the cancellation through
             log.debug("%s: disconnect: %r", self.name, exc)
@@ -495,10 +257,10 @@ class OpcUaDriver:
                 self._lost = self._lost or exc
                 raise ConnectError(f"{what}: connection lost ({exc!r})", device=self.name) from exc
             except UaStatusCodeError as exc:
-                if _code_of(exc) in _SESSION_GONE:
+                if session.code_of(exc) in _SESSION_GONE:
                     self._lost = self._lost or exc
                     raise ConnectError(
-                        f"{what}: session lost", device=self.name, status=_status_of(exc)
+                        f"{what}: session lost", device=self.name, status=session.status_of(exc)
                     ) from exc
                 raise
 
@@ -530,7 +292,7 @@ class OpcUaDriver:
             try:
                 dvs = await self._call("Read", lambda params=params: client.uaclient.read(params))
             except UaStatusCodeError as exc:
-                if _code_of(exc) == StatusCodes.BadTooManyOperations and stop - start > 1:
+                if session.code_of(exc) == StatusCodes.BadTooManyOperations and stop - start > 1:
                     # the server's real limit is lower than we were told: halve and retry
                     self._max_nodes = max(1, (stop - start) // 2)
                     log.warning(
@@ -543,8 +305,8 @@ class OpcUaDriver:
                 raise ReadError(
                     f"Read of group {plan.group.name!r} refused",
                     device=self.name,
-                    status=_status_of(exc),
-                    reason=opcua_reason(_code_of(exc) or 0x80000000),
+                    status=session.status_of(exc),
+                    reason=opcua_reason(session.code_of(exc) or 0x80000000),
                 ) from exc
             self.stats["read_calls"] += 1
             if len(dvs) != stop - start:
@@ -594,39 +356,9 @@ class OpcUaDriver:
         return codec.engineering(plan, state.raw.copy(), quality, dict(state.texts), reason)
 
     def _drain(self, state: _SubState) -> None:
-        """Apply every queued notification (in order, so the newest value wins)."""
-        queue = state.sub._event_queue
-        if queue is None:
-            return
-        index = state.plan.index
-        is_text = state.plan.is_text
-        count = 0
-        while True:
-            try:
-                ev = queue.get_nowait()
-            except asyncio.QueueEmpty:
-                break
-            if isinstance(ev, DataChangeEvent):
-                i = index.get(ev.node.nodeid)
-                if i is None:
-                    continue
-                dv = ev.data.monitored_item.Value
-                value, q, text, why = codec.decode_value(dv, bool(is_text[i]))
-                state.raw[i] = value
-                state.quality[i] = q
-                state.reason[i] = why
-                if text is not None:
-                    state.texts[i] = text
-                else:
-                    state.texts.pop(i, None)
-                count += 1
-            elif isinstance(ev, StatusChangeEvent) and ev.notification.Status.is_bad():
-                state.dead = codec.status_name(ev.notification.Status)
-        state.notifications += count
+        count, dropped = drain(state)
         self.stats["notifications"] += count
-        dropped = state.sub.dropped
         if dropped:
-            state.sub.dropped = 0
             self.stats["notifications_dropped"] += dropped
             if self.metrics is not None:
                 self.metrics.inc(
@@ -663,7 +395,9 @@ class OpcUaDriver:
                 "Write", lambda: client.uaclient.write_attributes(ids, dvs, AttributeIds.Value)
             )
         except UaStatusCodeError as exc:
-            raise WriteError("Write refused", device=self.name, status=_status_of(exc)) from exc
+            raise WriteError(
+                "Write refused", device=self.name, status=session.status_of(exc)
+            ) from exc
         except ConnectError as exc:
             raise WriteError(str(exc), device=self.name) from exc
         bad = [(p.name, r) for (p, _), r in zip(points, results, strict=True) if not r.is_good()]
@@ -688,7 +422,7 @@ class OpcUaDriver:
             )
         except UaStatusCodeError as exc:
             raise WriteError(
-                "cannot read the nodes' DataType", device=self.name, status=_status_of(exc)
+                "cannot read the nodes' DataType", device=self.name, status=session.status_of(exc)
             ) from exc
         for nid, dv in zip(ids, dvs, strict=True):
             if codec.status_quality(dv.StatusCode) != Quality.GOOD or dv.Value is None:
@@ -712,17 +446,6 @@ class OpcUaDriver:
                     f"node {nid.to_string()}: cannot resolve DataType {dtype}", device=self.name
                 ) from exc
             self._vtypes[nid] = vtype
-
-
-def _abort(client: Client) -> None:
-    """Synchronous teardown of a client whose connect failed or was cancelled."""
-    client.connection_lost_callback = None
-    for attr in ("_supervisor_task", "_stale_watchdog_task", "_renew_channel_task"):
-        task = getattr(client, attr, None)  # asyncua 2.1 internals; absent ones are skipped
-        if isinstance(task, asyncio.Task) and not task.done():
-            task.cancel()
-    with contextlib.suppress(Exception):
-        client.disconnect_socket()
 
 
 def create(device_cfg: OpcUaDevice, groups: Sequence[GroupSpec]) -> OpcUaDriver:

@@ -19,7 +19,7 @@ from pymodbus.pdu.register_message import (
 )
 
 from drivers.modbus import ModbusDriver, _FastHoldingResponse, _FastInputResponse
-from drivers.opcua import _CountingSubscription
+from drivers.opcua_subscription import CountingSubscription as _CountingSubscription
 
 # --- asyncua 2.1: Subscription._event_queue and Subscription._handle_overflow -----------------
 

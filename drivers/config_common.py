@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Self, cast, get_args
 
 from pydantic import Field, model_validator
 from pydantic_core import PydanticCustomError
@@ -225,6 +225,14 @@ class DeviceBase(StrictModel):
                     )
                 )
         return out
+
+    @classmethod
+    def for_command(cls, **keys: Any) -> Self:
+        """The device of a one-off command (`scan`, `probe`): no poll groups, the given keys
+        (already checked by the command) and every other key its default, so the driver
+        gets its own typed model from the command line as from YAML."""
+        driver = get_args(cls.model_fields["driver"].annotation)[0]
+        return cast(Self, cls.model_construct(driver=driver, poll_groups=[], **keys))
 
     def point(self, tag: Any, index: int) -> Point:
         """The `Point` of one of this device's tags at tag-table slot `index`."""

@@ -28,20 +28,14 @@ import os
 import weakref
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.framer import FramerType
-from pymodbus.pdu.register_message import (
-    ReadHoldingRegistersResponse,
-    ReadInputRegistersResponse,
-)
 
 from drivers.base import (
-    MODBUS_EXCEPTION_NAMES,
     ConnectError,
     DriverError,
     GroupSpec,
@@ -52,17 +46,22 @@ from drivers.base import (
     ReadResult,
     Reason,
     WriteError,
-    WriteRefused,
-    modbus_reason,
 )
-from drivers.modbus_codec import bit_masks, decode_into, encode_point
+from drivers.modbus_codec import decode_into
 from drivers.modbus_config import ModbusDevice
 from drivers.modbus_plan import FUNCTION, ModbusPlan, PlanLimits, ReadRequest, plan_points
+from drivers.modbus_wire import (
+    COMM_LOST_EXCEPTIONS,
+    DeviceException,
+    ProtocolError,
+    ResponseTimeout,
+)
+from drivers.modbus_wire import FastHoldingResponse as _FastHoldingResponse
+from drivers.modbus_wire import FastInputResponse as _FastInputResponse
+from drivers.modbus_wire import exception_status as exception_status  # agent.commands.scan
+from drivers.modbus_writes import WRITE_NAMES, WriteOp, compile_writes
 
 log = logging.getLogger(__name__)
-
-# gateway exceptions say the device behind the gateway is unreachable, not that it refused
-_COMM_LOST_EXCEPTIONS = (0x0A, 0x0B)
 
 _READ_METHOD = {
     "coil": "read_coils",
@@ -70,165 +69,6 @@ _READ_METHOD = {
     "holding": "read_holding_registers",
     "input": "read_input_registers",
 }
-
-
-def exception_status(code: int) -> str:
-    """`exception 0x02 ILLEGAL_DATA_ADDRESS` - the status text carried by errors."""
-    return f"exception 0x{code:02X} {MODBUS_EXCEPTION_NAMES.get(code, 'unknown').upper()}"
-
-
-class ResponseTimeout(ConnectError):
-    """No (complete) answer within timeout_s after all retries."""
-
-    reason = Reason.TIMEOUT
-
-    def __init__(self, message: str, **ctx: Any) -> None:
-        super().__init__(message, status="timeout", **ctx)
-
-
-class ProtocolError(ReadError):
-    """An answer that does not match the request (function code, unit, count, echo)."""
-
-
-class DeviceException(ReadError):
-    """The device answered with a Modbus exception response."""
-
-    def __init__(self, message: str, *, code: int, **ctx: Any) -> None:
-        self.code = code
-        super().__init__(message, status=exception_status(code), reason=modbus_reason(code), **ctx)
-
-
-class _FastRegisters:
-    """Register-read responses decoded with one numpy call instead of a struct.unpack and
-    list.append per register (pymodbus 3.16), and a short __str__ (pymodbus formats every
-    PDU for a debug log line even when debug is off).  Registered per client through the
-    documented `client.register()`; about 40 % of the client CPU of a 124-register read.
-    `registers` is a big-endian uint16 numpy view."""
-
-    registers: Any
-    malformed: str = ""
-    function_code: int
-    dev_id: int
-
-    def decode(self, data: bytes) -> None:
-        # never raise here: pymodbus raises out of data_received, and asyncio then closes
-        # the connection; a flagged PDU lets the driver reject just this answer
-        n = int(data[0])
-        self.malformed = ""
-        if n >= len(data) or n % 2:
-            self.malformed = f"byte count {n} in a frame of {len(data)} bytes"
-            n = min(n, len(data) - 1) & ~1
-        self.registers = np.frombuffer(data, ">u2", count=n // 2, offset=1)
-
-    def __str__(self) -> str:
-        return (
-            f"{type(self).__name__}(dev_id={self.dev_id}, fc={self.function_code}, "
-            f"{len(self.registers)} registers)"
-        )
-
-
-class _FastHoldingResponse(_FastRegisters, ReadHoldingRegistersResponse):
-    pass
-
-
-class _FastInputResponse(_FastRegisters, ReadInputRegistersResponse):
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class WriteOp:
-    """One write request compiled from one or more points (contiguous ones are merged)."""
-
-    unit_id: int
-    function_code: int  # 5, 6, 15, 16 or 22
-    address: int
-    values: tuple[int, ...]  # registers, or 0/1 per coil; FC22: (and_mask, or_mask)
-    tags: tuple[str, ...]
-
-
-_WRITE_NAMES = {
-    5: "FC05 write_coil",
-    6: "FC06 write_register",
-    15: "FC15 write_coils",
-    16: "FC16 write_registers",
-    22: "FC22 mask_write_register",
-}
-
-
-def compile_writes(
-    device: str, points: Sequence[tuple[Point, float | int | bool | str]]
-) -> list[WriteOp]:
-    """Validate and encode a write batch; refuses the whole batch before anything is sent.
-
-    Each point must be writable, in a writable table (holding/coil) and within its
-    min/max; the engineering value must be representable in the tag's type.  Contiguous
-    registers of one unit are merged into one FC16, contiguous coils into one FC15; one
-    register goes as FC06, one coil as FC05, a bit inside a register as FC22 mask write.
-    """
-    items: list[tuple[int, str, int, int, Point, list[int]]] = []
-    for p, value in points:
-        ctx = {"device": device, "unit_id": p.unit_id, "address": p.address}
-        if not p.writable:
-            raise WriteRefused(f"tag {p.name} is not writable", **ctx)
-        if p.table not in ("holding", "coil"):
-            raise WriteRefused(f"tag {p.name}: the {p.table} table is read-only", **ctx)
-        if not isinstance(value, str):
-            v = float(value)
-            if not np.isfinite(v):
-                raise WriteRefused(f"tag {p.name}: refusing to write {value!r}", **ctx)
-            if p.min is not None and v < p.min:
-                raise WriteRefused(f"tag {p.name}: {v} is below min {p.min}", **ctx)
-            if p.max is not None and v > p.max:
-                raise WriteRefused(f"tag {p.name}: {v} is above max {p.max}", **ctx)
-        try:
-            regs = encode_point(p, value)
-        except (ValueError, TypeError) as exc:
-            raise WriteRefused(f"tag {p.name}: {exc}", **ctx) from exc
-        assert p.address is not None
-        items.append((p.unit_id, p.table, p.address, len(regs), p, regs))
-
-    ops: list[WriteOp] = []
-    items.sort(key=lambda t: (t[0], t[1], t[2], t[4].dtype == "bit"))
-    run: list[tuple[int, str, int, int, Point, list[int]]] = []
-
-    def flush() -> None:
-        if not run:
-            return
-        unit, table, start = run[0][0], run[0][1], run[0][2]
-        values = tuple(v for it in run for v in it[5])
-        tags = tuple(it[4].name for it in run)
-        single, multi = (5, 15) if table == "coil" else (6, 16)
-        fc = single if len(values) == 1 else multi
-        ops.append(WriteOp(unit, fc, start, values, tags))
-        run.clear()
-
-    for it in items:
-        unit, table, address, width, p, regs = it
-        if p.dtype == "bit":
-            flush()
-            and_m, or_m = bit_masks(p.bit or 0, bool(regs[0]), p.byte_order)
-            ops.append(WriteOp(unit, 22, address, (and_m, or_m), (p.name,)))
-            continue
-        if run:
-            last = run[-1]
-            end = last[2] + last[3]
-            if (unit, table) == (last[0], last[1]) and address < end:
-                raise WriteRefused(
-                    f"tags {last[4].name} and {p.name} overlap in one write",
-                    device=device,
-                    unit_id=unit,
-                    address=address,
-                )
-            limit = 123 if table == "holding" else 1968  # FC16 / FC15 maxima
-            if (
-                (unit, table) != (last[0], last[1])
-                or address != end
-                or sum(len(r[5]) for r in run) + width > limit
-            ):
-                flush()
-        run.append(it)
-    flush()
-    return ops
 
 
 class _Link:
@@ -543,7 +383,7 @@ class ModbusDriver:
                 errors.append(exc)
                 continue
             except DeviceException as exc:
-                lost = exc.code in _COMM_LOST_EXCEPTIONS
+                lost = exc.code in COMM_LOST_EXCEPTIONS
                 quality[req.points] = Quality.COMM_LOST if lost else Quality.BAD
                 reason[req.points] = exc.reason
                 errors.append(exc)
@@ -648,21 +488,21 @@ class ModbusDriver:
         except DeviceException as exc:
             self.counters["write_errors"] += 1
             raise WriteError(
-                f"{_WRITE_NAMES[op.function_code]} of {', '.join(op.tags)} refused",
+                f"{WRITE_NAMES[op.function_code]} of {', '.join(op.tags)} refused",
                 status=exc.status,
                 **ctx,
             ) from exc
         except ReadError as exc:
             self.counters["write_errors"] += 1
             raise WriteError(
-                f"{_WRITE_NAMES[op.function_code]} of {', '.join(op.tags)}: {exc}",
+                f"{WRITE_NAMES[op.function_code]} of {', '.join(op.tags)}: {exc}",
                 status=exc.status,
                 **ctx,
             ) from exc
         except ResponseTimeout as exc:
             self.counters["write_errors"] += 1
             raise WriteError(
-                f"{_WRITE_NAMES[op.function_code]} of {', '.join(op.tags)}: no answer",
+                f"{WRITE_NAMES[op.function_code]} of {', '.join(op.tags)}: no answer",
                 status="timeout",
                 **ctx,
             ) from exc
@@ -670,14 +510,14 @@ class ModbusDriver:
             self.counters["write_errors"] += 1
             self._drop()
             raise WriteError(
-                f"{_WRITE_NAMES[op.function_code]} echo {echo} does not match {want}",
+                f"{WRITE_NAMES[op.function_code]} echo {echo} does not match {want}",
                 status="mismatch",
                 **ctx,
             )
         self.counters["writes"] += 1
 
 
-_READ_OR_WRITE = {fc: name for fc, name in FUNCTION.values()} | _WRITE_NAMES
+_READ_OR_WRITE = {fc: name for fc, name in FUNCTION.values()} | WRITE_NAMES
 
 
 def create(device_cfg: ModbusDevice, groups: Sequence[GroupSpec]) -> ModbusDriver:

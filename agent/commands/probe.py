@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from dataclasses import dataclass
 
 HELP = "read raw Modbus registers and print them as every type in every byte/word order"
 
@@ -50,25 +49,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(e.g. float32:CDAB)",
     )
     parser.add_argument("--name", help="tag name for --yaml (default <table>_<address>)")
-
-
-@dataclass(frozen=True)
-class _ProbeDevice:
-    """A device config with the YAML field names, built from the command line."""
-
-    name: str
-    transport: str
-    host: str
-    port: int
-    serial_port: str | None
-    baudrate: int
-    parity: str
-    stopbits: int
-    unit_id: int
-    timeout_s: float
-    bytesize: int = 8
-    retries: int = 0
-    driver: str = "modbus"
 
 
 def _fmt(v: float | int, dtype: str) -> str:
@@ -140,8 +120,9 @@ def format_bits(start: int, bits: list[int]) -> str:
 
 async def _read(args: argparse.Namespace) -> list[int]:
     from drivers.modbus import create
+    from drivers.modbus_config import ModbusDevice
 
-    dev = _ProbeDevice(
+    dev = ModbusDevice.for_command(
         name="probe",
         transport="rtu" if args.rtu else "tcp",
         host=args.host,
@@ -152,6 +133,7 @@ async def _read(args: argparse.Namespace) -> list[int]:
         stopbits=args.stopbits,
         unit_id=args.unit,
         timeout_s=args.timeout,
+        retries=0,
     )
     drv = create(dev, [])
     try:

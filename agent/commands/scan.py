@@ -206,25 +206,6 @@ class Scanner:
 # --- I/O --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _ScanDevice:
-    """The device keys `drivers.modbus` reads, from the command line (YAML names)."""
-
-    name: str
-    host: str
-    port: int
-    unit_id: int
-    timeout_s: float
-    transport: str = "tcp"
-    serial_port: str | None = None
-    baudrate: int = 19200
-    parity: str = "N"
-    stopbits: int = 1
-    bytesize: int = 8
-    retries: int = 0
-    driver: str = "modbus"
-
-
 def _argument_problem(args: argparse.Namespace) -> str | None:
     if not args.host.strip():
         return "--host is empty"
@@ -244,10 +225,12 @@ def _argument_problem(args: argparse.Namespace) -> str | None:
 async def _scan(args: argparse.Namespace, tables: list[str]) -> dict[str, dict]:
     from drivers.base import ConnectError, DriverError
     from drivers.modbus import DeviceException, ResponseTimeout, create
+    from drivers.modbus_config import ModbusDevice
 
-    dev = _ScanDevice(
-        name="scan", host=args.host, port=args.port, unit_id=args.unit, timeout_s=args.timeout
-    )
+    dev = ModbusDevice.for_command(
+        name="scan", host=args.host, port=args.port, unit_id=args.unit, timeout_s=args.timeout,
+        retries=0,
+    )  # fmt: skip
     drv = create(dev, [])
     period = 1.0 / args.rate
     next_at = time.monotonic()

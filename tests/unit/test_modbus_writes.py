@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from drivers.base import Point, WriteRefused
-from drivers.modbus import compile_writes
 from drivers.modbus_codec import bit_masks, encode_registers
+from drivers.modbus_writes import compile_writes
 
 
 def w(name: str, table: str, address: int, dtype: str = "uint16", **kw) -> Point:

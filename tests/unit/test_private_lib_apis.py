@@ -18,8 +18,9 @@ from pymodbus.pdu.register_message import (
     ReadInputRegistersResponse,
 )
 
-from drivers.modbus import ModbusDriver, _FastHoldingResponse, _FastInputResponse
-from drivers.opcua_subscription import CountingSubscription as _CountingSubscription
+from drivers.modbus import ModbusDriver
+from drivers.modbus_wire import FastHoldingResponse, FastInputResponse
+from drivers.opcua_subscription import CountingSubscription
 
 # --- asyncua 2.1: Subscription._event_queue and Subscription._handle_overflow -----------------
 
@@ -41,8 +42,8 @@ def _status_change(code: int) -> ua.PublishResult:
 
 
 async def test_iterator_mode_subscription_keeps_a_bounded_asyncio_queue() -> None:
-    """drivers/opcua.py drains `sub._event_queue` with get_nowait() and reads None as 'no
-    iterator mode'; the queue must be created at construction with the given bound."""
+    """drivers/opcua_subscription.py drains `sub._event_queue` with get_nowait() and reads
+    None as 'no iterator mode'; the queue must be created at construction with its bound."""
     params = ua.CreateSubscriptionParameters()
     sub = Subscription(_session(), params, None, queue_maxsize=3)
     assert isinstance(sub._event_queue, asyncio.Queue)
@@ -56,8 +57,8 @@ async def test_a_full_queue_goes_through_handle_overflow_and_drops_the_oldest() 
     publish path must call it when the queue is full, and DROP_OLDEST keep the newest."""
     sig = inspect.signature(Subscription._handle_overflow)
     assert list(sig.parameters) == ["self", "event"]
-    assert "_handle_overflow" in vars(_CountingSubscription)
-    sub = _CountingSubscription(
+    assert "_handle_overflow" in vars(CountingSubscription)
+    sub = CountingSubscription(
         _session(),
         ua.CreateSubscriptionParameters(),
         None,
@@ -95,8 +96,8 @@ async def test_registered_register_responses_decode_through_the_driver_class() -
     pymodbus calls as decode(frame after the function code) and reads via `registers`,
     `function_code`, `dev_id` and isError()."""
     for base, fast in (
-        (ReadHoldingRegistersResponse, _FastHoldingResponse),
-        (ReadInputRegistersResponse, _FastInputResponse),
+        (ReadHoldingRegistersResponse, FastHoldingResponse),
+        (ReadInputRegistersResponse, FastInputResponse),
     ):
         assert list(inspect.signature(base.decode).parameters) == ["self", "data"]
         client = AsyncModbusTcpClient("127.0.0.1", port=1, retries=0)

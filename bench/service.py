@@ -27,7 +27,7 @@ libraries cost before the agent holds any data.  Throughput and growth are commi
 between two snapshots, so a window is off by at most one store batch (500 ms) at each end.
 
 Usage: .venv/bin/python bench/service.py [--warmup 10] [--seconds 30] [--tags 1000]
-       [--rates 1,10] [--no-mqtt] [--no-control] [--kernel auto|aot|jit] [--arena-max 2]
+       [--rates 1,10] [--no-mqtt] [--no-control] [--kernel auto|aot|jit] [--arena-max N]
 """
 
 from __future__ import annotations
@@ -234,7 +234,7 @@ class Setup:
     numba_cache: Path
     control: bool = True
     kernel: str = "auto"  # EDGELOOP_KERNEL: auto (the AOT module), jit
-    arena_max: str | None = "2"  # MALLOC_ARENA_MAX, as systemd/edgeloop.service
+    arena_max: str | None = None  # MALLOC_ARENA_MAX (unset, as systemd/edgeloop.service)
     http_port: int = field(default_factory=free_port)
 
 

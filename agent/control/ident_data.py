@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 
@@ -75,7 +76,7 @@ def prepare(
         # a grid point whose neighbours are both bad stays bad (so it is counted)
         near = idx
         out[~ok[near] & ~ok[np.clip(near + 1, 0, len(t) - 1)]] = np.nan
-        return out
+        return cast(np.ndarray, out)
 
     Dg = np.column_stack([interp(c) for c in D.T]) if D.shape[1] else np.zeros((len(grid), 0))
     return ug, interp(y), Dg
@@ -86,12 +87,12 @@ def fill_gaps(v: np.ndarray) -> np.ndarray:
     if ok.all() or not ok.any():
         return v
     k = np.arange(len(v))
-    return np.interp(k, k[ok], v[ok])
+    return cast(np.ndarray, np.interp(k, k[ok], v[ok]))
 
 
 def deviations(u: np.ndarray, D: np.ndarray) -> np.ndarray:
     X = np.column_stack([fill_gaps(u), *[fill_gaps(c) for c in D.T]])
-    return X - X.mean(axis=0)
+    return cast(np.ndarray, X - X.mean(axis=0))
 
 
 def mask_columns(X: np.ndarray, active: list[bool]) -> np.ndarray:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -123,7 +123,7 @@ class LinearModel:
         den = 1.0 + float(self.a.sum())
         if abs(den) < 1e-12:
             return np.full(self.n_inputs, math.inf)
-        return self.b.sum(axis=1) / den
+        return cast(np.ndarray, self.b.sum(axis=1) / den)
 
     def gain(self) -> float:
         """Steady-state dy/du."""
@@ -258,7 +258,7 @@ class LinearModel:
     # -- card
     def to_card(self) -> dict[str, Any]:
         """JSON-safe description (NaN/inf become null); `from_card` restores the model."""
-        return json_safe(
+        card: dict[str, Any] = json_safe(
             {
                 "format": CARD_FORMAT,
                 "version": CARD_VERSION,
@@ -282,6 +282,7 @@ class LinearModel:
                 "info": self.info,
             }
         )
+        return card
 
     @classmethod
     def from_card(cls, d: dict[str, Any]) -> LinearModel:

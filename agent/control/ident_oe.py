@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -255,7 +256,7 @@ def _highpass(x: np.ndarray, w: int) -> np.ndarray:
     lags and dead time, while the slow level changes of a wide operating range (where a
     nonlinear gain shows as curvature) stop dominating the fit."""
     c = np.cumsum(np.concatenate((np.full(w, x[0]), x)))
-    return x - (c[w:] - c[:-w]) / w
+    return cast(np.ndarray, x - (c[w:] - c[:-w]) / w)
 
 
 def fit_oe(

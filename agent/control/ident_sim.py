@@ -5,6 +5,7 @@ scores a model is judged by (NRMSE fit %, Ljung-Box whiteness).  Plain numpy, no
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import numpy as np
 
@@ -101,7 +102,7 @@ def lsim(A: np.ndarray, B: np.ndarray, c: np.ndarray, x0: np.ndarray, U: np.ndar
         G[step:] = G[step:] + G[:-step] @ Mp.T
         Mp = Mp @ Mp
         step *= 2
-    return (G @ obs.T + Ub @ T.T).reshape(-1)[:N]
+    return cast(np.ndarray, (G @ obs.T + Ub @ T.T).reshape(-1)[:N])
 
 
 def lfilter(num: np.ndarray, den: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -128,7 +129,7 @@ def scaled_lstsq(A: np.ndarray, b: np.ndarray) -> np.ndarray:
         x = np.linalg.solve(G, As.T @ b)
     else:
         x = np.linalg.lstsq(As, b, rcond=None)[0]
-    return x / s
+    return cast(np.ndarray, x / s)
 
 
 def nrmse_fit_pct(y: np.ndarray, yhat: np.ndarray) -> float:

@@ -225,7 +225,8 @@ def blas_threads(n: int | None) -> contextlib.AbstractContextManager[Any]:
         return contextlib.nullcontext()
     from threadpoolctl import threadpool_limits
 
-    return threadpool_limits(limits=n, user_api="blas")
+    limits: contextlib.AbstractContextManager[Any] = threadpool_limits(limits=n, user_api="blas")
+    return limits
 
 
 def _as_2d(y: np.ndarray) -> np.ndarray:

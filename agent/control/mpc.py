@@ -35,7 +35,7 @@ of measured disturbances.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol, cast
 
 import numpy as np
 
@@ -170,7 +170,7 @@ def kalman_gain(a: np.ndarray, c: np.ndarray, q: np.ndarray, r: float) -> np.nda
         if done:
             break
     p = (hk + hk.T) / 2  # prior (predicted) covariance
-    return p @ c / (c @ p @ c + r)
+    return cast(np.ndarray, p @ c / (c @ p @ c + r))
 
 
 def move_blocks(horizon: int, moves: int) -> np.ndarray:
@@ -367,7 +367,7 @@ class ModelMpc:
                 lo = mid  # too slow: more disturbance noise
             else:
                 hi = mid
-        return 10.0 ** ((lo + hi) / 2.0)
+        return float(10.0 ** ((lo + hi) / 2.0))
 
     def reset(self, u0: float, y0: float, d0: Sequence[float] | np.ndarray | None) -> None:
         """Start from the plant at rest at output `u0`, measurement `y0`, disturbances `d0`;
@@ -413,14 +413,14 @@ class ModelMpc:
         """A feasible plan near `w`: clip the moves, then the levels (clipping is 1-Lipschitz,
         so the clipped levels keep every move within the rate limit)."""
         moves = np.clip(np.diff(w, prepend=0.0), -self.max_step, self.max_step)
-        return np.clip(np.cumsum(moves), self.u_lo - u_prev, self.u_hi - u_prev)
+        return cast(np.ndarray, np.clip(np.cumsum(moves), self.u_lo - u_prev, self.u_hi - u_prev))
 
     def _warm(self, u_prev: float) -> np.ndarray:
         """The last plan shifted by one period, resampled on the blocks, relative to u_prev."""
         if not math.isfinite(self.plan[0]):
             return np.zeros(self.plan.size)
         path = np.repeat(self.plan, self.block_len)
-        return np.concatenate([path[1:], path[-1:]])[self.starts] - u_prev
+        return cast(np.ndarray, np.concatenate([path[1:], path[-1:]])[self.starts] - u_prev)
 
     def step(self, sp: float, y_meas: float, d_meas: Sequence[float], u_prev: float) -> float:
         """This period's output from the setpoint, the measurement, the measured disturbances

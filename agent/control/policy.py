@@ -16,7 +16,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -130,7 +130,7 @@ def feature_rows(signals: list[str], features: list[Feature]) -> tuple[np.ndarra
 
 def raw_features(fs: FeatureState, rows: np.ndarray, lags: np.ndarray) -> np.ndarray:
     """Unnormalised feature vector for the current period (allocates; training only)."""
-    return fs.flat[rows * fs.length + (fs.pos - lags) % fs.length].copy()
+    return cast(np.ndarray, fs.flat[rows * fs.length + (fs.pos - lags) % fs.length].copy())
 
 
 def integral_params(card: dict[str, Any], where: str) -> tuple[float, float, float] | None:

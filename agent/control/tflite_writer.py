@@ -77,7 +77,7 @@ def _check_layers(layers: Sequence[Layer]) -> list[tuple[np.ndarray, np.ndarray,
 
 
 def _int_vector(builder: flatbuffers.Builder, values: Sequence[int]) -> int:
-    return builder.CreateNumpyVector(np.asarray(values, np.int32))
+    return int(builder.CreateNumpyVector(np.asarray(values, np.int32)))
 
 
 def _data_vector(builder: flatbuffers.Builder, data: bytes) -> int:
@@ -85,7 +85,7 @@ def _data_vector(builder: flatbuffers.Builder, data: bytes) -> int:
     builder.StartVector(1, len(data), _DATA_ALIGN)
     builder.head = builder.head - len(data)
     builder.Bytes[builder.head : builder.head + len(data)] = data
-    return builder.EndVector()
+    return int(builder.EndVector())
 
 
 def mlp_to_tflite(
@@ -179,7 +179,7 @@ def mlp_to_tflite(
         start(builder, len(offsets))  # type: ignore[operator]
         for off in reversed(offsets):
             builder.PrependUOffsetTRelative(off)
-        return builder.EndVector()
+        return int(builder.EndVector())
 
     sg_tensors = table_vector(tfl.SubGraphStartTensorsVector, tensor_offsets)
     sg_ops = table_vector(tfl.SubGraphStartOperatorsVector, op_offsets)

@@ -7,7 +7,10 @@ union from that list.  The bases carry what the rest of edgeloop reads from any 
 call instead of branching per driver: `DeviceBase.point` (one tag -> `Point`),
 `GroupBase.options` (driver-specific group settings), `DeviceBase.file_problems` (files the
 driver reads at connect, read now), `DeviceBase.FILE_KEYS` (paths relative to the config
-file) and `DeviceBase.check_together` (checks across the devices of one driver).
+file), `DeviceBase.check_together` (checks across the devices of one driver) and
+`DeviceBase.for_command` (a typed device for `scan`/`probe`).  Messages a driver words itself:
+`ADDRESSED_BY` on its tag ("tags are addressed by node") and `PATTERN_HINTS` (key -> what a
+value must look like) on any of its models.
 
 Problems found by a model validator are raised as one `problems(...)` error carrying
 (relative path, message) pairs, so the loader reports each at its own file:line.

@@ -12,10 +12,12 @@ import pytest
 
 from agent.config import ConfigError, parse_config
 from agent.tags import compile_config
+from drivers import registry
 from drivers.base import Quality, Reason, WriteRefused
 from drivers.csv_config import CsvDevice
 from drivers.csv_replay import CsvFileError, CsvReplayDriver, load_rows
-from drivers.registry import specs
+from drivers.modbus_config import ModbusDevice
+from drivers.registry import DriverSpec, specs
 
 DATA = """t,temp,flow,state,label,count
 0,20.5,1.0,true,idle,1
@@ -176,3 +178,29 @@ def test_the_loader_refuses_a_file_whose_times_go_back(tmp_path: Path) -> None:
     path.write_text("t,x\n")
     with pytest.raises(CsvFileError, match="no data rows"):
         load_rows(path, ",", ["x"], None)
+
+
+def test_group_keys_of_other_drivers_and_subscribe_name_the_driver(tmp_path: Path) -> None:
+    text = _config(tmp_path).replace(
+        "        interval_ms: 100\n", "        interval_ms: 100\n        mode: subscribe\n"
+        "        deadband_abs: 0.5\n"
+    )  # fmt: skip
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "plant.yaml", check_files=False)
+    assert str(info.value).splitlines() == [
+        "plant.yaml:9: devices[0].poll_groups[0].mode: subscribe is OPC UA only; CSV groups are "
+        "polled",
+        "plant.yaml:10: devices[0].poll_groups[0].deadband_abs: is an OPC UA poll group key; not "
+        "one of a CSV group",
+    ]
+
+
+def test_the_registry_refuses_a_spec_whose_model_names_another_driver() -> None:
+    with pytest.raises(TypeError, match="must be Literal\\['csv'\\]"):
+        registry._load(f"{__name__}:WRONG_SPEC")
+
+
+# a contributor's slip: the csv entry pointing at the Modbus device model
+WRONG_SPEC = DriverSpec(
+    name="csv", device=ModbusDevice, factory="drivers.csv_replay:create", label="CSV"
+)

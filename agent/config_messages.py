@@ -12,7 +12,7 @@ import difflib
 import re
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -277,7 +277,7 @@ def _subscribe_hint(raw_loc: Sequence[str | int]) -> str:
     return f"subscribe is {' / '.join(able) or 'not'} only; {polled}"
 
 
-def friendly(err: dict[str, Any], loc: Path_, model: type) -> list[tuple[Path_, str]]:
+def friendly(err: Mapping[str, Any], loc: Path_, model: type) -> list[tuple[Path_, str]]:
     kind = err["type"]
     ctx = err.get("ctx") or {}
     raw_loc = err["loc"]
@@ -332,9 +332,9 @@ def friendly(err: dict[str, Any], loc: Path_, model: type) -> list[tuple[Path_, 
     if kind == "string_pattern_mismatch":
         key = next((p for p in reversed(loc) if isinstance(p, str)), "")
         _, owner = _resolve(model, raw_loc[:-1])
-        hint = getattr(owner, "PATTERN_HINTS", {}).get(key)
-        if hint:  # a driver's own wording for its patterns (NodeIds, endpoints)
-            return [(loc, hint)]
+        wording: str | None = getattr(owner, "PATTERN_HINTS", {}).get(key)
+        if wording:  # a driver's own wording for its patterns (NodeIds, endpoints)
+            return [(loc, wording)]
         if key.endswith("_env"):  # most likely the secret itself: never echo it
             return [(loc, ENV_NAME_HINT)]
         return [(loc, NAME_HINT)]

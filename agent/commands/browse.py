@@ -30,8 +30,11 @@ import math
 import re
 import sys
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from drivers.opcua_config import OpcUaDevice
 
 HELP = "browse an OPC UA server and print ready-to-paste tag lines (node, type, unit, range)"
 
@@ -115,26 +118,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--timeout", type=float, default=5.0, help="request timeout, s (5)")
     p.add_argument("-v", "--verbose", action="store_true", help="show asyncua's log messages")
-
-
-@dataclass(frozen=True)
-class _BrowseDevice:
-    """The device keys `drivers.opcua` reads, from the command line (YAML names)."""
-
-    name: str
-    endpoint: str
-    security_policy: str
-    security_mode: str
-    client_certificate: str | None
-    client_private_key: str | None
-    server_certificate: str | None
-    trust_dir: str | None
-    username: str | None
-    password_env: str | None
-    password_file: str | None
-    timeout_s: float
-    max_nodes_per_read: int = 0
-    driver: str = "opcua"
 
 
 @dataclass
@@ -551,10 +534,13 @@ def _text(v: Any) -> str:
 # --- the command ---------------------------------------------------------------------------
 
 
-def _device(args: argparse.Namespace) -> _BrowseDevice:
+def _device(args: argparse.Namespace) -> OpcUaDevice:
+    """The device keys `drivers.opcua` reads, from the command line, as its typed model."""
+    from drivers.opcua_config import OpcUaDevice
+
     policy = args.security_policy
     mode = args.security_mode or ("None" if policy == "None" else "SignAndEncrypt")
-    return _BrowseDevice(
+    return OpcUaDevice.for_command(
         name="browse",
         endpoint=args.endpoint,
         security_policy=policy,
@@ -570,7 +556,7 @@ def _device(args: argparse.Namespace) -> _BrowseDevice:
     )
 
 
-def _argument_problem(args: argparse.Namespace, dev: _BrowseDevice) -> str | None:
+def _argument_problem(args: argparse.Namespace, dev: OpcUaDevice) -> str | None:
     """The config's checks of the same keys, as one line (the driver checks the rest)."""
     problem = check_endpoint(args.endpoint)
     if problem:
@@ -600,7 +586,7 @@ def _argument_problem(args: argparse.Namespace, dev: _BrowseDevice) -> str | Non
 
 
 async def _browse(
-    args: argparse.Namespace, dev: _BrowseDevice, root: Any
+    args: argparse.Namespace, dev: OpcUaDevice, root: Any
 ) -> tuple[list[Found], _Walker]:
     from drivers.opcua import create
 

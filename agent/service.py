@@ -473,13 +473,9 @@ class Pipeline:
             await _bounded(asyncio.to_thread(self.store.close, budget), budget + 0.2, "store")
 
 
-def _serial_ports(cfg: Any) -> set[str]:
-    """Serial ports the config's enabled devices use (Modbus RTU)."""
-    return {
-        str(d.serial_port)
-        for d in cfg.devices
-        if getattr(d, "transport", None) == "rtu" and getattr(d, "enabled", True)
-    }
+def _exclusive_links(cfg: Any) -> set[str]:
+    """Links (serial lines) the config's enabled devices hold alone (`exclusive_links`)."""
+    return {link for d in cfg.devices if d.enabled for link in d.exclusive_links()}
 
 
 def _same_layout(a: Any, b: Any) -> bool:
@@ -624,7 +620,7 @@ class Service:
         except Exception as exc:
             log.error("reload refused: %s", exc)
             return self._reload_refused("reload refused; previous configuration still running")
-        serial = _serial_ports(old.cfg) & _serial_ports(new.cfg)
+        serial = _exclusive_links(old.cfg) & _exclusive_links(new.cfg)
         carried_state: dict[str, Any] | None = None
         try:
             if "telemetry" not in new.carried:  # a changed HTTP section: the port moves

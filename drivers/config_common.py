@@ -7,10 +7,11 @@ union from that list.  The bases carry what the rest of edgeloop reads from any 
 call instead of branching per driver: `DeviceBase.point` (one tag -> `Point`),
 `GroupBase.options` (driver-specific group settings), `DeviceBase.file_problems` (files the
 driver reads at connect, read now), `DeviceBase.FILE_KEYS` (paths relative to the config
-file), `DeviceBase.check_together` (checks across the devices of one driver) and
-`DeviceBase.for_command` (a typed device for `scan`/`probe`).  Messages a driver words itself:
-`ADDRESSED_BY` on its tag ("tags are addressed by node") and `PATTERN_HINTS` (key -> what a
-value must look like) on any of its models.
+file), `DeviceBase.check_together` (checks across the devices of one driver),
+`DeviceBase.exclusive_links` (links one master holds alone: a reload hands them over
+break-before-make) and `DeviceBase.for_command` (a typed device for `scan`/`probe`).
+Messages a driver words itself: `ADDRESSED_BY` on its tag ("tags are addressed by node")
+and `PATTERN_HINTS` (key -> what a value must look like) on any of its models.
 
 Problems found by a model validator are raised as one `problems(...)` error carrying
 (relative path, message) pairs, so the loader reports each at its own file:line.
@@ -245,6 +246,12 @@ class DeviceBase(StrictModel):
         """Files the driver reads when it connects (secrets, certificates, data), read now so
         `edgeloop check` refuses what start-up would; paths relative to the device."""
         return []
+
+    def exclusive_links(self) -> frozenset[str]:
+        """Links this device holds alone while connected (a serial line: two masters on one
+        RS-485 bus collide), so a reload stops the old device before the new one connects
+        instead of running both for a moment.  Empty: the handover may overlap."""
+        return frozenset()
 
     @classmethod
     def check_together(cls, devices: Sequence[tuple[int, DeviceBase]]) -> Problems:

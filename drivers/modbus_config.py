@@ -239,6 +239,12 @@ class ModbusDevice(DeviceBase):
         raise_if(out)
         return self
 
+    def exclusive_links(self) -> frozenset[str]:
+        """An RTU device's serial port (the bus has one master); TCP connections overlap."""
+        if self.transport == "rtu" and self.serial_port:
+            return frozenset({self.serial_port})
+        return frozenset()
+
     def point(self, tag: ModbusTag, index: int) -> Point:
         """Tag overrides of byte/word order and unit id fall back to the device's."""
         return Point(

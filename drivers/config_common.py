@@ -9,7 +9,8 @@ call instead of branching per driver: `DeviceBase.point` (one tag -> `Point`),
 driver reads at connect, read now), `DeviceBase.FILE_KEYS` (paths relative to the config
 file), `DeviceBase.check_together` (checks across the devices of one driver),
 `DeviceBase.exclusive_links` (links one master holds alone: a reload hands them over
-break-before-make) and `DeviceBase.for_command` (a typed device for `scan`/`probe`).
+break-before-make), `DeviceBase.notes` (legal but likely mistaken values `check` points out)
+and `DeviceBase.for_command` (a typed device for `scan`/`probe`).
 Messages a driver words itself: `ADDRESSED_BY` on its tag ("tags are addressed by node")
 and `PATTERN_HINTS` (key -> what a value must look like) on any of its models.
 
@@ -245,6 +246,11 @@ class DeviceBase(StrictModel):
     def file_problems(self) -> Problems:
         """Files the driver reads when it connects (secrets, certificates, data), read now so
         `edgeloop check` refuses what start-up would; paths relative to the device."""
+        return []
+
+    def notes(self) -> Problems:
+        """Values that are legal but most likely not what was meant (`edgeloop check` prints
+        each as a note and still passes); paths relative to the device."""
         return []
 
     def exclusive_links(self) -> frozenset[str]:

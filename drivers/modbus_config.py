@@ -126,6 +126,11 @@ def _transport_needs(schema: dict[str, Any]) -> None:
     schema["else"] = {"required": ["host"], "properties": {"host": {"type": "string"}}}
 
 
+# Modicon references: 3xxxx input registers, 4xxxx holding registers, 1xxxx discrete
+# inputs.  (Six-digit references are above 65535 and refused as addresses anyway.)
+_MODICON = {"holding": 40001, "input": 30001, "discrete": 10001}
+
+
 class ModbusDevice(DeviceBase):
     """A Modbus TCP server or a Modbus RTU serial line (several units may share either)."""
 
@@ -238,6 +243,25 @@ class ModbusDevice(DeviceBase):
                 span.append((lo, hi, t.name, path))
         raise_if(out)
         return self
+
+    def notes(self) -> Problems:
+        """A tag address that looks like a Modicon reference of its own table (a PLC
+        manual's "40001" is holding register 0 on the wire), naming the 0-based address."""
+        out: Problems = []
+        for j, g in enumerate(self.poll_groups):
+            for k, tag in enumerate(g.tags):
+                base = _MODICON.get(tag.table)
+                if base is None or not base <= tag.address < base + 9999:
+                    continue
+                out.append(
+                    (
+                        ("poll_groups", j, "tags", k, "address"),
+                        f"{tag.address} is read as {tag.table} register {tag.address} "
+                        f"(0-based, on the wire); if it is a Modicon reference ({tag.address} "
+                        f"in a PLC manual), the register is `address: {tag.address - base}`",
+                    )
+                )
+        return out
 
     def exclusive_links(self) -> frozenset[str]:
         """An RTU device's serial port (the bus has one master); TCP connections overlap."""

@@ -153,6 +153,38 @@ def env_secret(path: YamlPath, name: str) -> str:
     return value
 
 
+def secret_from(
+    where: YamlPath,
+    key: str,
+    *,
+    env: str | None,
+    file: str | os.PathLike[str] | None,
+    expand: bool = False,
+    nonempty: bool = False,
+) -> str | None:
+    """The secret configured as `<key>_env` (environment variable `env`) or `<key>_file`
+    (file `file`) under YAML path `where`, or None when neither is set; `SecretError` at the
+    key at fault when it cannot be read.  A password keeps its spaces (only a trailing
+    newline dropped) and may be empty; a `nonempty` token is stripped and refused empty."""
+    if env:
+        at = (*where, f"{key}_env")
+        if not nonempty:
+            return env_secret(at, env)
+        value = os.environ.get(env, "").strip()
+        if not value:
+            raise SecretError(at, f"environment variable {env} is unset or empty")
+        return value
+    if file:
+        at = (*where, f"{key}_file")
+        text = read_secret_file(at, file, expand=expand)
+        if not nonempty:
+            return text.rstrip("\r\n")
+        if not text.strip():
+            raise SecretError(at, "the file is empty")
+        return text.strip()
+    return None
+
+
 def anchor_path(value: str | os.PathLike[str] | None, base: Path | None) -> str | None:
     """A relative file path in the config is relative to the config file's directory (as
     the control models are), so `check` from any directory and the service agree."""

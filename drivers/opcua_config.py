@@ -13,9 +13,8 @@ from drivers.config_common import DeviceBase, GroupBase, Problems, TagBase, TagT
 from drivers.configbase import (
     EnvName,
     SecretError,
-    env_secret,
     read_cert_file,
-    read_secret_file,
+    secret_from,
 )
 from drivers.registry import DriverSpec
 
@@ -215,11 +214,7 @@ class OpcUaDevice(DeviceBase):
     def read_password(self) -> str | None:
         """The login password (trailing newline dropped) or None, as the driver reads it;
         `SecretError` (path relative to the device) when configured but unreadable."""
-        if self.password_env:
-            return env_secret(("password_env",), self.password_env)
-        if self.password_file:
-            return read_secret_file(("password_file",), self.password_file).rstrip("\r\n")
-        return None
+        return secret_from((), "password", env=self.password_env, file=self.password_file)
 
     def file_problems(self) -> Problems:
         """What the driver would fail on when it connects, found now: the password, and with

@@ -11,9 +11,8 @@ from drivers.configbase import (
     EnvName,
     SecretError,
     StrictModel,
-    env_secret,
     read_cert_file,
-    read_secret_file,
+    secret_from,
 )
 
 _MQTT = ("publish", "mqtt")
@@ -136,11 +135,7 @@ class MqttConfig(StrictModel):
     def read_password(self) -> str | None:
         """The password from `password_env` or `password_file` (trailing newline dropped), or
         None; `SecretError` when it is configured but cannot be read."""
-        if self.password_env:
-            return env_secret((*_MQTT, "password_env"), self.password_env)
-        if self.password_file:
-            return read_secret_file((*_MQTT, "password_file"), self.password_file).rstrip("\r\n")
-        return None
+        return secret_from(_MQTT, "password", env=self.password_env, file=self.password_file)
 
 
 class OutboxConfig(StrictModel):

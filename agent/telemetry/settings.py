@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
-import os
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from drivers.configbase import EnvName, SecretError, StrictModel, read_secret_file
+from drivers.configbase import EnvName, SecretError, StrictModel, secret_from
 
 
 class HttpConfig(StrictModel):
@@ -99,21 +98,14 @@ class HttpConfig(StrictModel):
         """The configured bearer token, or None; raises `SecretError` (a ValueError) when it is
         configured but cannot be read, so a missing secret fails start-up (and `check`, via
         `check_files`) instead of opening the endpoints.  Never shows the token or its path."""
-        if self.bearer_token_env:
-            token = os.environ.get(self.bearer_token_env, "").strip()
-            if not token:
-                raise SecretError(
-                    ("http", "bearer_token_env"),
-                    f"environment variable {self.bearer_token_env} is unset or empty",
-                )
-            return token
-        if self.bearer_token_file:
-            where = ("http", "bearer_token_file")
-            token = read_secret_file(where, self.bearer_token_file, expand=True).strip()
-            if not token:
-                raise SecretError(where, "the file is empty")
-            return token
-        return None
+        return secret_from(
+            ("http",),
+            "bearer_token",
+            env=self.bearer_token_env,
+            file=self.bearer_token_file,
+            expand=True,
+            nonempty=True,
+        )
 
 
 def check_files(cfg: Any) -> list[tuple[tuple[str | int, ...], str]]:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.publish import sparkplug as spb
+from agent.telemetry.episodes import EpisodeLog
 
 log = logging.getLogger("edgeloop.publish")
 
@@ -54,7 +55,7 @@ class BdSeqFile:
         self.last: int | None = None
         with contextlib.suppress(OSError, ValueError), open(path, encoding="ascii") as fh:
             self.last = int(fh.read().strip()) % 256
-        self._warned = False
+        self._episodes = EpisodeLog(log)
 
     def candidate(self) -> int:
         """The bdSeq for the next connection: one more than the last one a broker accepted
@@ -71,9 +72,9 @@ class BdSeqFile:
                 fh.write(f"{n}\n")
             os.replace(tmp, self.path)
         except OSError as exc:  # go on in memory: a restart would then reuse numbers
-            if not self._warned:
-                log.warning("cannot save the Sparkplug bdSeq in %s: %s", self.path, exc)
-                self._warned = True
+            self._episodes.fail(f"Sparkplug bdSeq file {self.path}", f"cannot save: {exc}")
+        else:
+            self._episodes.ok(f"Sparkplug bdSeq file {self.path}")
 
     def next(self) -> int:
         """`candidate()`, saved at once."""

@@ -34,6 +34,7 @@ from typing import Any
 from agent import names
 from agent.metrics import Metrics, build_info
 from agent.telemetry import sdnotify
+from agent.telemetry.episodes import EpisodeLog
 from agent.telemetry.sdnotify import Watchdog
 from drivers.base import ReportsMetrics
 
@@ -172,7 +173,7 @@ class Pipeline:
         self.active_alarms: set[str] = set(carry.active_alarms) if carry is not None else set()
         self._attempts = 0.0
         self._control_periods = -1
-        self._stall_logged = False
+        self._stall = EpisodeLog(log)
         self._tasks: list[asyncio.Task[Any]] = []
         # during a reload's handover: run the kernel only if it is not the old one's, and
         # store/publish nothing (the old pipeline still does) until `go_live()`
@@ -347,11 +348,9 @@ class Pipeline:
         if self.control is not None:
             why = self.control.stalled()
             if why is not None:  # control not progressing: let systemd's watchdog act
-                if not self._stall_logged:
-                    log.error("not feeding the watchdog: %s", why)
-                    self._stall_logged = True
+                self._stall.fail("control", f"not feeding the watchdog: {why}", logging.ERROR)
                 return
-            self._stall_logged = False
+            self._stall.ok("control")
         if self.acquirer.task_failures():
             return
         self.watchdog.progress()

@@ -66,8 +66,8 @@ def load_and_compile(path: str | Path, isolated: bool = False) -> Any:
     (`agent.configguard`), then the same bytes are parsed here; a file that would exhaust
     memory or time is refused without touching this process.
     """
-    from agent.config import ConfigError, parse_config, read_config_bytes
-    from agent.tags import compile_config
+    from agent.config import ConfigError, read_config_bytes
+    from agent.tags import load_compiled
 
     try:
         data = read_config_bytes(path)
@@ -77,8 +77,7 @@ def load_and_compile(path: str | Path, isolated: bool = False) -> Any:
             lines = validate_isolated(data, str(path))
             if lines:
                 raise ConfigRefused(lines)
-        cfg = parse_config(data, str(path))
-        return compile_config(cfg)
+        return load_compiled(data, str(path))
     except ConfigError as exc:
         raise ConfigRefused(str(exc).splitlines()) from exc
 
@@ -87,16 +86,16 @@ async def load_and_compile_guarded(path: str | Path) -> Any:
     """`load_and_compile(path, isolated=True)` for the event loop (SIGHUP reloads): the
     child's check is cancellable, and the in-process parse of the accepted bytes runs on a
     thread."""
-    from agent.config import ConfigError, parse_config, read_config_bytes
+    from agent.config import ConfigError, read_config_bytes
     from agent.configguard import validate_isolated_async
-    from agent.tags import compile_config
+    from agent.tags import load_compiled
 
     try:
         data = await asyncio.to_thread(read_config_bytes, path)
         lines = await validate_isolated_async(data, str(path))
         if lines:
             raise ConfigRefused(lines)
-        return await asyncio.to_thread(lambda: compile_config(parse_config(data, str(path))))
+        return await asyncio.to_thread(load_compiled, data, str(path))
     except ConfigError as exc:
         raise ConfigRefused(str(exc).splitlines()) from exc
 

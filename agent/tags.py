@@ -11,11 +11,19 @@ plans each driver made for its groups.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from agent.config import Config, ConfigError, DeviceConfig, Issue
+from agent.config import (
+    Config,
+    ConfigError,
+    DeviceConfig,
+    Issue,
+    parse_config,
+    read_config_bytes,
+)
 from agent.kernel.settings import signal_kind
 from drivers.base import (
     Driver,
@@ -210,6 +218,17 @@ def compile_config(cfg: Config) -> Compiled:
     if problems:
         raise ConfigError([_issue(cfg, p, m) for p, m in problems])
     return Compiled(cfg, table, groups, devices, plans, drivers)
+
+
+def load_compiled(source: str | Path | bytes, name: str = "<config>") -> Compiled:
+    """A config file (or its bytes, `name` naming them in messages) read, validated and
+    compiled: the one way start-up, reloads and every command get a `Compiled`, so they
+    refuse the same files.  `ConfigError` (file:line form) on any problem."""
+    if isinstance(source, bytes):
+        data = source
+    else:
+        data, name = read_config_bytes(source), str(source)
+    return compile_config(parse_config(data, name))
 
 
 def _why(e: Exception) -> str:

@@ -10,12 +10,12 @@ from typing import Any
 def compile_or_report(path: str | Path | None, *, count: bool = False) -> Any | None:
     """The compiled config, or None after printing one line per problem to stderr (the
     caller exits 78).  `count` adds the `path: N problems` summary line `check` prints."""
-    from agent.config import ConfigError, default_config_path, load_config
-    from agent.tags import compile_config
+    from agent.config import ConfigError, default_config_path
+    from agent.tags import load_compiled
 
     path = path or default_config_path()
     try:
-        return compile_config(load_config(path))
+        return load_compiled(path)
     except ConfigError as e:
         print(str(e), file=sys.stderr)
         if count:

@@ -57,6 +57,7 @@ from drivers.base import (
     WriteRefused,
 )
 from drivers.base import Quality as Q
+from drivers.config_common import bounds_refusal
 
 log = logging.getLogger("edgeloop.acquire")
 
@@ -295,13 +296,9 @@ class Acquirer:
             raise self._refuse(WriteRefused(f"{name!r} takes a number", device=device)) from None
         if not math.isfinite(x):
             raise self._refuse(WriteRefused(f"{name!r}: {value!r} is not finite", device=device))
-        lo, hi = point.min, point.max
-        if (lo is not None and x < lo) or (hi is not None and x > hi):
-            raise self._refuse(
-                WriteRefused(
-                    f"{name!r}: {x:g} is outside {_bound(lo)}..{_bound(hi)}", device=device
-                )
-            )
+        why = bounds_refusal(x, point.min, point.max)
+        if why is not None:
+            raise self._refuse(WriteRefused(f"{name!r}: {why}", device=device))
         return value if isinstance(value, int) and not isinstance(value, bool) else x
 
     @staticmethod
@@ -576,7 +573,3 @@ def _reason_code(e: BaseException) -> int:
 def _describe(e: BaseException) -> str:
     text = str(e) or e.__class__.__name__
     return text if isinstance(e, DriverError) else f"{e.__class__.__name__}: {text}"
-
-
-def _bound(x: float | None) -> str:
-    return "" if x is None else f"{x:g}"

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from drivers.base import WriteRefused
+from drivers.config_common import bounds_refusal
 
 OPERATOR = "operator"
 RATE_SLACK = 1.01  # float noise; timing slack is `jitter_s`
@@ -108,8 +109,9 @@ class WriteGate:
             )
         if not math.isfinite(value):
             raise WriteRefused(f"{name!r}: {value!r} is not finite")
-        if value < rule.lo or value > rule.hi:
-            raise WriteRefused(f"{name!r}: {value:g} is outside {rule.lo:g}..{rule.hi:g}")
+        why = bounds_refusal(value, rule.lo, rule.hi)
+        if why is not None:
+            raise WriteRefused(f"{name!r}: {why}")
         st = self._state.setdefault(idx, _TagState(tokens=rule.max_writes_per_s))
         dt_b = max(0, now_ns - st.tokens_ns) / 1e9 if st.tokens_ns else 0.0
         tokens = min(rule.max_writes_per_s, st.tokens + dt_b * rule.max_writes_per_s)

@@ -68,6 +68,24 @@ def num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
+def bounds_refusal(value: float, lo: float | None, hi: float | None) -> str | None:
+    """Why a write of `value` breaks a tag's engineering `min`/`max` (None or infinite: that
+    side is open), or None when it keeps them.  The one check the acquirer, the write gate
+    and a driver's write encoder each make, so all refuse the same values in the same words.
+    """
+    if lo is not None and value < lo:
+        side = "below min"
+    elif hi is not None and value > hi:
+        side = "above max"
+    else:
+        return None
+    return f"{value:g} is outside {_bound(lo)}..{_bound(hi)} ({side})"
+
+
+def _bound(x: float | None) -> str:
+    return "" if x is None or not math.isfinite(x) else f"{x:g}"
+
+
 # --- tags --------------------------------------------------------------------------------
 
 

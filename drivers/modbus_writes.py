@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from drivers.base import Point, WriteRefused
+from drivers.config_common import bounds_refusal
 from drivers.modbus_codec import bit_masks, encode_point
 
 
@@ -54,10 +55,9 @@ def compile_writes(
             v = float(value)
             if not np.isfinite(v):
                 raise WriteRefused(f"tag {p.name}: refusing to write {value!r}", **ctx)
-            if p.min is not None and v < p.min:
-                raise WriteRefused(f"tag {p.name}: {v} is below min {p.min}", **ctx)
-            if p.max is not None and v > p.max:
-                raise WriteRefused(f"tag {p.name}: {v} is above max {p.max}", **ctx)
+            why = bounds_refusal(v, p.min, p.max)
+            if why is not None:
+                raise WriteRefused(f"tag {p.name}: {why}", **ctx)
         try:
             regs = encode_point(p, value)
         except (ValueError, TypeError) as exc:

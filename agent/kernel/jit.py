@@ -43,31 +43,49 @@ ARG_SPECS: dict[str, tuple[str, ...]] = {
 }
 
 
+_PARSED: dict[str, tuple[tuple[Any, int] | None, ...]] = {}
+
+
+def _parsed(name: str) -> tuple[tuple[Any, int] | None, ...]:
+    spec = _PARSED.get(name)
+    if spec is None:
+        import numpy as np
+
+        spec = tuple(
+            None if w == "int" else (np.dtype(w.split(":")[0]), int(w.split(":")[1]))
+            for w in ARG_SPECS[name]
+        )
+        _PARSED[name] = spec
+    return spec
+
+
 def check(name: str, args: tuple[Any, ...]) -> None:
     """Raise TypeError unless `args` fit live function `name` (dtype, ndim, C-contiguous).
 
-    Called where the arrays are made (once), not per frame: a wrong array would be read
-    with the wrong layout by the ahead-of-time module.
+    The service checks its arrays once where they are made, not per frame (a few µs): a
+    wrong array would be read with the wrong layout by the ahead-of-time module.
     """
-    spec = ARG_SPECS[name]
+    spec = _parsed(name)
     if len(args) != len(spec):
         raise TypeError(f"{name}: {len(args)} arguments, expected {len(spec)}")
     for k, (a, want) in enumerate(zip(args, spec, strict=True)):
-        if want == "int":
+        if want is None:
             if not isinstance(a, int):
                 raise TypeError(f"{name}: argument {k} is {type(a).__name__}, expected int")
             continue
-        dt, nd = want.split(":")
-        ok = (
-            hasattr(a, "dtype")
-            and a.dtype.str[1:] == dt
-            and a.ndim == int(nd)
-            and a.flags.c_contiguous
-            and a.flags.writeable
-        )
-        if not ok:
+        fl = getattr(a, "flags", None)
+        if (
+            fl is None
+            or getattr(a, "dtype", None) != want[0]
+            or a.ndim != want[1]
+            or not fl.c_contiguous
+            or not fl.writeable
+        ):
             got = f"{a.dtype}[{a.ndim}d]" if hasattr(a, "dtype") else type(a).__name__
-            raise TypeError(f"{name}: argument {k} is {got}, expected C-contiguous {want}")
+            raise TypeError(
+                f"{name}: argument {k} is {got}, expected C-contiguous "
+                f"{ARG_SPECS[name][k]} (dtype:ndim)"
+            )
 
 
 class LazyJit:

@@ -199,6 +199,7 @@ async def floor_loop(port: int, case: Case, warmup_s: float, window_s: float) ->
     rss = svc.status_kb(os.getpid(), "VmRSS")
     for t in tasks:
         t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
     for c in clients:
         c.close()
     return {"values": counted[0], "cpu_s": c1 - c0, "wall_s": t1 - t0, "rss_kb": rss}
@@ -429,8 +430,17 @@ def main() -> int:
                 for full in (False, True):
                     print(f"{case.label}: edgeloop {'full' if full else 'acquire+kernel'}...",
                           flush=True)  # fmt: skip
-                    results.append(run_edgeloop(work, sim, case, port, mqtt_port, args.warmup,
-                                                args.seconds, full, cache))  # fmt: skip
+                    try:
+                        r = run_edgeloop(
+                            work, sim, case, port, mqtt_port, args.warmup, args.seconds, full,
+                            cache,
+                        )  # fmt: skip
+                        results.append(r)
+                    except RuntimeError as exc:  # say so in the table, measure the rest
+                        print(f"  failed: {exc}", flush=True)
+                        who = "edgeloop full" if full else "edgeloop acquire+kernel"
+                        results.append(Result(case, who, 0, 0, args.seconds, 0, float("nan"),
+                                              note=f"failed: {exc}"))  # fmt: skip
         finally:
             stop(sim)
             stop(mosq)

@@ -7,7 +7,10 @@ Prints one table; every figure is from this run, so compare the ratios.  Measure
 - the same algorithm written as vectorised numpy (one row of all tags per step; results
   checked equal to the kernel's) and the plain-Python reference (tests/reference);
 - first-call compile time in a subprocess with a fresh NUMBA_CACHE_DIR (cold) and again with
-  the cache it left (warm).
+  the cache it left (warm);
+- the same live frame, runtime frame and replay on the ahead-of-time module (`agent.kernel.aot`,
+  built here into a temporary directory, checked bit-identical to the JIT first), its build
+  time and its first call in a fresh process.
 
 Run: .venv/bin/python bench/kernel.py [--quick]
 """
@@ -28,6 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from agent.kernel import aot, jit  # noqa: E402
 from agent.kernel import flags as F  # noqa: E402
 from agent.kernel import pertag as pt  # noqa: E402
 from agent.kernel.settings import KernelConfig, TagParams  # noqa: E402
@@ -201,7 +205,13 @@ def best_of(fn, repeat: int) -> float:
     return best
 
 
-def compile_time(cache_dir: str) -> float:
+def use(backend: str) -> None:
+    os.environ["EDGELOOP_KERNEL"] = backend
+    jit.reset()
+    assert jit.live().backend == backend
+
+
+def compile_time(cache_dir: str, backend: str = "jit") -> float:
     code = (
         "import time, numpy as np; t0 = time.perf_counter();"
         "from agent.kernel import pertag as pt, multivar as mv;"
@@ -219,7 +229,7 @@ def compile_time(cache_dir: str) -> float:
         " np.zeros(2), np.zeros(2, np.uint8));"
         "print(time.perf_counter() - t0)"
     )
-    env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
+    env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir, EDGELOOP_KERNEL=backend)
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True
     )
@@ -239,6 +249,18 @@ def main() -> None:
     qual = np.zeros(raw.shape, dtype=np.uint8)
     ts = np.arange(rows, dtype=np.int64) * 100_000_000
 
+    aot_tmp = tempfile.TemporaryDirectory()
+    os.environ["EDGELOOP_KERNEL_AOT_DIR"] = aot_tmp.name
+    t0 = time.perf_counter()
+    aot.build(Path(aot_tmp.name))
+    t_build = time.perf_counter() - t0
+    use("aot")
+    aot_out = pt.run(pt.TagState.new(P), raw[:500], qual[:500], ts[:500])
+    use("jit")
+    jit_out = pt.run(pt.TagState.new(P), raw[:500], qual[:500], ts[:500])
+    for a, b in zip(aot_out, jit_out, strict=True):
+        assert np.array_equal(a, b, equal_nan=True), "AOT module disagrees with the JIT"
+
     # jitted replay
     pt.run(pt.TagState.new(P), raw[:10], qual[:10], ts[:10])  # compile / load cache
     t_alloc = best_of(lambda: pt.run(pt.TagState.new(P), raw, qual, ts), 3)
@@ -248,13 +270,16 @@ def main() -> None:
 
     def kernel_only() -> None:
         s = pt.TagState.new(P)
-        pt.run_tags(
+        jit.live().run_tags(
             s.P, s.S, s.I, s.ring, s.srt, s.win, s.wbuf, s.due,
             raw, qual, ts, out_v, out_f, out_s, 0,
         )  # fmt: skip
 
     t_jit = best_of(kernel_only, 5)
     jit_rate = rows * n_tags / t_jit
+    use("aot")
+    aot_rate = rows * n_tags / best_of(kernel_only, 5)
+    use("jit")
 
     # numpy, same algorithm: check equality on a slice first
     nrows = 300 if q else 1_000
@@ -278,56 +303,73 @@ def main() -> None:
     assert np.array_equal(fj, np.array(ref_f)), "reference disagrees"
 
     # one live frame of 1,000 tags
-    st = pt.TagState.new(P)
-    value = np.zeros(n_tags)
-    flags = np.zeros(n_tags, dtype=np.uint16)
-    score = np.zeros(n_tags)
-    tsv = np.zeros(n_tags, dtype=np.int64)
     frames = 2_000 if q else 10_000
-    best: tuple[float, np.ndarray, np.ndarray] | None = None
-    for _ in range(3):  # best of three passes: the machine is shared
-        lat = np.empty(frames)
-        cpu = np.empty(frames)
-        for k in range(frames):
-            row = raw[k % rows]
-            tsv[:] = ts[k % rows]
-            c0 = time.thread_time_ns()
-            t0 = time.perf_counter_ns()
-            pt.step(st, row, qual[0], tsv, value, flags, score, 0, n_tags)
-            lat[k] = time.perf_counter_ns() - t0
-            cpu[k] = time.thread_time_ns() - c0
-        med = float(np.median(cpu[100:]))
-        if best is None or med < best[0]:
-            best = (med, lat[100:] / 1e3, cpu[100:] / 1e3)
-    assert best is not None
-    _, lat_us, cpu_us = best
+
+    def frame_times() -> tuple[np.ndarray, np.ndarray]:
+        st = pt.TagState.new(P)
+        value = np.zeros(n_tags)
+        flags = np.zeros(n_tags, dtype=np.uint16)
+        score = np.zeros(n_tags)
+        tsv = np.zeros(n_tags, dtype=np.int64)
+        best: tuple[float, np.ndarray, np.ndarray] | None = None
+        for _ in range(3):  # best of three passes: the machine is shared
+            lat = np.empty(frames)
+            cpu = np.empty(frames)
+            for k in range(frames):
+                row = raw[k % rows]
+                tsv[:] = ts[k % rows]
+                c0 = time.thread_time_ns()
+                t0 = time.perf_counter_ns()
+                pt.step(st, row, qual[0], tsv, value, flags, score, 0, n_tags, checked=True)
+                lat[k] = time.perf_counter_ns() - t0
+                cpu[k] = time.thread_time_ns() - c0
+            med = float(np.median(cpu[100:]))
+            if best is None or med < best[0]:
+                best = (med, lat[100:] / 1e3, cpu[100:] / 1e3)
+        assert best is not None
+        _, lat_us, cpu_us = best
+        return lat_us, cpu_us
+
+    lat_us, cpu_us = frame_times()
+    use("aot")
+    aot_lat_us, aot_cpu_us = frame_times()
+    use("jit")
 
     # full runtime frame: 1,000 tags in one poll group + a 4-tag PCA group
     from agent.kernel.runtime import KernelRuntime
     from tests.unit.test_kernel_runtime import Slice, Table, pump
 
-    names = [f"t{i}" for i in range(n_tags)]
-    cfg = KernelConfig.model_validate(
-        {"groups": [{"name": "skid", "tags": names[:4], "warmup_samples": 100}]}
-    )
-    tb = Table(names)
-    rt = KernelRuntime(cfg, tb)
-    pumpd = pump(frames)
-    gslice = Slice("all", 0, n_tags)
-    rt_lat = np.empty(frames)
-    for k in range(frames):
-        tb.raw[:] = raw[k % rows]
-        tb.raw[:4] = pumpd[k]
-        tb.ts_ns[:] = ts[k % rows]
-        t0 = time.perf_counter_ns()
-        rt.process(gslice)
-        rt_lat[k] = time.perf_counter_ns() - t0
-    rt_us = rt_lat[200:] / 1e3
+    def runtime_times() -> np.ndarray:
+        names = [f"t{i}" for i in range(n_tags)]
+        cfg = KernelConfig.model_validate(
+            {"groups": [{"name": "skid", "tags": names[:4], "warmup_samples": 100}]}
+        )
+        tb = Table(names)
+        rt = KernelRuntime(cfg, tb)
+        pumpd = pump(frames)
+        gslice = Slice("all", 0, n_tags)
+        rt_lat = np.empty(frames)
+        for k in range(frames):
+            tb.raw[:] = raw[k % rows]
+            tb.raw[:4] = pumpd[k]
+            tb.ts_ns[:] = ts[k % rows]
+            t0 = time.perf_counter_ns()
+            rt.process(gslice)
+            rt_lat[k] = time.perf_counter_ns() - t0
+        rt_us = rt_lat[200:] / 1e3
+        return rt_us
+
+    rt_us = runtime_times()
+    use("aot")
+    aot_rt_us = runtime_times()
+    use("jit")
 
     # compile time
     with tempfile.TemporaryDirectory() as d:
         cold = compile_time(d)
         warm = compile_time(d)
+        aot_first = compile_time(d, "aot")
+    aot_tmp.cleanup()
 
     def row(name, value, target=""):
         print(f"| {name} | {value} | {target} |")
@@ -366,6 +408,22 @@ def main() -> None:
     row("KernelRuntime.process, p99", f"{np.percentile(rt_us, 99):.1f} µs", "")
     row("first call incl. import, cold (fresh NUMBA_CACHE_DIR)", f"{cold:.2f} s", "")
     row("first call incl. import, warm cache", f"{warm:.2f} s", "")
+    row(
+        "AOT module: per-tag replay (`run_tags`)",
+        f"{aot_rate / 1e6:.1f} M tag-samples/s ({aot_rate / jit_rate:.2f}x the JIT)",
+    )
+    row(
+        "AOT module: one frame of 1,000 tags, median thread CPU / wall / p99",
+        f"{np.median(aot_cpu_us):.1f} / {np.median(aot_lat_us):.1f} / "
+        f"{np.percentile(aot_lat_us, 99):.1f} µs",
+        "<= 50 µs",
+    )
+    row(
+        "AOT module: KernelRuntime.process, 1,000 tags + PCA group, median / p99",
+        f"{np.median(aot_rt_us):.1f} / {np.percentile(aot_rt_us, 99):.1f} µs",
+    )
+    row("AOT module: build (numba.pycc, 4 modules)", f"{t_build:.1f} s")
+    row("AOT module: first call incl. import (numba not imported)", f"{aot_first:.2f} s")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from agent.backoff import backoff_delay
+from agent.lifecycle import AsyncContext
 from agent.metrics import Metrics
 from agent.names import (
     COMPONENT_CRASHES_TOTAL,
@@ -99,7 +100,7 @@ class DeviceHealth:
         }
 
 
-class Acquirer:
+class Acquirer(AsyncContext):
     """Runs every enabled device of a compiled config; see the module docstring.
 
     `on_frame(group, ts_ns)` is called on the event loop after the group's slice of
@@ -198,13 +199,6 @@ class Acquirer:
             await self._close(name, self.compiled.drivers[name])
             self._set_state(name, "stopped", self._health[name].last_error)
             self.metrics.set(DEVICE_UP, 0, device=name)
-
-    async def __aenter__(self) -> Acquirer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     def health(self) -> dict[str, dict[str, Any]]:
         """State, last error, since (epoch s) and reconnect count per device, and its tags

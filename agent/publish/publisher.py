@@ -23,6 +23,7 @@ import numpy as np
 
 from agent import names
 from agent.backoff import backoff_delay
+from agent.lifecycle import AsyncContext
 from agent.metrics import Metrics
 from agent.names import EVENT_STORAGE_RECOVERED
 from agent.publish import flat as flatjson
@@ -51,7 +52,7 @@ __all__ = [
 WRITER_STOP_S = 1.0  # close(): longest wait for the outbox writer to commit and exit
 
 
-class Publisher(Link, Session, Drain):
+class Publisher(Link, Session, Drain, AsyncContext):
     """Northbound MQTT component; see the module docstring for the delivery semantics."""
 
     def __init__(
@@ -160,6 +161,10 @@ class Publisher(Link, Session, Drain):
             self._flusher = asyncio.create_task(
                 self._flush_windows(), name="edgeloop-publish-window"
             )
+
+    async def stop(self) -> None:
+        """`Component.stop`: `close()` with its default drain time."""
+        await self.close()
 
     async def close(self, drain_timeout_s: float = 5.0) -> None:
         """Commit open batch windows, give the drain `drain_timeout_s`, say goodbye, stop.

@@ -40,6 +40,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from agent.lifecycle import AsyncContext
 from agent.metrics import Metrics
 from agent.names import HTTP_REQUESTS_TOTAL
 from agent.telemetry.httpcontrol import Control
@@ -98,7 +99,7 @@ class _Client:
         self.pressure_until = 0.0
 
 
-class TelemetryServer:
+class TelemetryServer(AsyncContext):
     """Serves the agent's metrics, health and (optionally) loop control on one TCP port.
 
     The callbacks are those of `Routes` (agent/telemetry/httproutes.py), which answers each
@@ -211,13 +212,6 @@ class TelemetryServer:
             async with asyncio.timeout(2.0):
                 await self._server.wait_closed()
         self._server = None
-
-    async def __aenter__(self) -> TelemetryServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     # --- connection handling ------------------------------------------------------------
 

@@ -8,16 +8,9 @@ import asyncio
 import pytest
 import yaml
 
-from agent.commands.browse import (
-    Found,
-    assign_names,
-    check_endpoint,
-    finite_range,
-    format_yaml,
-    matches,
-    tag_name,
-    yaml_scalar,
-)
+from agent.commands._browse_output import assign_names, format_yaml, matches, tag_name, yaml_scalar
+from agent.commands._browse_walk import Found, finite_range
+from agent.commands.browse import check_endpoint
 from agent.commands.scan import Outcome, Range, Scanner, coalesce
 
 

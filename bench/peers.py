@@ -318,8 +318,11 @@ def run_edgeloop(work: Path, sim: subprocess.Popen[bytes], case: Case, modbus_po
             cwd=work, preexec_fn=pinned(AGENT_CORE),
         )  # fmt: skip
     try:
-        if notify.ready_at(svc.READY_WAIT_S) is None:  # a cold start builds the AOT kernel
-            raise RuntimeError(f"edgeloop run sent no READY=1; see {log}")
+        deadline = time.monotonic() + svc.READY_WAIT_S  # a cold start builds the AOT kernel
+        while notify.ready_at(0.5) is None:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["?"]
+                raise RuntimeError(f"edgeloop run sent no READY=1: {tail[0]}")
         time.sleep(warmup_s)
         m0 = svc.get_metrics(http_port)
         c0, s0, t0 = svc.cpu_s(proc.pid), svc.cpu_s(sim.pid), time.monotonic()

@@ -394,7 +394,12 @@ class Pipeline:
     async def start_acquisition(self) -> None:
         if "kernel" not in self.carried:
             t0 = time.monotonic()
-            await asyncio.to_thread(self.kernel.warmup)  # a cold numba cache compiles here
+            # a cold start builds the kernel's AOT module here (a child process; minutes on
+            # a Pi), or compiles the JIT's cache: ask systemd for the time it may take
+            from agent.kernel.aot import BUILD_TIMEOUT_S
+
+            sdnotify.extend_timeout(BUILD_TIMEOUT_S)
+            await asyncio.to_thread(self.kernel.warmup)
             log.info("kernel ready in %.2f s", time.monotonic() - t0)
         await self.acquirer.start()
 

@@ -128,6 +128,7 @@ def ensure(timeout_s: float = BUILD_TIMEOUT_S) -> dict[str, Path] | None:
     paths = find()
     if paths is not None:
         return paths
+    log.info("kernel: building the ahead-of-time module in %s (once per install)", out_dir())
     t0 = time.monotonic()
     try:
         out = subprocess.run(

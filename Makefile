@@ -43,3 +43,11 @@ clean:
 .PHONY: bundle
 bundle: $(STAMP)
 	$(BIN)/python tools/bundle.py --out dist
+
+# aarch64 proof without a Pi (not part of `make test`; needs root, takes minutes): the
+# aarch64 bundle built from HEAD (as `make bundle`), installed offline into an arm64 Debian
+# root under qemu-user, then --version, check, control-eval and a 60 s `run` against hw_sim
+# on the host (tools/pi_check.py).  The root is built once and cached as build/pi-root.tar.
+.PHONY: pi-check
+pi-check: $(STAMP)
+	$(BIN)/python tools/pi_check.py $(PI_CHECK_ARGS)

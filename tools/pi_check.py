@@ -368,7 +368,7 @@ def run_against_sim(
     (emulated: the qemu process, translation included)."""
     from lab import demo
 
-    slug = target.name.split()[0]
+    slug = re.sub(r"[^a-z0-9]+", "-", target.name.split()[0])
     sim_log = OUT / f"{slug}-hw_sim.log"
     sim_log.unlink(missing_ok=True)
     sim = demo.start_sim(
@@ -641,7 +641,8 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("pi-check: needs root (mmdebstrap, chroot, mounts): sudo make pi-check")
         return 2
-    OUT.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(OUT, ignore_errors=True)  # this run's logs only
+    OUT.mkdir(parents=True)
     install: Step | None = None
     steps: list[Step] = []
     native: list[Step] = []

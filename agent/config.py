@@ -44,7 +44,15 @@ from typing import TYPE_CHECKING, Annotated, Any, Union
 
 from pydantic import Field, PrivateAttr, ValidationError, field_validator
 
-from agent.config_messages import ConfigError, Issue, Positions, friendly, parse_path, render
+from agent.config_messages import (
+    ConfigError,
+    Issue,
+    Positions,
+    friendly,
+    line_at,
+    parse_path,
+    render,
+)
 from agent.configyaml import MAX_CONFIG_BYTES, YamlProblem, describe_size, load_yaml
 from agent.control.settings import ControlConfig
 from agent.kernel.settings import KernelConfig
@@ -96,12 +104,7 @@ class Source:
     lines: dict[Path_, int]
 
     def line(self, path: Sequence[str | int]) -> int:
-        p = tuple(path)
-        while p:
-            if p in self.lines:
-                return self.lines[p]
-            p = p[:-1]
-        return self.lines.get((), 1)
+        return line_at(self.lines, path)
 
 
 class Config(StrictModel):

@@ -71,6 +71,17 @@ def parse_path(text: str) -> Path_:
 # --- YAML with positions -----------------------------------------------------------------
 
 
+def line_at(lines: Mapping[Path_, int], path: Sequence[str | int]) -> int:
+    """The line of `path`, else of its nearest ancestor that has one (a key pydantic
+    reports as missing has no line of its own: its parent's is the place to look)."""
+    p = tuple(path)
+    while p:
+        if p in lines:
+            return lines[p]
+        p = p[:-1]
+    return lines.get((), 1)
+
+
 class Positions:
     """Line numbers of every YAML node by path, and the keys of every mapping (to clean
     pydantic locs).  Walks the composed tree before construction; merge keys (`<<: *a`)
@@ -116,12 +127,7 @@ class Positions:
                     self._pairs(part, path, seen, explicit=False)
 
     def line(self, path: Path_) -> int:
-        p = tuple(path)
-        while p:
-            if p in self.lines:
-                return self.lines[p]
-            p = p[:-1]
-        return self.lines.get((), 1)
+        return line_at(self.lines, path)
 
     def clean(self, loc: Sequence[str | int], missing: bool = False) -> Path_:
         """Drop pydantic's union-member/tag entries that are not keys of the YAML.

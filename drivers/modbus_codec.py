@@ -26,19 +26,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-REGISTER_TYPES = (
-    "bool",
-    "bit",
-    "int16",
-    "uint16",
-    "int32",
-    "uint32",
-    "int64",
-    "uint64",
-    "float32",
-    "float64",
-    "string",
-)
 # registers per value; "string" comes from length_registers
 WIDTH: dict[str, int] = {
     "bool": 1,

@@ -54,7 +54,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import service as svc  # noqa: E402  (bench/service.py: process helpers)
 
 from hw_sim import pointmap  # noqa: E402
-from lab.demo import free_port, wait_port  # noqa: E402
+from lab.demo import Ports, free_port, start_sim  # noqa: E402
 from lab.demo import stop_process as stop  # noqa: E402
 
 AGENT_CORE = 0
@@ -118,21 +118,6 @@ def pinned(core: int) -> Any:
             os.sched_setaffinity(0, {core})
 
     return fn
-
-
-def start_sim(port: int, log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "wb") as f:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "hw_sim", "--modbus-port", str(port), "--no-opcua"],
-            stdout=f,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-            preexec_fn=pinned(SIM_CORE),
-        )
-    if not wait_port(port, 30.0, proc):
-        stop(proc)
-        raise RuntimeError(f"hw_sim did not start; see {log}")
-    return proc
 
 
 # --- the floor: plain pymodbus ------------------------------------------------------------
@@ -437,7 +422,9 @@ def main() -> int:
         cache.mkdir()
         mosq, mqtt_port = svc.start_mosquitto(work)
         port = free_port()
-        sim = start_sim(port, work / "hw_sim.log")
+        sim = start_sim(
+            Ports(modbus=port), work / "hw_sim.log", opcua=False, preexec_fn=pinned(SIM_CORE)
+        )
         try:
             for case in cases:
                 print(f"{case.label}: floor...", flush=True)

@@ -58,7 +58,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hw_sim import pointmap  # noqa: E402
-from lab.demo import free_port, wait_port  # noqa: E402
+from lab.demo import Ports, free_port, start_sim, wait_port  # noqa: E402
 from lab.demo import stop_process as stop  # noqa: E402
 
 EDGELOOP = Path(sys.executable).with_name("edgeloop")  # the venv's console script
@@ -348,20 +348,6 @@ def start_mosquitto(work: Path) -> tuple[subprocess.Popen[bytes] | None, int | N
         stop(proc)
         return None, None
     return proc, port
-
-
-def start_sim(port: int, log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "wb") as f:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "hw_sim", "--modbus-port", str(port), "--no-opcua"],
-            stdout=f,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
-    if not wait_port(port, 30.0, proc):
-        stop(proc)
-        raise RuntimeError(f"hw_sim did not start; see {log}")
-    return proc
 
 
 @dataclass
@@ -730,7 +716,7 @@ def main() -> int:
         sim = None
         try:
             modbus_port = free_port()
-            sim = start_sim(modbus_port, work / "hw_sim.log")
+            sim = start_sim(Ports(modbus=modbus_port), work / "hw_sim.log", opcua=False)
             s = Setup(
                 work, modbus_port, mqtt_port, args.tags, cache, control=not args.no_control,
                 kernel=args.kernel, arena_max=args.arena_max or None,

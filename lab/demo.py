@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,14 +162,21 @@ def start_sim(
     opcua: bool = True,
     env: dict[str, str] | None = None,
     timeout_s: float = 30.0,
+    preexec_fn: Callable[[], None] | None = None,
 ) -> subprocess.Popen[bytes]:
     """`python -m hw_sim` on this run's ports, output appended to `log`; returns once its
-    servers accept connections (RuntimeError with the log's tail if it died or never did)."""
+    servers accept connections (RuntimeError with the log's tail if it died or never did).
+    `preexec_fn` runs in the child before exec (the benches pin the simulator to a core)."""
     args = [sys.executable, "-m", "hw_sim", "--modbus-port", str(ports.modbus)]
     args += ["--opcua-port", str(ports.opcua)] if opcua else ["--no-opcua"]
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            [*args, *extra], stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT
+            [*args, *extra],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
+            preexec_fn=preexec_fn,
         )
     up = wait_port(ports.modbus, timeout_s, proc) and (
         not opcua or wait_port(ports.opcua, timeout_s, proc)

@@ -97,7 +97,7 @@ class Publisher(Link, Session, Drain, AsyncContext):
         self._live = False  # Sparkplug: NBIRTH sent in this session (else data is historical)
         self._write: WriteFn | None = None  # the acquirer's gated write, for DCMD
         self._cmd_tasks: set[asyncio.Task[None]] = set()
-        self._names: dict[tuple[int, int], tuple[list[str], str]] = {}  # per group slice
+        self._names: dict[tuple[int, int], list[str]] = {}  # tag names per group slice
         self.node: SparkplugNode | None = None
         self.flat: flatjson.FlatReporter | None = None
         if publish_cfg.encoding == "json_flat":
@@ -353,18 +353,13 @@ class Publisher(Link, Session, Drain, AsyncContext):
     def _json_builder(
         self, device: str, group: str, s: int, e: int, frames: list[Frame]
     ) -> Callable[[int], bytes]:
-        key = (s, e)
-        names = self._names.get(key)
-        if names is None:  # the tag names of a group and their JSON, made once
-            tags = list(self.table.names[s:e])
-            names = self._names[key] = (tags, payloads.names_json(tags))
+        tags = self._names.get((s, e))
+        if tags is None:  # the tag names of a group, listed once
+            tags = self._names[(s, e)] = list(self.table.names[s:e])
         site = self.site
 
         def build(seq: int) -> bytes:
-            tags, tags_json = names
-            return payloads.json_frames(
-                seq, self._epoch, site, device, group, tags, tags_json, s, frames
-            )
+            return payloads.json_frames(seq, self._epoch, site, device, group, tags, s, frames)
 
         return build
 

@@ -1,4 +1,4 @@
-"""The JSON data message assembled from parts is the documented document, byte for byte."""
+"""The JSON data message (orjson from numpy) is the documented document, to every parser."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from agent.publish.payloads import Frame
 
 
 def _doc_bytes(seq: int, epoch: str | None, names: list[str], frames: list[Frame]) -> bytes:
-    """docs/northbound.md's data message, as json.dumps makes it (the former encoder)."""
+    """docs/northbound.md's data message, as the stdlib's json.dumps makes it."""
 
     def floats(a: np.ndarray) -> list[float | None]:
         return [v if math.isfinite(v) else None for v in a.tolist()]
@@ -64,6 +64,13 @@ def _frame(k: int, n: int, reason: bool, texts: dict[int, str]) -> Frame:
     )
 
 
+def _strict(text: bytes) -> object:
+    def refuse(name: str) -> None:
+        raise AssertionError(f"{name} in a JSON payload")
+
+    return json.loads(text, parse_constant=refuse)
+
+
 def test_json_frames_match_the_documented_encoding() -> None:
     names = [f"t{i}" for i in range(7)] + ['naïve "quoted"\n', "日本"]
     frames = [
@@ -71,16 +78,18 @@ def test_json_frames_match_the_documented_encoding() -> None:
         _frame(1, 9, False, {12: 'a "text"', 17: "ünïcode"}),
     ]
     for epoch in (None, "0123abcd"):
-        got = payloads.json_frames(
-            42,
-            epoch,
-            "plant \u00e9",
-            "plc/1",
-            "fast",
-            names,
-            payloads.names_json(names),
-            10,
-            frames,
-        )
-        assert got == _doc_bytes(42, epoch, names, frames)
-        json.loads(got)  # strict JSON: no NaN or Infinity
+        got = payloads.json_frames(42, epoch, "plant \u00e9", "plc/1", "fast", names, 10, frames)
+        want = _doc_bytes(42, epoch, names, frames)
+        # the same document to a parser: every float bit-identical, NaN/inf as null
+        assert _strict(got) == _strict(want)
+        assert len(got) <= len(want)  # compact (and UTF-8, where json.dumps says \\u00e9)
+
+
+def test_json_frames_floats_round_trip_bit_for_bit() -> None:
+    rng = np.random.default_rng(7)
+    raw = rng.normal(size=500) * 10.0 ** rng.integers(-300, 300, size=500)
+    raw[:6] = [0.0, -0.0, 1e16, 1e-5, 5e-324, 1.7976931348623157e308]
+    fr = Frame(1, 0, raw, raw, np.zeros(500, np.int16), np.zeros(500, np.uint16), raw, {}, None)
+    doc = _strict(payloads.json_frames(1, None, "s", "d", "g", ["x"] * 500, 0, [fr]))
+    back = np.array(doc["frames"][0]["raw"], dtype=np.float64)  # type: ignore[index]
+    assert back.tobytes() == raw.tobytes()

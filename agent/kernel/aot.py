@@ -11,10 +11,16 @@ identical (tests/unit/test_kernel_aot.py checks it bit for bit) at the same spee
 The module's name carries a hash of the kernel's source, numba's version and the CPU, so a
 module built from other source is never loaded.  It is written to `out_dir()`:
 `EDGELOOP_KERNEL_AOT_DIR`, else `$NUMBA_CACHE_DIR/edgeloop-aot`, else this package's
-`__pycache__`.  Build with `python -m agent.kernel.aot` (needs numba and a C compiler); the
-service builds it in a child process when it is missing (`ensure`), so the agent itself
-never imports numba.  numba.pycc is marked for deprecation upstream; without it (or a C
-compiler) the kernel falls back to numba's JIT, with the same results.
+`__pycache__`.  `systemd/install.sh` builds it there with `python -m agent.kernel.aot` (as
+the service user, for the gateway's CPU: it cannot ship pre-built); the service builds it
+in a child process when it is missing (`ensure`), so the agent itself never imports numba.
+numba.pycc is marked for deprecation upstream; without it, or without a toolchain
+(`toolchain_problem`), the kernel falls back to numba's JIT, with the same results.
+
+A build that failed is remembered in `<module_name()>.failed` beside where the module would
+be (JSON: reason, time, source tag), so a service in a restart loop does not pay the build
+(25 s here, minutes on an emulated or small ARM CPU) at every start; `ensure` skips the build
+while it is there, and an explicit `python -m agent.kernel.aot` retries and clears it.
 """
 
 from __future__ import annotations
@@ -23,12 +29,14 @@ import hashlib
 import importlib.machinery
 import importlib.metadata
 import importlib.util
+import json
 import logging
 import os
 import platform
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -39,6 +47,7 @@ log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
 SOURCES = ("pertag.py", "multivar.py", "flags.py", "jit.py", "aot.py")
 BUILD_TIMEOUT_S = 600.0
+FALLBACK = "falling back to numba's JIT (~100 MB more resident memory)"
 
 
 def source_tag() -> str:
@@ -119,34 +128,130 @@ def load(directory: Path | None = None) -> dict[str, Any] | None:
     return fns
 
 
+def toolchain_problem() -> str | None:
+    """What the build lacks on this machine, in words an operator can act on; None if nothing.
+
+    numba.pycc compiles and links with the C compiler of Python's build (`CC`, else sysconfig's;
+    `gcc -shared` links), against Python.h.  Before that, numba probes that this compiler builds
+    a C *and* a C++ file (`external_compiler_works`): gcc compiles the C++ one with cc1plus from
+    Debian's g++ package, newer setuptools with `CXX` (g++).  Without it numba's own message
+    suggests conda packages, wrong on a gateway.  Checked without importing numba (it is cheap,
+    so it runs at every start and the build follows as soon as the packages are installed).
+    """
+    missing = []
+    cc = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(cc) is None:
+        missing.append(f"a C compiler ({cc})")
+    cxx = (os.environ.get("CXX") or sysconfig.get_config_var("CXX") or "g++").split()[0]
+    if shutil.which(cxx) is None:
+        missing.append(cxx)
+    if not (Path(sysconfig.get_paths()["include"]) / "Python.h").is_file():
+        missing.append("Python's C headers (Python.h)")
+    if not missing:
+        return None
+    return (
+        "the AOT kernel needs a C compiler (cc/gcc), g++ and Python's C headers; missing: "
+        f"{', '.join(missing)} (Debian: apt-get install build-essential python3-dev)"
+    )
+
+
+def failure_path(directory: Path | None = None) -> Path:
+    """Where a failed build of this source is remembered."""
+    return (directory or out_dir()) / f"{module_name()}.failed"
+
+
+def failure(directory: Path | None = None) -> dict[str, Any] | None:
+    """The remembered failed build of this source here, or None (none, unreadable, other tag)."""
+    try:
+        rec = json.loads(failure_path(directory).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(rec, dict) or rec.get("tag") != source_tag():
+        return None
+    return rec
+
+
+def record_failure(reason: str, kind: str, directory: Path | None = None) -> Path | None:
+    """Remember a failed build (`kind`: "toolchain" or "build"); None if it cannot be written."""
+    path = failure_path(directory)
+    rec = {
+        "reason": reason,
+        "kind": kind,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "tag": source_tag(),
+    }
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(rec, indent=1) + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("kernel: cannot remember the failed AOT build in %s (%s)", path, exc)
+        return None
+    return path
+
+
+def _retry_hint(d: Path) -> str:
+    cmd = f"{sys.executable} -m agent.kernel.aot --out {d}"
+    if os.environ.get("NUMBA_CACHE_DIR"):  # the build JIT-compiles first, into numba's cache
+        cmd = f"env NUMBA_CACHE_DIR={os.environ['NUMBA_CACHE_DIR']} {cmd}"
+    return f"to retry: delete {failure_path(d)} or run `{cmd}` as the service's user"
+
+
 def ensure(timeout_s: float = BUILD_TIMEOUT_S) -> dict[str, Path] | None:
     """Build the module in a child process (numba's memory leaves with it) when missing.
 
-    Returns its path, or None when it cannot be built here (no numba.pycc, no C compiler,
-    unwritable directory): the kernel then runs on numba's JIT.
+    Returns its paths, or None when it is not built here: no toolchain, a build that failed
+    before (remembered, see the module's doc), an unwritable directory, no numba.pycc.  The
+    kernel then runs on numba's JIT.  Each outcome is one log line.
     """
-    paths = find()
+    d = out_dir()
+    paths = find(d)
     if paths is not None:
         return paths
-    log.info("kernel: building the ahead-of-time module in %s (once per install)", out_dir())
+    rec = failure(d)
+    if rec is not None and rec.get("kind") != "toolchain":
+        log.warning(
+            "kernel: the AOT module failed to build here at %s (%s); %s; %s",
+            rec.get("time"), rec.get("reason"), FALLBACK, _retry_hint(d),
+        )  # fmt: skip
+        return None
+    problem = toolchain_problem()
+    if problem is not None:
+        if rec is None or rec.get("reason") != problem:
+            record_failure(problem, "toolchain", d)
+        log.warning("kernel: %s; %s", problem, FALLBACK)
+        return None
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        if not os.access(d, os.W_OK):
+            raise PermissionError(f"{d} is not writable")
+    except OSError as exc:
+        log.warning("kernel: cannot build the AOT module (%s); %s", exc, FALLBACK)
+        return None
+    log.info("kernel: building the ahead-of-time module in %s (once per install)", d)
     t0 = time.monotonic()
     try:
         out = subprocess.run(
-            [sys.executable, "-m", "agent.kernel.aot", "--out", str(out_dir())],
+            [sys.executable, "-m", "agent.kernel.aot", "--out", str(d)],
             capture_output=True,
             text=True,
             timeout=timeout_s,
             check=False,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        log.warning("kernel AOT build failed (%s); the kernel runs on numba's JIT", exc)
-        return None
-    if out.returncode != 0:
-        tail = (out.stderr or out.stdout).strip().splitlines()[-1:] or ["?"]
-        log.warning("kernel AOT build failed (%s); the kernel runs on numba's JIT", tail[0])
-        return None
-    log.info("kernel AOT module built in %.1f s", time.monotonic() - t0)
-    return find()
+        reason = f"{exc}"
+    else:
+        if out.returncode == 0:
+            log.info("kernel AOT module built in %.1f s", time.monotonic() - t0)
+            return find(d)
+        tail = (out.stderr or out.stdout).strip().splitlines()[-1:] or [f"exit {out.returncode}"]
+        reason = tail[0].removeprefix("kernel AOT build failed: ")
+    record_failure(reason, "build", d)
+    log.warning(
+        "kernel: the AOT module build failed (%s); %s; %s", reason, FALLBACK, _retry_hint(d)
+    )
+    return None
 
 
 # --- build (imports numba) ----------------------------------------------------------------
@@ -217,9 +322,16 @@ def build(out: Path) -> dict[str, Path]:
         warnings.simplefilter("ignore")
         import numba.pycc.compiler as pycc_compiler
         from numba.pycc import CC
+        from numba.pycc.platform import external_compiler_works
 
     from agent.kernel import jit
 
+    if not external_compiler_works():  # numba's probe, before the JIT compiles; our words
+        cc = os.environ.get("CC") or sysconfig.get_config_var("CC")
+        raise RuntimeError(
+            f"the C compiler ({cc}) cannot build numba's C and C++ test files (does gcc have "
+            "its C++ front end, cc1plus?): apt-get install build-essential python3-dev"
+        )
     sigs = signatures()
     name = module_name()
     out.mkdir(parents=True, exist_ok=True)
@@ -254,7 +366,9 @@ def build(out: Path) -> dict[str, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Build into `--out` even after a remembered failure (which a success clears)."""
     import argparse
+    import traceback
 
     ap = argparse.ArgumentParser(description="Build the kernel's ahead-of-time module.")
     ap.add_argument("--out", type=Path, default=None, help="directory (default: out_dir())")
@@ -262,15 +376,26 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     out = args.out or out_dir()
     if not args.force and find(out) is not None:
+        failure_path(out).unlink(missing_ok=True)
         print(f"present in {out}")
         return 0
-    if shutil.which(os.environ.get("CC", "cc")) is None and shutil.which("gcc") is None:
-        print("no C compiler found (cc/gcc): cannot build", file=sys.stderr)
-        return 1
-    t0 = time.monotonic()
-    paths = build(out)
-    print(f"{len(paths)} modules in {out} ({time.monotonic() - t0:.1f} s)")
-    return 0
+    reason = toolchain_problem()
+    if reason is not None:
+        record_failure(reason, "toolchain", out)
+    else:
+        t0 = time.monotonic()
+        try:
+            paths = build(out)
+        except Exception as exc:  # any cause: remembered so that the service does not retry
+            traceback.print_exc()
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+            record_failure(reason, "build", out)
+        else:
+            failure_path(out).unlink(missing_ok=True)
+            print(f"{len(paths)} modules in {out} ({time.monotonic() - t0:.1f} s)")
+            return 0
+    print(f"kernel AOT build failed: {reason}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

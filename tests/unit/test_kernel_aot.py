@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.kernel import KernelConfig, KernelRuntime, jit
+from agent.kernel import KernelConfig, KernelRuntime, aot, jit
 from agent.kernel import pertag as pt
 from agent.kernel.settings import TagParams
 from agent.tags import TagTable
@@ -29,9 +29,12 @@ class Slice:
 
 @pytest.fixture(scope="module")
 def aot_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Built the way the service builds it: `aot.ensure()` in a child process."""
+    """Built the way the service builds it: `aot.ensure()` in a child process, over the record
+    of a missing toolchain (since installed), which the successful build clears."""
     d = tmp_path_factory.mktemp("aot")
     env = dict(os.environ, EDGELOOP_KERNEL_AOT_DIR=str(d), NUMBA_CACHE_DIR=str(d / "numba"))
+    failed = aot.record_failure("the AOT kernel needs ... g++", "toolchain", d)
+    assert failed is not None and aot.failure(d) is not None
     out = subprocess.run(
         [sys.executable, "-c", "from agent.kernel import aot; print(sorted(aot.ensure()))"],
         cwd=ROOT,
@@ -42,6 +45,7 @@ def aot_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["['group_run',", "'group_step',", "'run_tags',", "'step_tags']"]
+    assert not failed.exists()
     return d
 
 

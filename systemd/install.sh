@@ -21,7 +21,8 @@
 # is enabled but not started; never overwritten: a newer template lands beside it as
 # edgeloop.yaml.dist),
 # /etc/systemd/system/edgeloop.service, /var/lib/edgeloop (history, made by systemd's
-# StateDirectory=), /var/cache/edgeloop (numba cache, CacheDirectory=), user `edgeloop`.
+# StateDirectory=), /var/cache/edgeloop (numba cache, CacheDirectory=; the kernel's
+# ahead-of-time module, built for this CPU at install time), user `edgeloop`.
 #
 # Re-running is safe: it converges on the same tree and restarts the service only when the
 # installed package or the unit changed, and only when `edgeloop check` passes on the
@@ -345,6 +346,42 @@ install_files() {
   return 0
 }
 
+# The kernel's ahead-of-time module (agent/kernel/aot.py): specific to this CPU, so it is
+# never in a bundle, but built here, where the service looks for it (the unit's
+# NUMBA_CACHE_DIR=%C/edgeloop/numba, so aot.out_dir() is .../numba/edgeloop-aot), as the
+# service user.  Then the service's first start neither builds it (25 s to minutes) nor
+# runs on numba's JIT (~100 MB more memory).  Never fatal: without a toolchain the service
+# runs on the JIT, and a failure is remembered there, so the service does not retry it.
+build_kernel_aot() {
+  local dir="$CACHE/numba/edgeloop-aot" cmd=() out rc=0 last
+  if live; then cmd=(runuser -u "$SVC_USER" --); fi
+  cmd+=(env NUMBA_CACHE_DIR="$CACHE/numba" "$VENV/bin/python" -m agent.kernel.aot --out "$dir")
+  if [ "$DRY_RUN" = 1 ]; then
+    printf '+ %s\n' "${cmd[*]}"
+    return 0
+  fi
+  if ! "$VENV/bin/python" -c 'import importlib.util as u, sys; sys.exit(not u.find_spec("numba"))' \
+    2>/dev/null; then
+    say "kernel AOT module: not built (no numba in $VENV: --no-deps?)"
+    return 0
+  fi
+  if live; then  # as systemd's CacheDirectory= makes it
+    run install -d -m 0700 -o "$SVC_USER" -g "$SVC_USER" "$CACHE" "$CACHE/numba"
+  else
+    run install -d -m 0700 "$CACHE" "$CACHE/numba"
+  fi
+  printf '%s' "install.sh: kernel AOT module for this CPU (~25 s on a PC, longer on a Pi): "
+  out="$(cd / && umask 0077 && timeout 900 "${cmd[@]}" 2>&1)" || rc=$?
+  last="$(printf '%s\n' "$out" | tail -n 1)"
+  if [ "$rc" = 0 ]; then
+    printf '%s\n' "$last"
+  else
+    [ "$rc" = 124 ] && last="timed out after 900 s"
+    printf '%s\n' "not built (${last#kernel AOT build failed: }); the service runs the kernel on numba's JIT"
+  fi
+  return 0
+}
+
 check_config() {
   # With --no-deps (tests, a venv without the dependencies) `check` cannot run.
   if [ "$NO_DEPS" = 1 ] || [ "$DRY_RUN" = 1 ]; then
@@ -369,6 +406,7 @@ do_install() {
   install_venv
   switch_version
   install_files
+  build_kernel_aot
   after="$(fingerprint)"
   systemctl_ daemon-reload
   systemctl_ enable "$NAME.service"

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tomllib
 import zipfile
 from pathlib import Path
@@ -101,6 +104,7 @@ def test_install_twice_gives_the_same_tree(tmp_path: Path, wheel: Path) -> None:
     root = tmp_path / "root"
     first = _install(root, wheel)
     assert "skipped (DESTDIR set): systemctl daemon-reload" in first.stdout
+    assert "kernel AOT module: not built (no numba in " in first.stdout  # --no-deps
     tree1 = _tree(root)
     for rel in (
         "etc/systemd/system/edgeloop.service",
@@ -218,12 +222,74 @@ def test_uninstall_keeps_config_and_history_purge_removes_all(tmp_path: Path, wh
     assert not (root / "var/lib/edgeloop").exists()
 
 
+def _unit_numba_cache_dir(root: Path) -> Path:
+    """NUMBA_CACHE_DIR as the installed unit sets it for the service (%C: /var/cache)."""
+    unit = (root / "etc/systemd/system/edgeloop.service").read_text()
+    (value,) = re.findall(r"^Environment=NUMBA_CACHE_DIR=(\S+)$", unit, re.M)
+    return root / value.replace("%C/", "var/cache/")
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="no g++ to take away")
+def test_the_kernel_module_build_at_install_names_what_is_missing_and_goes_on(
+    tmp_path: Path, wheel: Path
+) -> None:
+    """install.sh builds the kernel's AOT module where the service will look for it; here
+    without g++ (a PATH of everything else), so it says why in one line, records the failure
+    there for the service, and the install succeeds.  (The build itself: test_bundle.py.)"""
+    root = tmp_path / "root"
+    _install(root, wheel)
+    # the staged venv is --no-deps: numba comes from this interpreter's site-packages
+    (site,) = (root / "opt/edgeloop/versions/0.1.0/lib").glob("python3*/site-packages")
+    (site / "_test_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for d in os.environ["PATH"].split(os.pathsep):
+        for p in Path(d).glob("*") if Path(d).is_dir() else ():
+            cxx = re.search(r"(^|-)[gc]\+\+(-[0-9.]+)?$", p.name)  # g++, x86_64-linux-gnu-g++-12
+            if not cxx and not (bin_dir / p.name).is_symlink():
+                (bin_dir / p.name).symlink_to(p)
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONHOME", "CXX")}
+    env.update(DESTDIR=str(root), PATH=str(bin_dir))
+    res = subprocess.run(
+        ["bash", str(SCRIPT), "--wheel", str(wheel), "--no-deps", "--python", _base_python()],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    (line,) = [ln for ln in res.stdout.splitlines() if "kernel AOT module" in ln]
+    assert line.startswith("install.sh: kernel AOT module for this CPU")
+    assert "not built (the AOT kernel needs a C compiler (cc/gcc), g++" in line
+    assert "apt-get install build-essential" in line and "conda" not in line
+    assert line.endswith("the service runs the kernel on numba's JIT")
+    # recorded where the service looks: aot.out_dir() under the unit's NUMBA_CACHE_DIR
+    probe = (
+        "import os, sys; from agent.kernel import aot; "
+        "os.environ['NUMBA_CACHE_DIR'] = sys.argv[1]; print(aot.failure_path())"
+    )
+    py = root / "opt/edgeloop/current/bin/python"
+    where = subprocess.run(
+        [str(py), "-c", probe, str(_unit_numba_cache_dir(root))],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert where.returncode == 0, where.stderr
+    failed = Path(where.stdout.strip())
+    assert failed.parent == root / "var/cache/edgeloop/numba/edgeloop-aot"
+    rec = json.loads(failed.read_text())
+    assert rec["kind"] == "toolchain" and "g++" in rec["reason"]
+
+
 def test_dry_run_changes_nothing(tmp_path: Path, wheel: Path) -> None:
     root = tmp_path / "root"
     res = _install(root, wheel, "--dry-run")
     assert not root.exists()
     assert "+ install -m 0644" in res.stdout and "edgeloop.service" in res.stdout
     assert "-m venv" in res.stdout
+    assert "-m agent.kernel.aot --out " in res.stdout
 
 
 def test_bad_options_are_refused(tmp_path: Path) -> None:

@@ -127,6 +127,11 @@ def installed(bundles: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
     print(f"install.sh --bundle: {time.monotonic() - t0:.1f} s")
     assert f"edgeloop {VERSION}" in res.stdout
     assert "not started until" in res.stdout  # the inert template
+    # the kernel's AOT module, built for this CPU where the unit's NUMBA_CACHE_DIR points
+    aot_dir = root / "var/cache/edgeloop/numba/edgeloop-aot"
+    (line,) = [ln for ln in res.stdout.splitlines() if "kernel AOT module" in ln]
+    assert f"(tens of seconds, minutes on a Pi): 4 modules in {aot_dir} (" in line, line
+    assert len(list(aot_dir.glob("_kernel_aot_*.so"))) == 4
     return root
 
 
@@ -235,6 +240,11 @@ def test_dry_run_on_the_live_root_shows_the_layout_and_skips_absent_systemd(
     assert "+ mv -Tf /opt/edgeloop/current.new /opt/edgeloop/current" in out
     assert "+ ln -sfn /opt/edgeloop/current/bin/edgeloop /usr/local/bin/edgeloop" in out
     assert f"-m venv /opt/edgeloop/versions/{VERSION}" in out
+    assert (
+        "+ runuser -u edgeloop -- env NUMBA_CACHE_DIR=/var/cache/edgeloop/numba "
+        f"/opt/edgeloop/versions/{VERSION}/bin/python -m agent.kernel.aot "
+        "--out /var/cache/edgeloop/numba/edgeloop-aot"
+    ) in out
     if Path("/run/systemd/system").is_dir():
         assert "+ systemctl daemon-reload" in out
     else:

@@ -60,6 +60,12 @@ from lab.demo import stop_process as stop  # noqa: E402
 AGENT_CORE = 0
 SIM_CORE = 1
 GROUP_TAGS = 1000
+FLOOR = "plain pymodbus poll loop (floor)"
+WHO = {
+    "floor": FLOOR,
+    "acquire+kernel": "edgeloop acquire+kernel",
+    "full": "edgeloop full (history + MQTT)",
+}
 
 
 @dataclass(frozen=True)
@@ -132,7 +138,9 @@ def requests_for(n: int) -> list[tuple[int, int]]:
     return out
 
 
-async def floor_loop(port: int, case: Case, warmup_s: float, window_s: float) -> dict[str, Any]:
+async def floor_loop(
+    port: int, sim_pid: int, case: Case, warmup_s: float, window_s: float
+) -> dict[str, Any]:
     from pymodbus.client import AsyncModbusTcpClient
 
     clients = [
@@ -184,41 +192,62 @@ async def floor_loop(port: int, case: Case, warmup_s: float, window_s: float) ->
         for i, (k, j) in enumerate(slots)
     ]
     await asyncio.sleep(warmup_s)
-    c0, t0 = time.process_time(), time.monotonic()
+    c0, s0, t0 = time.process_time(), svc.cpu_s(sim_pid), time.monotonic()
     counting[0] = True
     await asyncio.sleep(window_s)
     counting[0] = False
-    c1, t1 = time.process_time(), time.monotonic()
+    c1, s1, t1 = time.process_time(), svc.cpu_s(sim_pid), time.monotonic()
     rss = svc.status_kb(os.getpid(), "VmRSS")
-    # no teardown: pymodbus 3.16 can swallow the cancellation of a read in flight, and the
-    # child exits right after printing anyway
     return {
         "values": counted[0], "cpu_s": c1 - c0, "wall_s": t1 - t0, "rss_kb": rss,
-        "tasks": len(tasks), "errors": errors[0],
+        "sim_cpu_s": s1 - s0, "tasks": len(tasks), "errors": errors[0],
     }  # fmt: skip
 
 
-def run_floor(port: int, sim: subprocess.Popen[bytes], case: Case, warmup_s: float,
+async def floor_child(port: int, sim_pid: int, case: Case, warmup_s: float,
+                      window_s: float) -> None:  # fmt: skip
+    """Print the floor's result and exit from inside the loop.  Not `asyncio.run`'s return:
+    its teardown cancels the poll tasks, pymodbus 3.16 turns the cancellation of a read in
+    flight into an ordinary error that the poll loop counts and goes on, and the teardown
+    waits for that task forever (the child then printed nothing, and the parent's
+    `splitlines()[-1]` raised IndexError)."""
+    r = await floor_loop(port, sim_pid, case, warmup_s, window_s)
+    print(json.dumps(r), flush=True)
+    os._exit(0)  # the poll tasks and connections go with the process
+
+
+def run_floor(work: Path, port: int, sim: subprocess.Popen[bytes], case: Case, warmup_s: float,
               window_s: float) -> Result:  # fmt: skip
-    args = [str(port), str(case.tags), str(case.interval_ms), str(warmup_s), str(window_s)]
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--floor-child", *args],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        preexec_fn=pinned(AGENT_CORE),
-    )
-    time.sleep(warmup_s)
-    s0 = svc.cpu_s(sim.pid)
+    """The floor in a child process pinned like the agent; RuntimeError (with the tail of
+    its stderr) when it exits or times out without its JSON line."""
+    args = [str(port), str(sim.pid), str(case.tags), str(case.interval_ms), str(warmup_s),
+            str(window_s)]  # fmt: skip
+    log = work / f"floor_{case.tags}_{case.interval_ms}.log"
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, __file__, "--floor-child", *args],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            cwd=ROOT,
+            preexec_fn=pinned(AGENT_CORE),
+        )
+    timeout = warmup_s + window_s + 60
     try:
-        out, _ = proc.communicate(timeout=warmup_s + window_s + 60)
+        out, _ = proc.communicate(timeout=timeout)
+        why = f"exit code {proc.returncode}"
     except subprocess.TimeoutExpired:
         proc.kill()
         out, _ = proc.communicate()
-    s1 = svc.cpu_s(sim.pid)
-    r = json.loads(out.strip().splitlines()[-1])
-    return Result(case, "plain pymodbus poll loop (floor)", r["values"], r["cpu_s"], r["wall_s"],
-                  s1 - s0, r["rss_kb"] / 1024)  # fmt: skip
+        why = f"no result within {timeout:.0f} s, killed"
+    lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+    if not lines:
+        tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["(no stderr)"]
+        raise RuntimeError(f"floor child printed no result ({why}): {tail[0]}")
+    r = json.loads(lines[-1])
+    note = f"{r['errors']} failed polls" if r["errors"] else ""
+    return Result(case, FLOOR, r["values"], r["cpu_s"], r["wall_s"], r["sim_cpu_s"],
+                  r["rss_kb"] / 1024, note=note)  # fmt: skip
 
 
 # --- edgeloop -----------------------------------------------------------------------------
@@ -315,11 +344,17 @@ def run_edgeloop(work: Path, sim: subprocess.Popen[bytes], case: Case, modbus_po
             cwd=work, preexec_fn=pinned(AGENT_CORE),
         )  # fmt: skip
     try:
-        deadline = time.monotonic() + svc.READY_WAIT_S  # a cold start builds the AOT kernel
+        t_exec = time.monotonic()
+        deadline = t_exec + svc.READY_WAIT_S  # a cold start builds the AOT kernel
         while notify.ready_at(0.5) is None:
             if proc.poll() is not None or time.monotonic() > deadline:
                 tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["?"]
-                raise RuntimeError(f"edgeloop run sent no READY=1: {tail[0]}")
+                why = (
+                    f"exited with {proc.returncode}"
+                    if proc.returncode is not None
+                    else f"still starting after {time.monotonic() - t_exec:.0f} s"
+                )
+                raise RuntimeError(f"edgeloop run sent no READY=1 ({why}): {tail[0]}")
         time.sleep(warmup_s)
         m0 = svc.get_metrics(http_port)
         c0, s0, t0 = svc.cpu_s(proc.pid), svc.cpu_s(sim.pid), time.monotonic()
@@ -338,7 +373,7 @@ def run_edgeloop(work: Path, sim: subprocess.Popen[bytes], case: Case, modbus_po
             sub.close()
     polls = m1.get("edgeloop_polls_total", 0) - m0.get("edgeloop_polls_total", 0)
     values = sub.values if sub else polls * case.per_group
-    who = "edgeloop full (history + MQTT)" if full else "edgeloop acquire+kernel"
+    who = WHO["full" if full else "acquire+kernel"]
     over = m1.get("edgeloop_poll_overruns_total", 0) - m0.get("edgeloop_poll_overruns_total", 0)
     return Result(
         case, who, values, c1 - c0, t1 - t0, s1 - s0, rss / 1024,
@@ -378,13 +413,13 @@ def table(results: list[Result]) -> str:
         "| sim CPU % | RSS MB | poll ms | overruns |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    floors = {r.case: r for r in results if "floor" in r.who}
+    floors = {r.case: r for r in results if r.who == FLOOR}
     for r in results:
         fl = floors.get(r.case)
         ratio = r.us_per_value / fl.us_per_value if fl and fl.values else float("nan")
         lines.append(
             f"| {r.case.label} | {r.who}{' (' + r.note + ')' if r.note else ''} "
-            f"| {fmt(r.values / r.wall_s, ',.0f')} | {r.delivered:.0%} "
+            f"| {fmt(r.values / r.wall_s, ',.0f')} | {fmt(r.delivered, '.0%')} "
             f"| {fmt(100 * r.cpu_s / r.wall_s)} | {fmt(r.us_per_value, '.2f')} "
             f"| {fmt(ratio, '.2f')}x | {fmt(100 * r.sim_cpu_s / r.wall_s)} "
             f"| {fmt(r.rss_mb)} | {fmt(r.poll_ms, '.2f')} | {fmt(r.overruns, '.0f')} |"
@@ -398,15 +433,13 @@ def main() -> int:
     ap.add_argument("--warmup", type=float, default=8.0)
     ap.add_argument("--cases", default="1000@100,1000@1000,6000@100", help="TAGS@INTERVAL_MS,..")
     ap.add_argument("--tb-gateway", default=None, help="thingsboard-gateway console script")
-    ap.add_argument("--floor-child", nargs=5, help=argparse.SUPPRESS)
+    ap.add_argument("--floor-child", nargs=6, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.floor_child:
-        port, tags, interval, warm, window = args.floor_child
-        r = asyncio.run(
-            floor_loop(int(port), Case(int(tags), int(interval)), float(warm), float(window))
-        )
-        print(json.dumps(r), flush=True)
-        os._exit(0)  # the poll tasks and connections go with the process
+        port, sim_pid, tags, interval, warm, window = args.floor_child
+        case = Case(int(tags), int(interval))
+        asyncio.run(floor_child(int(port), int(sim_pid), case, float(warm), float(window)))
+        return 1  # floor_child exits the process itself
     cases = [Case(*map(int, c.split("@"))) for c in args.cases.split(",") if c]
     print(
         f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, "
@@ -427,22 +460,23 @@ def main() -> int:
         )
         try:
             for case in cases:
-                print(f"{case.label}: floor...", flush=True)
-                results.append(run_floor(port, sim, case, args.warmup, args.seconds))
-                for full in (False, True):
-                    print(f"{case.label}: edgeloop {'full' if full else 'acquire+kernel'}...",
-                          flush=True)  # fmt: skip
+                for who in ("floor", "acquire+kernel", "full"):
+                    print(f"{case.label}: {who}...", flush=True)
                     try:
-                        r = run_edgeloop(
-                            work, sim, case, port, mqtt_port, args.warmup, args.seconds, full,
-                            cache,
-                        )  # fmt: skip
-                        results.append(r)
-                    except RuntimeError as exc:  # say so in the table, measure the rest
-                        print(f"  failed: {exc}", flush=True)
-                        who = "edgeloop full" if full else "edgeloop acquire+kernel"
-                        results.append(Result(case, who, 0, 0, args.seconds, 0, float("nan"),
-                                              note=f"failed: {exc}"))  # fmt: skip
+                        if who == "floor":
+                            r = run_floor(work, port, sim, case, args.warmup, args.seconds)
+                        else:
+                            r = run_edgeloop(
+                                work, sim, case, port, mqtt_port, args.warmup, args.seconds,
+                                who == "full", cache,
+                            )  # fmt: skip
+                    except Exception as exc:  # say so in the table, measure the rest
+                        why = f"{type(exc).__name__}: {exc}"
+                        print(f"  failed: {why}", flush=True)
+                        nan = float("nan")
+                        r = Result(case, WHO[who], nan, nan, args.seconds, nan, nan,
+                                   note=f"failed: {why}")  # fmt: skip
+                    results.append(r)
         finally:
             stop(sim)
             stop(mosq)

@@ -193,7 +193,12 @@ class ModbusDevice(DeviceBase):
         # Overlaps per (unit, table): words by register range, bit tags by (register, bit).
         # Bit tags may share a register with each other and with a word tag that reads the
         # whole status word; the same bit twice, or two words sharing a register, is a mistake.
-        words: dict[tuple[int, str], list[tuple[int, int, str, Path_]]] = {}
+        # Word tags by (unit, table), then by start address: an earlier tag that overlaps
+        # [lo, hi] starts within the widest width seen before lo, so each tag looks at a
+        # few addresses instead of every earlier tag (2,000 tags: 2 million comparisons).
+        words: dict[tuple[int, str], dict[int, list[tuple[int, int, int, str]]]] = {}
+        widest: dict[tuple[int, str], int] = {}
+        order = 0
         bits: dict[tuple[int, str, int, int], tuple[str, Path_]] = {}
         for gi, g in enumerate(self.poll_groups):
             for ti, t in enumerate(g.tags):
@@ -225,22 +230,32 @@ class ModbusDevice(DeviceBase):
                         )
                     )
                 lo, hi = t.address, t.address + t.width - 1
-                span = words.setdefault((unit, t.table), [])
-                for olo, ohi, oname, _ in span:
-                    if lo <= ohi and olo <= hi:
-                        where = f"{olo}" if olo == ohi else f"{olo}..{ohi}"
-                        out.append(
-                            (
-                                (*path, "address"),
-                                f"{t.table} {lo}..{hi} overlaps tag {oname!r} ({t.table} "
-                                f"{where}, unit {unit})"
-                                if lo != hi
-                                else f"{t.table} {lo} overlaps tag {oname!r} ({t.table} "
-                                f"{where}, unit {unit})",
-                            )
+                span = (unit, t.table)
+                starts = words.setdefault(span, {})
+                w = widest.get(span, 0)
+                # the first earlier tag (in file order) that overlaps, as a scan would find
+                hits = [
+                    o
+                    for a in range(max(0, lo - w + 1), hi + 1)
+                    for o in starts.get(a, ())
+                    if lo <= o[2]
+                ]
+                if hits:
+                    _, olo, ohi, oname = min(hits)
+                    where = f"{olo}" if olo == ohi else f"{olo}..{ohi}"
+                    out.append(
+                        (
+                            (*path, "address"),
+                            f"{t.table} {lo}..{hi} overlaps tag {oname!r} ({t.table} "
+                            f"{where}, unit {unit})"
+                            if lo != hi
+                            else f"{t.table} {lo} overlaps tag {oname!r} ({t.table} "
+                            f"{where}, unit {unit})",
                         )
-                        break
-                span.append((lo, hi, t.name, path))
+                    )
+                starts.setdefault(lo, []).append((order, lo, hi, t.name))
+                widest[span] = max(w, t.width)
+                order += 1
         raise_if(out)
         return self
 

@@ -90,18 +90,20 @@ class Positions:
 
     def __init__(self) -> None:
         self.lines: dict[Path_, int] = {}
-        self.nodes: dict[Path_, yaml.Node] = {}
+        # the keys of every path whose (last) node is a mapping; the nodes themselves are not
+        # kept, so the composed tree (two marks per node) is freed before validation
         self.keys: dict[Path_, set[str]] = {}
         self.duplicates: list[tuple[Path_, str]] = []
 
     def walk(self, node: yaml.Node, path: Path_ = ()) -> None:
-        self.nodes[path] = node
         self.lines.setdefault(path, node.start_mark.line + 1)
         if isinstance(node, yaml.MappingNode):
             seen: set[str] = set()
             self.keys[path] = seen
             self._pairs(node, path, seen, explicit=True)
-        elif isinstance(node, yaml.SequenceNode):
+            return
+        self.keys.pop(path, None)  # a duplicate key's later value decides, as before
+        if isinstance(node, yaml.SequenceNode):
             for i, item in enumerate(node.value):
                 self.walk(item, (*path, i))
 
@@ -136,14 +138,14 @@ class Positions:
         """
         out: list[str | int] = []
         for i, part in enumerate(loc):
-            node = self.nodes.get(tuple(out))
+            here = tuple(out)
             last = i == len(loc) - 1
             if isinstance(part, str):
-                if isinstance(node, yaml.MappingNode):
-                    keys = self.keys.get(tuple(out), set())
+                keys = self.keys.get(here)
+                if keys is not None:  # a mapping
                     if part not in keys and not (last and missing):
                         continue
-                elif node is not None:  # below a scalar: a union member name
+                elif here in self.lines:  # below a scalar or list: a union member name
                     continue
             out.append(part)
         return tuple(out)

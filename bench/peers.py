@@ -421,7 +421,8 @@ def table(results: list[Result]) -> str:
             f"| {r.case.label} | {r.who}{' (' + r.note + ')' if r.note else ''} "
             f"| {fmt(r.values / r.wall_s, ',.0f')} | {fmt(r.delivered, '.0%')} "
             f"| {fmt(100 * r.cpu_s / r.wall_s)} | {fmt(r.us_per_value, '.2f')} "
-            f"| {fmt(ratio, '.2f')}x | {fmt(100 * r.sim_cpu_s / r.wall_s)} "
+            f"| {fmt(ratio, '.2f')}{'x' if ratio == ratio else ''} "
+            f"| {fmt(100 * r.sim_cpu_s / r.wall_s)} "
             f"| {fmt(r.rss_mb)} | {fmt(r.poll_ms, '.2f')} | {fmt(r.overruns, '.0f')} |"
         )
     return "\n".join(lines)

@@ -16,7 +16,7 @@ submitted to a HistoryStore and a Publisher (connected, no subscriber), CPU of t
 process (writer threads included) minus the same loop without them. With `--baseline REV`
 the tree at REV is measured in the same run (`git archive` into a temporary directory, each
 side in its own process, alternately) and the ratios printed. `+window` rows use
-`batch_window_ms: 1000` (a group's frames of one second in one message):
+`batch_window_ms: 1000` (a group's frames of one second in one message; `--window-ms` sets it):
 
     .venv/bin/python bench/publish.py --per-value --baseline 5449459 [--seconds 10]
 """
@@ -227,12 +227,14 @@ async def amain(args: argparse.Namespace) -> int:
     return 0
 
 
-# One side of --per-value, run as `python -c PER_VALUE_CHILD root port mode seconds encoding`
+# One side of --per-value, run as `python -c PER_VALUE_CHILD root port mode seconds encoding
+# window_ms`
 # with `root` first on sys.path, so the same code measures this tree and a baseline's.
 PER_VALUE_CHILD = r"""
 import asyncio, json, logging, sys, tempfile, time
 root, port, mode, seconds, encoding = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(
     sys.argv[4]), sys.argv[5]
+window_ms = int(sys.argv[6]) if len(sys.argv) > 6 else 1000
 sys.path.insert(0, root)
 import numpy as np
 from agent.metrics import Metrics
@@ -255,7 +257,7 @@ async def main():
     tmp = tempfile.mkdtemp()
     table, metrics = TagTable.for_names([f"tag{i:04d}" for i in range(N)]), Metrics()
     store = pub = None
-    window = 1000 if mode.endswith("+window") else 0
+    window = window_ms if mode.endswith("+window") else 0
     kind = mode.removesuffix("+window")
     if kind in ("history", "both"):
         store = HistoryStore(StoreConfig(path=f"{tmp}/h.db"), table, metrics)
@@ -340,6 +342,7 @@ def per_value(args: argparse.Namespace) -> int:
                                 mode,
                                 str(args.seconds),
                                 args.encoding,
+                                str(args.window_ms),
                             ],
                             check=True,
                             capture_output=True,
@@ -354,7 +357,8 @@ def per_value(args: argparse.Namespace) -> int:
     print(
         f"history + publish ({args.encoding}): 1,000 tags in 10 groups @ 10 Hz, "
         f"{args.seconds:g} s per run, best of {args.repeat}; CPU µs per tag-value above the "
-        f"floor loop (process CPU, writer threads included); +window: batch_window_ms 1000"
+        f"floor loop (process CPU, writer threads included); +window: batch_window_ms "
+        f"{args.window_ms}"
     )
     names = list(trees)
     print(
@@ -380,6 +384,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=10.0, help="with --per-value: per run")
     ap.add_argument("--repeat", type=int, default=2, help="with --per-value: runs per side")
     ap.add_argument("--encoding", default="json", help="with --per-value: json | sparkplug_b")
+    ap.add_argument("--window-ms", type=int, default=1000, help="with --per-value: +window rows")
     args = ap.parse_args()
     if args.per_value:
         return per_value(args)

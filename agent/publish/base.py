@@ -13,7 +13,7 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiomqtt
 import numpy as np
@@ -21,7 +21,9 @@ import numpy as np
 from agent.metrics import Metrics
 from agent.publish.outbox_writer import OutboxWriter
 from agent.publish.settings import PublishConfig
-from agent.publish.spb_node import SparkplugNode
+
+if TYPE_CHECKING:  # Sparkplug (protobuf) is imported only by a Sparkplug publisher
+    from agent.publish.spb_node import SparkplugNode
 
 log = logging.getLogger("edgeloop.publish")
 

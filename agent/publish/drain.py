@@ -9,16 +9,14 @@ delete run in the outbox writer thread.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import math
 import time
 from functools import partial
 
 import aiomqtt
 
 from agent import names
-from agent.publish import sparkplug as spb
 from agent.publish.base import HostOffline, PublisherBase
+from agent.publish.link import PublishWindow
 from agent.publish.outbox import Outbox
 from agent.publish.payloads import topic_segment
 
@@ -40,6 +38,8 @@ class Drain(PublisherBase):
         window = self.cfg.mqtt.max_inflight
         timeout = self.cfg.mqtt.publish_timeout_s
         node = self.node
+        if node is not None:  # protobuf only where Sparkplug is used
+            from agent.publish import sparkplug as spb
         while True:
             if node is not None and not node.host_online:
                 await client.publish(
@@ -69,45 +69,38 @@ class Drain(PublisherBase):
                     dev = node.device_of(r.topic.rsplit("/", 1)[-1], topic_segment)
                     if r.spb and dev is not None and dev not in node.born:
                         await self._dbirth(client, dev)
-            tasks = []
+            messages = []
             for r in rows:
                 payload = r.payload
                 if r.spb and node is not None:  # the session's seq, appended when sent
                     payload += spb.seq_field(node.next_seq())
-                tasks.append(
-                    asyncio.ensure_future(client.publish(r.topic, payload, qos=1, timeout=math.inf))
-                )
+                messages.append((r.topic, payload))
             sent = time.perf_counter()
-            everything = asyncio.gather(*tasks, return_exceptions=True)
+            pw = PublishWindow(client, messages)
             await asyncio.wait(
-                {everything, disconnected}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                {pw.done, disconnected}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
             round_trip = time.perf_counter() - sent
+            oks = pw.close()
             # per topic, the acknowledged prefix is deleted; after a topic's first failure its
             # later rows stay (re-sent after reconnecting, so the topic's order holds)
             acked: list[int] = []
             failed_topics: set[str] = set()
-            first_failure: asyncio.Future | None = None
-            for r, t in zip(rows, tasks, strict=True):
-                ok = t.done() and not t.cancelled() and t.exception() is None
+            for r, ok in zip(rows, oks, strict=True):
                 if ok and r.topic not in failed_topics:
                     acked.append(r.id)
                 elif not ok:
                     failed_topics.add(r.topic)
-                    first_failure = first_failure or t
-            for t in tasks:
-                t.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await everything
             if acked:
                 # ids belong to the file they were read from: never delete in a fresh one
                 await writer.call(partial(_ack_in, ob, acked))
                 self.metrics.inc(names.PUBLISH_MESSAGES_TOTAL, len(acked))
-            if first_failure is None:  # the whole batch acknowledged: its round trip
+            if not failed_topics:  # the whole batch acknowledged: its round trip
                 self.metrics.observe(names.PUBLISH_SECONDS, round_trip)
-            if first_failure is not None:
-                cause = None if first_failure.cancelled() else first_failure.exception()
+            else:
+                cause = pw.error or (
+                    "connection lost" if disconnected.done() else f"no PUBACK within {timeout:g} s"
+                )
                 raise aiomqtt.MqttError(
-                    f"{len(rows) - len(acked)} messages not acknowledged"
-                    + (f": {cause}" if cause else " (connection lost or timeout)")
+                    f"{len(rows) - len(acked)} messages not acknowledged: {cause}"
                 )

@@ -17,7 +17,7 @@ import contextlib
 import ssl
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,8 +36,10 @@ from agent.publish.outbox_writer import OutboxWriter
 from agent.publish.payloads import PAYLOAD_VERSION, Frame, event_payload, json_safe, topic_segment
 from agent.publish.session import Session
 from agent.publish.settings import PublishConfig
-from agent.publish.spb_node import SparkplugNode
 from agent.store.durable import health_dict
+
+if TYPE_CHECKING:
+    from agent.publish.spb_node import SparkplugNode
 
 __all__ = [
     "PAYLOAD_VERSION",
@@ -103,6 +105,8 @@ class Publisher(Link, Session, Drain, AsyncContext):
         if publish_cfg.encoding == "json_flat":
             self.flat = flatjson.FlatReporter(publish_cfg.json_flat, table, groups)
         if self._spb:
+            from agent.publish.spb_node import SparkplugNode  # protobuf only for Sparkplug
+
             self.node = SparkplugNode(
                 table,
                 groups,

@@ -11,16 +11,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from typing import TYPE_CHECKING
 
 import aiomqtt
 
 from agent.names import EVENT_WRITE_REFUSED
-from agent.publish import sparkplug as spb
 from agent.publish.base import PublisherBase, log
 from agent.publish.link import disconnected_future
 from agent.publish.payloads import status_payload, topic_segment
-from agent.publish.spb_node import Write
 from drivers.base import DriverError
+
+if TYPE_CHECKING:  # Sparkplug (protobuf) is imported only by a Sparkplug publisher
+    from agent.publish.spb_node import Write
 
 
 class Session(PublisherBase):
@@ -103,6 +105,8 @@ class Session(PublisherBase):
 
     async def _commands(self, client: aiomqtt.Client) -> None:
         """NCMD rebirth, DCMD writes and rebirths, the primary host's STATE."""
+        from agent.publish import sparkplug as spb  # protobuf only where Sparkplug is used
+
         node = self.node
         assert node is not None
         ncmd = f"{self._spb_base}/NCMD/{self._site}"
@@ -134,6 +138,9 @@ class Session(PublisherBase):
         """Carry out one DCMD: each write through the acquirer's write gate as an operator
         write; a refusal is logged, answered with a DDATA carrying `writeRefused` and the
         present value, and published as a `write_refused` event."""
+        from agent.publish import sparkplug as spb
+        from agent.publish.spb_node import Write
+
         node = self.node
         assert node is not None
         try:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 
@@ -93,3 +95,20 @@ def test_json_frames_floats_round_trip_bit_for_bit() -> None:
     doc = _strict(payloads.json_frames(1, None, "s", "d", "g", ["x"] * 500, 0, [fr]))
     back = np.array(doc["frames"][0]["raw"], dtype=np.float64)  # type: ignore[index]
     assert back.tobytes() == raw.tobytes()
+
+
+def test_a_json_publisher_never_imports_protobuf(tmp_path) -> None:
+    """protobuf and the Sparkplug module cost ~15 MB resident: only Sparkplug loads them."""
+    code = f"""
+import sys
+from agent.publish import PublishConfig, Publisher
+from agent.tags import TagTable
+for enc in ("json", "json_flat", "sparkplug_b"):
+    cfg = PublishConfig.model_validate({{"encoding": enc, "outbox": {{"path": "{tmp_path}/o.db"}}}})
+    Publisher(cfg, "site", TagTable.for_names(["a"]))
+    print(enc, "google.protobuf" in sys.modules)
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == ["json", "False", "json_flat", "False", "sparkplug_b", "True"]

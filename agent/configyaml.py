@@ -8,8 +8,9 @@ message) that the loader turns into a `file:line: message` issue:
 - nesting: at most `MAX_DEPTH` levels, checked while composing, long before Python's stack
   would run out (PyYAML's composer and constructor recurse once per level);
 - values: at most `MAX_NODES` nodes (scalars, lists, mappings) in all; 1 MiB of real
-  config (14,000 tags) is about 130,000, while 1 MiB of `[1,1,1,...]` would be 500,000 and
-  cost seconds and hundreds of MB in the walks and the validation that follow;
+  config (8,800-10,600 six-field Modbus tags) is about 130,000, while 1 MiB of
+  `[1,1,1,...]` would be 500,000 and cost seconds and hundreds of MB in the walks and
+  the validation that follow;
 - aliases: the nodes that aliases add (each use of `*a` counts the whole anchored subtree,
   aliases inside it included) may total at most `MAX_ALIAS_NODES`, so a "billion laughs"
   file is refused after a few lines instead of expanding to 9^9 strings in the walks that

@@ -139,10 +139,10 @@ def toolchain_problem() -> str | None:
     so it runs at every start and the build follows as soon as the packages are installed).
     """
     missing = []
-    cc = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()[0]
+    cc = _compiler("CC", "cc")
     if shutil.which(cc) is None:
         missing.append(f"a C compiler ({cc})")
-    cxx = (os.environ.get("CXX") or sysconfig.get_config_var("CXX") or "g++").split()[0]
+    cxx = _compiler("CXX", "g++")
     if shutil.which(cxx) is None:
         missing.append(cxx)
     if not (Path(sysconfig.get_paths()["include"]) / "Python.h").is_file():
@@ -153,6 +153,11 @@ def toolchain_problem() -> str | None:
         "the AOT kernel needs a C compiler (cc/gcc), g++ and Python's C headers; missing: "
         f"{', '.join(missing)} (Debian: apt-get install build-essential python3-dev)"
     )
+
+
+def _compiler(var: str, default: str) -> str:
+    """The compiler numba.pycc's distutils will run: `$CC`/`$CXX`, else Python's build's."""
+    return str(os.environ.get(var) or sysconfig.get_config_var(var) or default).split()[0]
 
 
 def failure_path(directory: Path | None = None) -> Path:
@@ -327,10 +332,10 @@ def build(out: Path) -> dict[str, Path]:
     from agent.kernel import jit
 
     if not external_compiler_works():  # numba's probe, before the JIT compiles; our words
-        cc = os.environ.get("CC") or sysconfig.get_config_var("CC")
         raise RuntimeError(
-            f"the C compiler ({cc}) cannot build numba's C and C++ test files (does gcc have "
-            "its C++ front end, cc1plus?): apt-get install build-essential python3-dev"
+            f"the C compiler ({_compiler('CC', 'cc')}) cannot build numba's C and C++ test "
+            "files (does gcc have its C++ front end, cc1plus?): apt-get install "
+            "build-essential python3-dev"
         )
     sigs = signatures()
     name = module_name()

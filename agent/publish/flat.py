@@ -18,13 +18,13 @@ event loop; the JSON text is made in the outbox writer thread (`payload`).
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import math
 from typing import Any
 
 import numpy as np
 
+from agent.publish.payloads import iso_ms
 from agent.publish.settings import FlatJsonConfig
 from drivers.base import QUALITY_NAMES
 
@@ -39,11 +39,6 @@ def _reason_name(code: int) -> str | None:
     except ImportError:
         return str(code)
     return str(reason_name(int(code)))
-
-
-def _iso(ts_ns: int) -> str:
-    d = dt.datetime.fromtimestamp(ts_ns / 1e9, tz=dt.UTC)
-    return d.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class FlatReporter:
@@ -126,7 +121,7 @@ class FlatReporter:
 
     def messages(self, idx: list[int], ts_ns: int) -> list[dict[str, Any]]:
         """The messages of tags `idx` now (one time stamp text for the frame)."""
-        ts = _iso(ts_ns)
+        ts = iso_ms(ts_ns)
         return [self.message(i, ts) for i in idx]
 
     def message(self, i: int, ts: str) -> dict[str, Any]:

@@ -59,7 +59,7 @@ class PublishWindow:
     and a scan of every pending call, ~40 µs of the ~130 µs a message costs (bench/
     README.md). The acknowledgement path is aiomqtt's own: paho's on_publish makes aiomqtt
     pop the message id from the private `_pending_publishes` and call `.set()` on it (aiomqtt
-    2.5.1; tests/unit/test_private_lib_apis.py fails if a new aiomqtt changes it).
+    2.5.1; tests/integration/test_publish_aiomqtt.py fails if a new aiomqtt changes it).
     """
 
     def __init__(self, client: aiomqtt.Client, messages: Sequence[tuple[str, bytes]]) -> None:
@@ -81,15 +81,18 @@ class PublishWindow:
             else:
                 self._pending[info.mid] = _Ack(self, i)
                 self._mids.append(info.mid)
-        if self._left <= 0 and not self.done.done():
-            self.done.set_result(None)
+        self._settle()
 
     def acked(self, index: int) -> None:
         if not self.ok[index]:
             self.ok[index] = True
             self._left -= 1
-            if self._left <= 0 and not self.done.done():
-                self.done.set_result(None)
+            self._settle()
+
+    def _settle(self) -> None:
+        """Resolve `done` once no message of the window is still waiting for its PUBACK."""
+        if self._left <= 0 and not self.done.done():
+            self.done.set_result(None)
 
     def close(self) -> list[bool]:
         """Forget the messages still waiting (timeout, lost connection); which were acked."""

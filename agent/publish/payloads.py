@@ -62,7 +62,8 @@ def json_safe(x: Any) -> Any:
     return str(x)
 
 
-def _iso(ts_ns: int) -> str:
+def iso_ms(ts_ns: int) -> str:
+    """A poll time as the payloads' `ts`: UTC, milliseconds, `Z`."""
     d = dt.datetime.fromtimestamp(ts_ns / 1e9, tz=dt.UTC)
     return d.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -85,7 +86,7 @@ def json_frames(
     out = []
     for fr in frames:
         f: dict[str, Any] = {
-            "ts": _iso(fr.ts_ns),
+            "ts": iso_ms(fr.ts_ns),
             "ts_ns": fr.ts_ns,
             "raw": fr.raw,
             "value": fr.value,
@@ -121,7 +122,7 @@ def event_payload(
         "epoch": epoch,
         "site": site,
         "kind": kind,
-        "ts": _iso(ts_ns),
+        "ts": iso_ms(ts_ns),
         "ts_ns": ts_ns,
         "payload": body,
     }
@@ -134,7 +135,7 @@ def status_payload(site: str, state: str, encoding: str, epoch: str | None, ts_n
         "v": PAYLOAD_VERSION,
         "site": site,
         "status": state,
-        "ts": _iso(ts_ns),
+        "ts": iso_ms(ts_ns),
         "encoding": encoding,
         "epoch": epoch,
     }

@@ -22,7 +22,7 @@ def _doc_bytes(seq: int, epoch: str | None, names: list[str], frames: list[Frame
     out = []
     for fr in frames:
         f = {
-            "ts": payloads._iso(fr.ts_ns),
+            "ts": payloads.iso_ms(fr.ts_ns),
             "ts_ns": fr.ts_ns,
             "raw": floats(fr.raw),
             "value": floats(fr.value),
